@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DiskId, NodeId};
+use crate::ids::{DiskId, NodeId, UploadId};
 use crate::limits::{EC_DATA_SHARDS_MAX, EC_PARITY_SHARDS_MAX, SHARD_BYTES_MAX};
 
 /// Why an erasure-coding profile is not usable.
@@ -93,6 +93,9 @@ pub struct StripedLayout {
     pub codec: CodecId,
     pub profile: EcProfile,
     pub shard_bytes: u32,
+    /// The upload that wrote the shard files. Shard files are named by blob digest and
+    /// upload, so two uploads of the same content never overwrite each other's files.
+    pub upload: UploadId,
     /// One entry per shard index, `k + m` long: data shards first, then parity.
     pub shards: Vec<ShardPlacement>,
 }
@@ -143,6 +146,7 @@ mod tests {
             codec: CodecId::ReedSolomonV1,
             profile: EcProfile::new(2, 2).unwrap(),
             shard_bytes: 1024,
+            upload: UploadId::new(NodeId(1), 1),
             shards: vec![
                 ShardPlacement {
                     node: NodeId(1),
