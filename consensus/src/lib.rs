@@ -1,1 +1,41 @@
-//! placeholder
+//! berth's replicated metadata: an openraft member whose Raft log and registry state
+//! machine live in one redb file, the registry model (manifests, tags, blobs, links,
+//! referrers, upload sessions) with its versioned commands, and the [`Metadata`]
+//! handle that proposes commands and serves linearizable reads.
+//!
+//! Map:
+//! - [`model`]: records, commands ([`VersionedCommand`] on the wire), outcomes.
+//! - `state`: the deterministic apply logic over the redb tables of `tables`.
+//! - [`view`]: the queries ([`StateView`]) over one read transaction.
+//! - `log_store`, `state_machine`: openraft's storage traits over redb.
+//! - [`network`]: the transport seam (single voter for now).
+//! - `handle`: [`Metadata`], the only entry point the node wires.
+//!
+//! Invariants: applying the same log gives the same state on every node (ordered
+//! tables, time only from commands); every stored value and logged command carries a
+//! format version; an acknowledged write is in the fsynced Raft log.
+
+mod codec;
+mod db;
+pub mod error;
+mod handle;
+mod log_store;
+pub mod model;
+pub mod network;
+mod state;
+mod state_machine;
+mod tables;
+mod type_config;
+pub mod view;
+
+pub use error::{ConsensusError, Unavailability};
+pub use handle::{Metadata, RaftStatus};
+pub use model::{
+    BlobRecord, Command, CommandV1, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
+    UploadRecord, VersionedCommand,
+};
+pub use type_config::{Peer, TypeConfig};
+pub use view::StateView;
+
+#[cfg(test)]
+mod tests;

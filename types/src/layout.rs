@@ -133,9 +133,15 @@ mod tests {
 
     #[test]
     fn profile_parses_and_bounds() {
-        assert_eq!("2+1".parse::<EcProfile>().unwrap(), EcProfile::new(2, 1).unwrap());
+        assert_eq!(
+            "2+1".parse::<EcProfile>().unwrap(),
+            EcProfile::new(2, 1).unwrap()
+        );
         assert_eq!("0+1".parse::<EcProfile>(), Err(EcProfileError::DataShards));
-        assert_eq!("2+9".parse::<EcProfile>(), Err(EcProfileError::ParityShards));
+        assert_eq!(
+            "2+9".parse::<EcProfile>(),
+            Err(EcProfileError::ParityShards)
+        );
         assert_eq!("21".parse::<EcProfile>(), Err(EcProfileError::Syntax));
         assert_eq!(EcProfile::new(4, 2).unwrap().to_string(), "4+2");
     }

@@ -23,6 +23,8 @@ pub const LIST_PAGE_ENTRIES_MAX: usize = 10_000;
 pub const LIST_PAGE_ENTRIES_DEFAULT: usize = 1_000;
 /// Upload sessions idle longer than this are cancelled and their data removed.
 pub const UPLOAD_TTL_SECS_DEFAULT: u64 = 24 * 60 * 60;
+/// Most upload sessions one node holds open at once.
+pub const UPLOAD_SESSIONS_MAX: usize = 10_000;
 /// Most referrers returned for one subject.
 pub const REFERRERS_ENTRIES_MAX: usize = 10_000;
 

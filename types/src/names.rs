@@ -16,7 +16,9 @@ pub enum NameError {
     EmptyName,
     #[error("repository name is longer than {REPO_NAME_BYTES_MAX} characters")]
     NameTooLong,
-    #[error("repository name does not match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*")]
+    #[error(
+        "repository name does not match [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*"
+    )]
     NameGrammar,
     #[error("tag must match [a-zA-Z0-9_][a-zA-Z0-9._-]{{0,127}}")]
     TagGrammar,
@@ -205,13 +207,19 @@ mod tests {
             assert_eq!(s.parse::<RepoName>().unwrap_err(), e, "{s}");
         }
         let long = "a".repeat(REPO_NAME_BYTES_MAX + 1);
-        assert_eq!(long.parse::<RepoName>().unwrap_err(), NameError::NameTooLong);
+        assert_eq!(
+            long.parse::<RepoName>().unwrap_err(),
+            NameError::NameTooLong
+        );
         assert!("a".repeat(REPO_NAME_BYTES_MAX).parse::<RepoName>().is_ok());
     }
 
     #[test]
     fn project_is_first_component() {
-        assert_eq!("team-a/app".parse::<RepoName>().unwrap().project(), "team-a");
+        assert_eq!(
+            "team-a/app".parse::<RepoName>().unwrap().project(),
+            "team-a"
+        );
         assert_eq!("solo".parse::<RepoName>().unwrap().project(), "solo");
     }
 

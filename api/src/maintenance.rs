@@ -1,0 +1,101 @@
+//! Background upkeep of a node: upload sessions that outlived their TTL are cancelled,
+//! staging files of dead uploads are removed, and shard files that no committed blob
+//! references (a crash between writing shards and the Raft commit) are swept once
+//! they are older than the TTL. Runs until the shutdown signal.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use berth_consensus::CommandV1;
+use tokio::sync::watch;
+
+use crate::AppState;
+use crate::oci::error::OciResult;
+use crate::uploads::now_ms;
+
+/// How often the upkeep pass runs.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Called once at start-up: upload sessions this node owned before it stopped cannot
+/// continue (their hash state was in memory), so their records and staged bytes go.
+pub async fn recover(app: &AppState) -> OciResult<()> {
+    let node = app.node;
+    let stale = app
+        .meta
+        .read(move |v| {
+            Ok(v.uploads()?
+                .into_iter()
+                .filter(|u| u.id.owner() == node)
+                .map(|u| u.id)
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    for id in &stale {
+        app.meta
+            .propose(CommandV1::CancelUpload { id: *id })
+            .await?;
+    }
+    let removed = sweep_staging(app).await?;
+    tracing::info!(
+        cancelled = stale.len(),
+        staging_files_removed = removed,
+        "recovered uploads"
+    );
+    Ok(())
+}
+
+async fn sweep_staging(app: &AppState) -> OciResult<usize> {
+    let live: HashSet<_> = app.uploads.live().into_iter().collect();
+    Ok(app.store.sweep_staging(move |id| live.contains(id)).await?)
+}
+
+/// One upkeep pass.
+pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
+    let expired = app.uploads.expire_idle(upload_ttl).await;
+    let before_ms = now_ms().saturating_sub(upload_ttl.as_millis() as u64);
+    app.meta
+        .propose(CommandV1::ExpireUploads { before_ms })
+        .await?;
+    let staging = sweep_staging(app).await?;
+    let meta = app.meta.clone();
+    let handle = tokio::runtime::Handle::current();
+    let orphans = app
+        .store
+        .sweep_orphans(
+            move |digest, upload| {
+                let (digest, upload) = (digest.clone(), *upload);
+                // Called on a blocking thread: wait for the metadata answer there.
+                handle
+                    .block_on(meta.read(move |v| {
+                        Ok(matches!(
+                            v.blob(&digest)?.map(|b| b.layout),
+                            Some(berth_types::BlobLayout::Striped(l)) if l.upload == upload
+                        ))
+                    }))
+                    // When in doubt, keep the file.
+                    .unwrap_or(true)
+            },
+            upload_ttl,
+        )
+        .await?;
+    if expired + staging + orphans > 0 {
+        tracing::info!(expired, staging, orphans, "maintenance pass");
+    }
+    Ok(())
+}
+
+/// Runs upkeep every [`MAINTENANCE_INTERVAL`] until `shutdown` turns true.
+pub async fn run(app: AppState, upload_ttl: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = run_once(&app, upload_ttl).await {
+            tracing::warn!(error = ?e.message, "maintenance pass failed");
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics: requests by route, method and status, latency histograms,
+//! blob bytes in and out, and Raft and disk gauges refreshed at scrape time.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use berth_blobstore::BlobStore;
+use berth_consensus::RaftStatus;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+use crate::oci::RouteLabel;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteOnly {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabels {
+    disk: String,
+}
+
+/// The registry of every metric this node exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteOnly, Histogram>,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    raft_term: Gauge,
+    raft_last_applied: Gauge,
+    raft_last_log: Gauge,
+    raft_is_leader: Gauge,
+    disk_total: Family<DiskLabels, Gauge>,
+    disk_free: Family<DiskLabels, Gauge>,
+    shard_checksum_failures: Gauge,
+    shard_reconstructions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("berth");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let m = Metrics {
+            requests,
+            latency,
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            raft_term: Gauge::default(),
+            raft_last_applied: Gauge::default(),
+            raft_last_log: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            disk_total: Family::default(),
+            disk_free: Family::default(),
+            shard_checksum_failures: Gauge::default(),
+            shard_reconstructions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.latency.clone(),
+        );
+        registry.register(
+            "blob_bytes_received",
+            "Blob bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "blob_bytes_sent",
+            "Blob bytes sent to clients",
+            m.bytes_out.clone(),
+        );
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register(
+            "raft_last_applied_index",
+            "Last log index applied to the state machine",
+            m.raft_last_applied.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Last log index in the Raft log",
+            m.raft_last_log.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 when this node is the Raft leader",
+            m.raft_is_leader.clone(),
+        );
+        registry.register(
+            "disk_total_bytes",
+            "Capacity of each data disk",
+            m.disk_total.clone(),
+        );
+        registry.register(
+            "disk_free_bytes",
+            "Free space of each data disk",
+            m.disk_free.clone(),
+        );
+        registry.register(
+            "shard_checksum_failures",
+            "Shard chunks whose checksum did not match on read",
+            m.shard_checksum_failures.clone(),
+        );
+        registry.register(
+            "shard_reconstructions",
+            "Stripes rebuilt from parity on read",
+            m.shard_reconstructions.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn blob_bytes_in(&self, n: u64) {
+        self.bytes_in.inc_by(n);
+    }
+
+    pub fn blob_bytes_out(&self, n: u64) {
+        self.bytes_out.inc_by(n);
+    }
+
+    fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteOnly {
+                route: route.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Refreshes the gauges and encodes everything in the OpenMetrics text format.
+    pub fn render(&self, raft: &RaftStatus, store: &BlobStore) -> String {
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft_term.set(as_gauge(raft.term));
+        self.raft_last_applied
+            .set(as_gauge(raft.last_applied.unwrap_or(0)));
+        self.raft_last_log
+            .set(as_gauge(raft.last_log_index.unwrap_or(0)));
+        self.raft_is_leader.set(i64::from(raft.is_leader));
+        for disk in store.disk_stats() {
+            let labels = DiskLabels {
+                disk: disk.id.to_string(),
+            };
+            self.disk_total
+                .get_or_create(&labels)
+                .set(as_gauge(disk.total_bytes));
+            self.disk_free
+                .get_or_create(&labels)
+                .set(as_gauge(disk.free_bytes));
+        }
+        let counters = store.counters();
+        self.shard_checksum_failures
+            .set(as_gauge(counters.checksum_failures()));
+        self.shard_reconstructions
+            .set(as_gauge(counters.reconstructions()));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+/// Middleware that counts and times every request by the route that answered it.
+pub async fn track(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let path_route = match req.uri().path() {
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ => "other",
+    };
+    let resp = next.run(req).await;
+    let route = resp
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(path_route, |r| r.0);
+    app.metrics.record(
+        route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}

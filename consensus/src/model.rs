@@ -1,0 +1,245 @@
+//! The registry metadata model: the records the state machine stores, the versioned
+//! commands that change them, and the outcomes a command returns.
+//!
+//! Commands travel through the Raft log as [`VersionedCommand`]; a new format adds a
+//! variant and an upgrade to the current [`Command`], so logs written by older nodes
+//! stay readable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use berth_types::{BlobLayout, Digest, RepoName, Tag, UploadId};
+use serde::{Deserialize, Serialize};
+
+/// A stored manifest. `bytes` are kept byte-for-byte so the digest a client computes
+/// over a pulled manifest matches the one it pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    /// Up to `limits::MANIFEST_BYTES_MAX`.
+    pub bytes: Vec<u8>,
+    pub subject: Option<Digest>,
+    pub artifact_type: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    pub pushed_at_ms: u64,
+}
+
+/// A committed blob and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub digest: Digest,
+    pub size: u64,
+    pub layout: BlobLayout,
+    pub created_at_ms: u64,
+}
+
+/// An open upload session. Recorded through Raft so it survives a leader change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub id: UploadId,
+    pub repo: RepoName,
+    pub started_at_ms: u64,
+}
+
+/// A tag and the manifest it points to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub digest: Digest,
+    pub pushed_at_ms: u64,
+}
+
+/// A manifest of a repository whose `subject` is some digest, as listed by the
+/// referrers API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferrerRecord {
+    pub digest: Digest,
+    pub media_type: String,
+    pub artifact_type: Option<String>,
+    pub size: u64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ReferrerRecord {
+    /// The referrer entry a manifest contributes to its subject's index.
+    pub fn of(record: &ManifestRecord) -> ReferrerRecord {
+        ReferrerRecord {
+            digest: record.digest.clone(),
+            media_type: record.media_type.clone(),
+            artifact_type: record.artifact_type.clone(),
+            size: record.bytes.len() as u64,
+            annotations: record.annotations.clone(),
+        }
+    }
+}
+
+/// Format 1 of the registry commands. Every field an apply needs is in the command,
+/// including time (`at_ms`, stamped by the proposer), so every node computes the same
+/// state from the same log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// Records an upload session.
+    CreateUpload {
+        id: UploadId,
+        repo: RepoName,
+        at_ms: u64,
+    },
+    /// Removes an upload session.
+    CancelUpload {
+        id: UploadId,
+    },
+    /// Records a verified blob (unless one with that digest exists) and links it into
+    /// `repo`, closing `upload` if given.
+    CommitBlob {
+        repo: RepoName,
+        digest: Digest,
+        size: u64,
+        layout: BlobLayout,
+        upload: Option<UploadId>,
+        at_ms: u64,
+    },
+    /// Links into `repo` a blob that `from` links.
+    MountBlob {
+        repo: RepoName,
+        from: RepoName,
+        digest: Digest,
+    },
+    /// Stores a manifest, optionally tags it, and indexes it under its subject. `blobs`
+    /// and `manifests` are what the manifest references; each must already be in `repo`.
+    PutManifest {
+        repo: RepoName,
+        record: ManifestRecord,
+        tag: Option<Tag>,
+        blobs: Vec<Digest>,
+        manifests: Vec<Digest>,
+    },
+    /// Removes a manifest, every tag pointing to it and its referrer entry.
+    DeleteManifest {
+        repo: RepoName,
+        digest: Digest,
+    },
+    DeleteTag {
+        repo: RepoName,
+        tag: Tag,
+    },
+    /// Removes a repository's link to a blob; the blob record stays for GC.
+    UnlinkBlob {
+        repo: RepoName,
+        digest: Digest,
+    },
+    /// Removes every upload session started before `before_ms`.
+    ExpireUploads {
+        before_ms: u64,
+    },
+    /// Removes a blob record that no repository links (GC sweep).
+    DeleteBlobRecord {
+        digest: Digest,
+    },
+}
+
+/// The command format current code proposes.
+pub type Command = CommandV1;
+
+/// A command as written to the Raft log: the format version leads, so a node can read
+/// every format it ever wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VersionedCommand {
+    V1(CommandV1),
+}
+
+impl VersionedCommand {
+    /// Upgrades to the current command format.
+    pub fn into_current(self) -> Command {
+        match self {
+            VersionedCommand::V1(c) => c,
+        }
+    }
+}
+
+impl From<Command> for VersionedCommand {
+    fn from(c: Command) -> VersionedCommand {
+        VersionedCommand::V1(c)
+    }
+}
+
+/// A short summary for logs; never prints manifest bytes or layouts.
+impl fmt::Display for VersionedCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let VersionedCommand::V1(c) = self;
+        write!(f, "v1 ")?;
+        match c {
+            CommandV1::CreateUpload { id, repo, .. } => write!(f, "create-upload {repo} {id}"),
+            CommandV1::CancelUpload { id } => write!(f, "cancel-upload {id}"),
+            CommandV1::CommitBlob { repo, digest, .. } => write!(f, "commit-blob {repo} {digest}"),
+            CommandV1::MountBlob { repo, from, digest } => {
+                write!(f, "mount-blob {repo} from {from} {digest}")
+            }
+            CommandV1::PutManifest { repo, record, .. } => {
+                write!(f, "put-manifest {repo} {}", record.digest)
+            }
+            CommandV1::DeleteManifest { repo, digest } => {
+                write!(f, "delete-manifest {repo} {digest}")
+            }
+            CommandV1::DeleteTag { repo, tag } => write!(f, "delete-tag {repo} {tag}"),
+            CommandV1::UnlinkBlob { repo, digest } => write!(f, "unlink-blob {repo} {digest}"),
+            CommandV1::ExpireUploads { before_ms } => {
+                write!(f, "expire-uploads before {before_ms}")
+            }
+            CommandV1::DeleteBlobRecord { digest } => write!(f, "delete-blob-record {digest}"),
+        }
+    }
+}
+
+/// Why a command was refused. Expected, so a value rather than an error; a refused
+/// command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    /// A manifest references a blob the repository does not link.
+    BlobUnknown(Digest),
+    /// A manifest references a child manifest the repository does not hold.
+    ManifestUnknown(Digest),
+    /// A blob commit names an upload session that no longer exists (expired or
+    /// cancelled), and no blob with that digest was recorded: its shard files may
+    /// already be swept, so the commit must not point at them.
+    UploadUnknown(UploadId),
+    /// A blob record cannot be deleted while a repository links it.
+    StillLinked,
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    UploadCreated,
+    UploadCancelled,
+    /// The blob is linked into the repository. With `existing`, a record with that
+    /// digest was already there and is kept: `layout` is the kept layout, and the
+    /// caller deletes its own redundant shard files.
+    BlobCommitted {
+        existing: bool,
+        layout: BlobLayout,
+    },
+    /// `Some(blob)` when the blob is now linked into the target repository; `None`
+    /// when the source does not link it (nothing changed).
+    Mounted(Option<BlobRecord>),
+    ManifestPut,
+    /// The manifest was removed, with the tags that pointed to it.
+    ManifestDeleted {
+        untagged: Vec<Tag>,
+    },
+    TagDeleted,
+    BlobUnlinked,
+    /// The sessions removed, ordered by start time then id.
+    UploadsExpired(Vec<UploadId>),
+    /// The removed record; the caller deletes its shard files.
+    BlobRecordDeleted(BlobRecord),
+    /// The thing to remove does not exist.
+    NotFound,
+    Rejected(Rejection),
+}
+
+impl Outcome {
+    /// Whether the command changed nothing because it was refused or found nothing.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Outcome::NotFound | Outcome::Rejected(_))
+    }
+}

@@ -1,0 +1,436 @@
+//! The registry state machine's apply logic: each command's effect on the registry
+//! tables, as a pure function of the command and the tables inside one redb write
+//! transaction. No clock, no randomness, ordered tables only, so every node computes
+//! the same state from the same log. Also the shared read helpers [`crate::view`]
+//! builds its queries on.
+
+use berth_types::{Digest, RepoName, Tag, UploadId};
+use redb::{ReadableTable, Table, WriteTransaction};
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::ConsensusError;
+use crate::model::{
+    BlobRecord, Command, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
+    UploadRecord,
+};
+use crate::tables::{self, key, prefix_range};
+
+/// A registry table opened for reading, in a read or a write transaction.
+pub(crate) trait BytesRead: ReadableTable<&'static [u8], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> BytesRead for T {}
+
+/// Reads and decodes one record.
+pub(crate) fn read_record<R: DeserializeOwned>(
+    table: &impl BytesRead,
+    what: &'static str,
+    k: &[u8],
+) -> Result<Option<R>, ConsensusError> {
+    table
+        .get(k)?
+        .map(|v| codec::decode(what, v.value()))
+        .transpose()
+}
+
+pub(crate) fn contains(table: &impl BytesRead, k: &[u8]) -> Result<bool, ConsensusError> {
+    Ok(table.get(k)?.is_some())
+}
+
+/// Whether any key starts with `parts` followed by `\0`.
+pub(crate) fn any_with_prefix(
+    table: &impl BytesRead,
+    parts: &[&[u8]],
+) -> Result<bool, ConsensusError> {
+    let (start, end) = prefix_range(parts);
+    Ok(table
+        .range::<&[u8]>(start.as_slice()..end.as_slice())?
+        .next()
+        .transpose()?
+        .is_some())
+}
+
+/// The part of a composite key after `prefix` (which includes its trailing `\0`).
+pub(crate) fn key_suffix<'k>(
+    k: &'k [u8],
+    prefix: &[u8],
+    table: &'static str,
+) -> Result<&'k str, ConsensusError> {
+    k.strip_prefix(prefix)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .ok_or(ConsensusError::Malformed { table })
+}
+
+/// The registry tables, opened for writing in one transaction. Applying a batch of log
+/// entries uses one `StateTables` and one commit.
+pub(crate) struct StateTables<'txn> {
+    blobs: Table<'txn, &'static [u8], &'static [u8]>,
+    links: Table<'txn, &'static [u8], &'static [u8]>,
+    blob_links: Table<'txn, &'static [u8], &'static [u8]>,
+    manifests: Table<'txn, &'static [u8], &'static [u8]>,
+    tags: Table<'txn, &'static [u8], &'static [u8]>,
+    referrers: Table<'txn, &'static [u8], &'static [u8]>,
+    uploads: Table<'txn, &'static [u8], &'static [u8]>,
+    uploads_by_start: Table<'txn, &'static [u8], &'static [u8]>,
+    repos: Table<'txn, &'static [u8], &'static [u8]>,
+}
+
+impl<'txn> StateTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<StateTables<'txn>, ConsensusError> {
+        Ok(StateTables {
+            blobs: txn.open_table(tables::BLOBS)?,
+            links: txn.open_table(tables::LINKS)?,
+            blob_links: txn.open_table(tables::BLOB_LINKS)?,
+            manifests: txn.open_table(tables::MANIFESTS)?,
+            tags: txn.open_table(tables::TAGS)?,
+            referrers: txn.open_table(tables::REFERRERS)?,
+            uploads: txn.open_table(tables::UPLOADS)?,
+            uploads_by_start: txn.open_table(tables::UPLOADS_BY_START)?,
+            repos: txn.open_table(tables::REPOS)?,
+        })
+    }
+
+    /// Applies one command. An `Outcome::Rejected` or `Outcome::NotFound` leaves the
+    /// tables untouched: every check runs before the first write.
+    pub(crate) fn apply(&mut self, cmd: &Command) -> Result<Outcome, ConsensusError> {
+        match cmd {
+            Command::CreateUpload { id, repo, at_ms } => self.create_upload(*id, repo, *at_ms),
+            Command::CancelUpload { id } => Ok(match self.remove_upload(*id)? {
+                Some(_) => Outcome::UploadCancelled,
+                None => Outcome::NotFound,
+            }),
+            Command::CommitBlob {
+                repo,
+                digest,
+                size,
+                layout,
+                upload,
+                at_ms,
+            } => self.commit_blob(repo, digest, *size, layout, *upload, *at_ms),
+            Command::MountBlob { repo, from, digest } => self.mount_blob(repo, from, digest),
+            Command::PutManifest {
+                repo,
+                record,
+                tag,
+                blobs,
+                manifests,
+            } => self.put_manifest(repo, record, tag.as_ref(), blobs, manifests),
+            Command::DeleteManifest { repo, digest } => self.delete_manifest(repo, digest),
+            Command::DeleteTag { repo, tag } => {
+                let k = key(&[repo.as_str().as_bytes(), tag.as_str().as_bytes()]);
+                if self.tags.remove(k.as_slice())?.is_none() {
+                    return Ok(Outcome::NotFound);
+                }
+                self.release_repo(repo)?;
+                Ok(Outcome::TagDeleted)
+            }
+            Command::UnlinkBlob { repo, digest } => self.unlink_blob(repo, digest),
+            Command::ExpireUploads { before_ms } => self.expire_uploads(*before_ms),
+            Command::DeleteBlobRecord { digest } => self.delete_blob_record(digest),
+        }
+    }
+
+    fn create_upload(
+        &mut self,
+        id: UploadId,
+        repo: &RepoName,
+        at_ms: u64,
+    ) -> Result<Outcome, ConsensusError> {
+        let id_key = id.to_string();
+        // A retried proposal of the same session keeps the first record, so its start
+        // time (and thus its expiry) does not move.
+        if !contains(&self.uploads, id_key.as_bytes())? {
+            let record = UploadRecord {
+                id,
+                repo: repo.clone(),
+                started_at_ms: at_ms,
+            };
+            self.uploads
+                .insert(id_key.as_bytes(), codec::encode(&record).as_slice())?;
+            let by_start = tables::upload_start_key(at_ms, id_key.as_bytes());
+            self.uploads_by_start.insert(by_start.as_slice(), &[][..])?;
+        }
+        Ok(Outcome::UploadCreated)
+    }
+
+    fn remove_upload(&mut self, id: UploadId) -> Result<Option<UploadRecord>, ConsensusError> {
+        let id_key = id.to_string();
+        let Some(bytes) = self.uploads.remove(id_key.as_bytes())? else {
+            return Ok(None);
+        };
+        let record: UploadRecord = codec::decode("upload record", bytes.value())?;
+        drop(bytes);
+        let by_start = tables::upload_start_key(record.started_at_ms, id_key.as_bytes());
+        self.uploads_by_start.remove(by_start.as_slice())?;
+        Ok(Some(record))
+    }
+
+    fn commit_blob(
+        &mut self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        layout: &berth_types::BlobLayout,
+        upload: Option<UploadId>,
+        at_ms: u64,
+    ) -> Result<Outcome, ConsensusError> {
+        let digest_key = digest.to_string();
+        let existing: Option<BlobRecord> =
+            read_record(&self.blobs, "blob record", digest_key.as_bytes())?;
+        if let Some(id) = upload {
+            let had_session = self.remove_upload(id)?.is_some();
+            // Without its session the upload's shard files may already be swept; only
+            // an existing record (whose shards are someone else's) is safe to link.
+            if !had_session && existing.is_none() {
+                return Ok(Outcome::Rejected(Rejection::UploadUnknown(id)));
+            }
+        }
+        let (existing, kept) = match existing {
+            Some(record) => (true, record.layout),
+            None => {
+                let record = BlobRecord {
+                    digest: digest.clone(),
+                    size,
+                    layout: layout.clone(),
+                    created_at_ms: at_ms,
+                };
+                self.blobs
+                    .insert(digest_key.as_bytes(), codec::encode(&record).as_slice())?;
+                (false, record.layout)
+            }
+        };
+        self.link(repo, digest)?;
+        Ok(Outcome::BlobCommitted {
+            existing,
+            layout: kept,
+        })
+    }
+
+    fn mount_blob(
+        &mut self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<Outcome, ConsensusError> {
+        let digest_key = digest.to_string();
+        let from_link = key(&[from.as_str().as_bytes(), digest_key.as_bytes()]);
+        if !contains(&self.links, &from_link)? {
+            return Ok(Outcome::Mounted(None));
+        }
+        let Some(blob) =
+            read_record::<BlobRecord>(&self.blobs, "blob record", digest_key.as_bytes())?
+        else {
+            return Ok(Outcome::Mounted(None));
+        };
+        self.link(repo, digest)?;
+        Ok(Outcome::Mounted(Some(blob)))
+    }
+
+    fn put_manifest(
+        &mut self,
+        repo: &RepoName,
+        record: &ManifestRecord,
+        tag: Option<&Tag>,
+        blobs: &[Digest],
+        manifests: &[Digest],
+    ) -> Result<Outcome, ConsensusError> {
+        let repo_b = repo.as_str().as_bytes();
+        for d in blobs {
+            if !contains(&self.links, &key(&[repo_b, d.to_string().as_bytes()]))? {
+                return Ok(Outcome::Rejected(Rejection::BlobUnknown(d.clone())));
+            }
+        }
+        for d in manifests {
+            if !contains(&self.manifests, &key(&[repo_b, d.to_string().as_bytes()]))? {
+                return Ok(Outcome::Rejected(Rejection::ManifestUnknown(d.clone())));
+            }
+        }
+
+        let digest_s = record.digest.to_string();
+        let manifest_key = key(&[repo_b, digest_s.as_bytes()]);
+        let previous: Option<ManifestRecord> =
+            read_record(&self.manifests, "manifest record", &manifest_key)?;
+        match previous {
+            // A re-put replaces the record; its old subject's index entry goes with it.
+            Some(old) => {
+                if let Some(subject) = old.subject {
+                    self.referrers.remove(
+                        key(&[repo_b, subject.to_string().as_bytes(), digest_s.as_bytes()])
+                            .as_slice(),
+                    )?;
+                }
+            }
+            None => self.hold_repo(repo)?,
+        }
+        self.manifests
+            .insert(manifest_key.as_slice(), codec::encode(record).as_slice())?;
+
+        if let Some(tag) = tag {
+            let tag_key = key(&[repo_b, tag.as_str().as_bytes()]);
+            let tag_record = TagRecord {
+                digest: record.digest.clone(),
+                pushed_at_ms: record.pushed_at_ms,
+            };
+            let replaced = self
+                .tags
+                .insert(tag_key.as_slice(), codec::encode(&tag_record).as_slice())?
+                .is_some();
+            if !replaced {
+                self.hold_repo(repo)?;
+            }
+        }
+
+        if let Some(subject) = &record.subject {
+            let referrer_key = key(&[repo_b, subject.to_string().as_bytes(), digest_s.as_bytes()]);
+            self.referrers.insert(
+                referrer_key.as_slice(),
+                codec::encode(&ReferrerRecord::of(record)).as_slice(),
+            )?;
+        }
+        Ok(Outcome::ManifestPut)
+    }
+
+    fn delete_manifest(
+        &mut self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Outcome, ConsensusError> {
+        let repo_b = repo.as_str().as_bytes();
+        let digest_s = digest.to_string();
+        let Some(bytes) = self
+            .manifests
+            .remove(key(&[repo_b, digest_s.as_bytes()]).as_slice())?
+        else {
+            return Ok(Outcome::NotFound);
+        };
+        let record: ManifestRecord = codec::decode("manifest record", bytes.value())?;
+        drop(bytes);
+        self.release_repo(repo)?;
+        if let Some(subject) = &record.subject {
+            self.referrers.remove(
+                key(&[repo_b, subject.to_string().as_bytes(), digest_s.as_bytes()]).as_slice(),
+            )?;
+        }
+
+        let (start, end) = prefix_range(&[repo_b]);
+        let mut doomed = Vec::new();
+        for entry in self.tags.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (k, v) = entry?;
+            let tag: TagRecord = codec::decode("tag record", v.value())?;
+            if tag.digest == *digest {
+                doomed.push(k.value().to_vec());
+            }
+        }
+        let mut untagged = Vec::with_capacity(doomed.len());
+        for k in doomed {
+            let name = key_suffix(&k, &start, "tags")?;
+            untagged.push(
+                name.parse::<Tag>()
+                    .map_err(|_| ConsensusError::Malformed { table: "tags" })?,
+            );
+            self.tags.remove(k.as_slice())?;
+            self.release_repo(repo)?;
+        }
+        Ok(Outcome::ManifestDeleted { untagged })
+    }
+
+    fn unlink_blob(&mut self, repo: &RepoName, digest: &Digest) -> Result<Outcome, ConsensusError> {
+        let repo_b = repo.as_str().as_bytes();
+        let digest_s = digest.to_string();
+        if self
+            .links
+            .remove(key(&[repo_b, digest_s.as_bytes()]).as_slice())?
+            .is_none()
+        {
+            return Ok(Outcome::NotFound);
+        }
+        self.blob_links
+            .remove(key(&[digest_s.as_bytes(), repo_b]).as_slice())?;
+        self.release_repo(repo)?;
+        Ok(Outcome::BlobUnlinked)
+    }
+
+    fn expire_uploads(&mut self, before_ms: u64) -> Result<Outcome, ConsensusError> {
+        let end = before_ms.to_be_bytes();
+        let mut expired = Vec::new();
+        for entry in self.uploads_by_start.range::<&[u8]>(..&end[..])? {
+            let (k, _) = entry?;
+            expired.push(k.value().to_vec());
+        }
+        let mut ids = Vec::with_capacity(expired.len());
+        for k in expired {
+            let id_s = k.get(8..).and_then(|s| std::str::from_utf8(s).ok()).ok_or(
+                ConsensusError::Malformed {
+                    table: "uploads_by_start",
+                },
+            )?;
+            let id: UploadId = id_s.parse().map_err(|_| ConsensusError::Malformed {
+                table: "uploads_by_start",
+            })?;
+            self.uploads.remove(id_s.as_bytes())?;
+            self.uploads_by_start.remove(k.as_slice())?;
+            ids.push(id);
+        }
+        Ok(Outcome::UploadsExpired(ids))
+    }
+
+    fn delete_blob_record(&mut self, digest: &Digest) -> Result<Outcome, ConsensusError> {
+        let digest_s = digest.to_string();
+        let Some(record) =
+            read_record::<BlobRecord>(&self.blobs, "blob record", digest_s.as_bytes())?
+        else {
+            return Ok(Outcome::NotFound);
+        };
+        if any_with_prefix(&self.blob_links, &[digest_s.as_bytes()])? {
+            return Ok(Outcome::Rejected(Rejection::StillLinked));
+        }
+        self.blobs.remove(digest_s.as_bytes())?;
+        Ok(Outcome::BlobRecordDeleted(record))
+    }
+
+    fn link(&mut self, repo: &RepoName, digest: &Digest) -> Result<(), ConsensusError> {
+        let repo_b = repo.as_str().as_bytes();
+        let digest_s = digest.to_string();
+        let link_key = key(&[repo_b, digest_s.as_bytes()]);
+        if self.links.insert(link_key.as_slice(), &[][..])?.is_none() {
+            self.blob_links
+                .insert(key(&[digest_s.as_bytes(), repo_b]).as_slice(), &[][..])?;
+            self.hold_repo(repo)?;
+        }
+        Ok(())
+    }
+
+    /// Counts one more link, manifest or tag held by `repo`.
+    fn hold_repo(&mut self, repo: &RepoName) -> Result<(), ConsensusError> {
+        let k = repo.as_str().as_bytes();
+        let n = self.repo_count(k)? + 1;
+        self.repos.insert(k, &n.to_be_bytes()[..])?;
+        Ok(())
+    }
+
+    /// Counts one fewer; the repository stops existing at zero.
+    fn release_repo(&mut self, repo: &RepoName) -> Result<(), ConsensusError> {
+        let k = repo.as_str().as_bytes();
+        match self.repo_count(k)? {
+            0 | 1 => {
+                self.repos.remove(k)?;
+            }
+            n => {
+                self.repos.insert(k, &(n - 1).to_be_bytes()[..])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn repo_count(&self, k: &[u8]) -> Result<u64, ConsensusError> {
+        match self.repos.get(k)? {
+            None => Ok(0),
+            Some(v) => {
+                let bytes: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| ConsensusError::Malformed { table: "repos" })?;
+                Ok(u64::from_be_bytes(bytes))
+            }
+        }
+    }
+}

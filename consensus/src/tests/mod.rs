@@ -1,0 +1,66 @@
+//! Tests of the consensus crate: openraft's storage suite on our stores, the state
+//! machine against a BTreeMap model, per-command outcomes, restart through the public
+//! handle, and decoding of checked-in bytes of format version 1.
+
+mod commands;
+mod fixture;
+mod model_prop;
+mod restart;
+mod storage_suite;
+
+use std::sync::Arc;
+
+use berth_types::{BlobLayout, Digest, DigestAlgorithm, NodeId, RepoName, Tag, UploadId};
+use redb::{Database, Durability, ReadableDatabase};
+use tempfile::TempDir;
+
+use crate::db;
+use crate::model::{Command, Outcome};
+use crate::state::StateTables;
+use crate::view::StateView;
+
+pub(crate) fn sha(n: u8) -> Digest {
+    Digest::from_bytes(DigestAlgorithm::Sha256, &[n; 32])
+}
+
+pub(crate) fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+pub(crate) fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+pub(crate) fn upload(n: u128) -> UploadId {
+    UploadId::new(NodeId(1), n)
+}
+
+pub(crate) fn inline(n: u8) -> BlobLayout {
+    BlobLayout::Inline(vec![n; 3])
+}
+
+/// A state machine database without Raft, for applying commands directly.
+pub(crate) struct TestDb {
+    _dir: TempDir,
+    db: Arc<Database>,
+}
+
+impl TestDb {
+    pub(crate) fn new() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db::open_blocking(dir.path()).unwrap();
+        TestDb { _dir: dir, db }
+    }
+
+    /// Applies one command in its own transaction, as an apply batch of one.
+    pub(crate) fn apply(&self, cmd: &Command) -> Outcome {
+        let txn = db::write(&self.db, Durability::None).unwrap();
+        let outcome = StateTables::open(&txn).unwrap().apply(cmd).unwrap();
+        txn.commit().unwrap();
+        outcome
+    }
+
+    pub(crate) fn view(&self) -> StateView {
+        StateView::new(self.db.begin_read().unwrap())
+    }
+}

@@ -1,0 +1,202 @@
+//! Configuration of `berth serve`: built-in defaults, then a TOML file (`--config`),
+//! then `BERTH_*` environment variables, then command-line flags, each overriding the
+//! one before.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use berth_types::EcProfile;
+use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Flags of `berth serve`. Every flag is optional so that file and environment
+/// values show through when it is not given.
+#[derive(clap::Args, Debug, Default, Serialize)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP listener (default 127.0.0.1:5000).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Folder for node state and metadata (default ./berth-data).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// A data disk (folder on its own filesystem); repeat for several. Default: <data>/disk0.
+    #[arg(long = "disk")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<PathBuf>,
+    /// Erasure-coding profile k+m across the disks (default chosen from the disk count).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Bytes per shard of a stripe.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_bytes: Option<u32>,
+    /// Seconds an idle upload session lives before it is cancelled.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_ttl_secs: Option<u64>,
+    /// Log format: json, text, or auto (text on a terminal, else json).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// Serve plain HTTP on a non-loopback address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_http: bool,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    pub disks: Vec<PathBuf>,
+    pub profile: Option<String>,
+    pub shard_bytes: u32,
+    pub upload_ttl_secs: u64,
+    pub log_format: String,
+    pub allow_insecure_http: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data: PathBuf::from("berth-data"),
+            disks: Vec::new(),
+            profile: None,
+            shard_bytes: SHARD_BYTES_DEFAULT,
+            upload_ttl_secs: UPLOAD_TTL_SECS_DEFAULT,
+            log_format: "auto".into(),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+impl Config {
+    /// The data disks: the configured ones, or one folder inside the data dir.
+    pub fn disk_paths(&self) -> Vec<PathBuf> {
+        if self.disks.is_empty() {
+            vec![self.data.join("disk0")]
+        } else {
+            self.disks.clone()
+        }
+    }
+
+    /// The configured profile, or the default for the number of disks.
+    pub fn ec_profile(&self) -> anyhow::Result<EcProfile> {
+        if let Some(p) = &self.profile {
+            return p
+                .parse()
+                .with_context(|| format!("invalid erasure-coding profile {p:?}"));
+        }
+        let (k, m) = match self.disk_paths().len() {
+            0 | 1 => (1, 0),
+            2 => (1, 1),
+            3 => (2, 1),
+            4 | 5 => (2, 2),
+            _ => (4, 2),
+        };
+        Ok(EcProfile::new(k, m)?)
+    }
+}
+
+/// Merges defaults, file, environment and flags, and checks the result.
+pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = &args.config {
+        anyhow::ensure!(
+            path.exists(),
+            "config file {} does not exist",
+            path.display()
+        );
+        figment = figment.merge(Toml::file(path));
+    }
+    let cfg: Config = figment
+        .merge(Env::prefixed("BERTH_"))
+        .merge(Serialized::defaults(args))
+        .extract()
+        .context("reading configuration")?;
+    anyhow::ensure!(
+        cfg.shard_bytes >= 1024
+            && cfg.shard_bytes <= SHARD_BYTES_MAX
+            && cfg.shard_bytes.is_multiple_of(64),
+        "shard_bytes must be a multiple of 64 between 1024 and {SHARD_BYTES_MAX}"
+    );
+    let profile = cfg.ec_profile()?;
+    anyhow::ensure!(
+        profile.width() <= cfg.disk_paths().len(),
+        "profile {profile} needs {} disks, {} configured",
+        profile.width(),
+        cfg.disk_paths().len()
+    );
+    anyhow::ensure!(
+        cfg.listen.ip().is_loopback() || cfg.allow_insecure_http,
+        "refusing to serve plain HTTP on {}: bind to a loopback address or pass --allow-insecure-http",
+        cfg.listen
+    );
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_single_node() {
+        let cfg = load(&ServeArgs::default()).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(cfg.disk_paths(), vec![PathBuf::from("berth-data/disk0")]);
+        assert_eq!(cfg.ec_profile().unwrap(), EcProfile::SINGLE);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:6000\"\nshard_bytes = 65536\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            disks: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            ..ServeArgs::default()
+        };
+        let cfg = load(&args).unwrap();
+        assert_eq!(cfg.listen.port(), 7000);
+        assert_eq!(cfg.shard_bytes, 65536);
+        assert_eq!(cfg.ec_profile().unwrap().to_string(), "2+2");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let wide = ServeArgs {
+            profile: Some("2+2".into()),
+            ..ServeArgs::default()
+        };
+        assert!(
+            load(&wide)
+                .unwrap_err()
+                .to_string()
+                .contains("needs 4 disks")
+        );
+        let public = ServeArgs {
+            listen: Some("0.0.0.0:5000".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        assert!(load(&public).unwrap_err().to_string().contains("refusing"));
+        let odd = ServeArgs {
+            shard_bytes: Some(1000),
+            ..ServeArgs::default()
+        };
+        assert!(load(&odd).is_err());
+    }
+}

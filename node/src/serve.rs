@@ -1,0 +1,145 @@
+//! `berth serve`: the one wiring function. Opens the node identity, the metadata
+//! (Raft), the disks and the blob store, builds the HTTP app, serves it, and on
+//! SIGTERM or Ctrl-C shuts down in order: stop accepting, finish in-flight requests,
+//! stop upkeep, stop Raft.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_api::{App, maintenance, router};
+use berth_blobstore::{BlobStore, Disk, FsDisk, StoreConfig};
+use berth_consensus::Metadata;
+use berth_types::NodeId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+const NODE_FILE_FORMAT: u32 = 1;
+
+/// The node's persisted identity.
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    format: u32,
+    node_id: u64,
+}
+
+/// Reads the node id from `<data>/node.json`, creating it on first start.
+fn node_identity(data: &Path) -> anyhow::Result<NodeId> {
+    let path = data.join("node.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let file: NodeFile =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        anyhow::ensure!(
+            file.format == NODE_FILE_FORMAT,
+            "{} has format {}, this berth reads {NODE_FILE_FORMAT}",
+            path.display(),
+            file.format
+        );
+        return Ok(NodeId(file.node_id));
+    }
+    // Ids stay below 2^53 so they survive JSON tooling that reads numbers as doubles.
+    let id = rand::random::<u64>() % (1 << 53) + 1;
+    let tmp = data.join("node.json.tmp");
+    let body = serde_json::to_vec_pretty(&NodeFile {
+        format: NODE_FILE_FORMAT,
+        node_id: id,
+    })?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data)?.sync_all()?;
+    Ok(NodeId(id))
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data)
+        .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
+    let node = node_identity(&cfg.data)?;
+    let meta = Metadata::open_single(&cfg.data.join("meta"), node)
+        .await
+        .context("opening metadata")?;
+    let mut disks: Vec<Arc<dyn Disk>> = Vec::new();
+    for (index, path) in cfg.disk_paths().into_iter().enumerate() {
+        // A new disk gets its index as id; an existing one keeps the id in its label.
+        let id = berth_types::DiskId(u32::try_from(index)?);
+        let disk =
+            FsDisk::open(&path, id).with_context(|| format!("opening disk {}", path.display()))?;
+        disks.push(Arc::new(disk));
+    }
+    let profile = cfg.ec_profile()?;
+    let store = BlobStore::open(
+        node,
+        disks,
+        StoreConfig {
+            profile,
+            shard_bytes: cfg.shard_bytes,
+        },
+    )
+    .context("opening blob store")?;
+    let app = App::new(node, meta.clone(), store);
+    maintenance::recover(&app)
+        .await
+        .map_err(|e| anyhow::anyhow!("recovering uploads: {}", e.message))?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let data = std::fs::canonicalize(&cfg.data).unwrap_or(cfg.data.clone());
+    tracing::info!(%addr, data = %data.display(), node = %node, %profile, "berth listening on http://{addr}");
+    println!(
+        "berth listening on http://{addr} (node {node}, data in {}, profile {profile})",
+        data.display()
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let upkeep = tokio::spawn(maintenance::run(
+        app.clone(),
+        Duration::from_secs(cfg.upload_ttl_secs),
+        stop_rx,
+    ));
+    let served = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    tracing::info!("HTTP server stopped; shutting down");
+    let _ = stop_tx.send(true);
+    let _ = upkeep.await;
+    meta.shutdown().await.context("stopping metadata")?;
+    tracing::info!("shutdown complete");
+    served.context("serving HTTP")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "listening for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "listening for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
