@@ -261,7 +261,8 @@ mod tests {
     fn refusals_table() {
         let good = image(Some(OCI_MANIFEST));
         let other: Digest = d(9).parse().unwrap();
-        let cases: Vec<(Option<&str>, Vec<u8>, Option<Digest>, &str)> = vec![
+        type Case<'a> = (Option<&'a str>, Vec<u8>, Option<Digest>, &'a str);
+        let cases: Vec<Case> = vec![
             (Some(OCI_MANIFEST), b"not json".to_vec(), None, "NotJson"),
             (Some(OCI_MANIFEST), b"[1,2]".to_vec(), None, "Schema"),
             (Some(DOCKER_MANIFEST), good.clone(), None, "MediaTypeMismatch"),

@@ -1,0 +1,496 @@
+//! `BlobStore`, the handle the rest of berth uses: it owns this node's disks, picks the
+//! disks of a new upload, opens writers and readers, deletes blobs, sweeps leftovers,
+//! and reports disk state and counters. Blocking disk calls run on tokio's blocking
+//! pool.
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX};
+use berth_types::{
+    CodecId, Digest, DiskId, EcProfile, NodeId, ShardPlacement, StripedLayout, UploadId,
+};
+use bytes::Bytes;
+use futures::Stream;
+
+use crate::codec::{Codec, codec_for};
+use crate::disk::Disk;
+use crate::error::BlobStoreError;
+use crate::format::{self, BLOBS_DIR, DIGEST_ALGORITHMS, STAGING_DIR};
+use crate::placement::{self, Candidate, DiskState};
+use crate::reader;
+use crate::writer::StripeWriter;
+
+/// A disk is full for placement once its free space drops below this many chunks:
+/// room for the shard files of uploads already in flight, and for the filesystem.
+pub const FULL_RESERVE_CHUNKS: u64 = 64;
+
+/// How this node stores new blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub profile: EcProfile,
+    /// Size of one shard of one stripe; even, because the codec works on 16-bit words.
+    pub shard_bytes: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            profile: EcProfile::SINGLE,
+            shard_bytes: SHARD_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// What an operator sees of one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskStats {
+    pub id: DiskId,
+    pub path: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub state: DiskState,
+}
+
+/// Monotonic counters of the store, for metrics.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    bytes_written: AtomicU64,
+    bytes_read: AtomicU64,
+    checksum_failures: AtomicU64,
+    shards_unavailable: AtomicU64,
+    reconstructions: AtomicU64,
+}
+
+impl StoreCounters {
+    /// Bytes written to shard files, headers and checksums and parity included.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes read from shard files, checksums included.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    /// Chunks or headers whose checksum did not match.
+    pub fn checksum_failures(&self) -> u64 {
+        self.checksum_failures.load(Ordering::Relaxed)
+    }
+
+    /// Shard reads that found no file, a short file, or an I/O error.
+    pub fn shards_unavailable(&self) -> u64 {
+        self.shards_unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Stripes that were rebuilt from parity to serve a read.
+    pub fn reconstructions(&self) -> u64 {
+        self.reconstructions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_written(&self, n: u64) {
+        self.bytes_written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_read(&self, n: u64) {
+        self.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn checksum_failed(&self) {
+        self.checksum_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shard_unavailable(&self) {
+        self.shards_unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reconstructed(&self) {
+        self.reconstructions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DiskSlot {
+    pub disk: Arc<dyn Disk>,
+    /// Set when a write-path operation fails for a reason other than space; the disk
+    /// takes no new shards until the store is reopened.
+    failed: AtomicBool,
+}
+
+#[derive(Debug)]
+pub(crate) struct StoreInner {
+    pub node: NodeId,
+    pub disks: Vec<DiskSlot>,
+    pub cfg: StoreConfig,
+    pub codec: Arc<dyn Codec>,
+    pub counters: StoreCounters,
+}
+
+impl StoreInner {
+    pub fn slot(&self, disk: DiskId) -> Option<&DiskSlot> {
+        self.disks.iter().find(|s| s.disk.id() == disk)
+    }
+
+    /// Converts an error of a write-path operation, and takes the disk out of
+    /// placement if the error says it is broken rather than full.
+    pub fn write_error(&self, disk: DiskId, path: &Path, e: io::Error) -> BlobStoreError {
+        let err = BlobStoreError::io(disk, path, e);
+        if let BlobStoreError::Io { source, .. } = &err {
+            tracing::warn!(%disk, path = %path.display(), error = %source, "disk write failed; disk taken out of placement");
+            if let Some(slot) = self.slot(disk) {
+                slot.failed.store(true, Ordering::Relaxed);
+            }
+        }
+        err
+    }
+
+    fn stats(&self, slot: &DiskSlot) -> DiskStats {
+        let disk = &slot.disk;
+        let reserve = FULL_RESERVE_CHUNKS * format::chunk_bytes(self.cfg.shard_bytes);
+        let space = disk.total_bytes().and_then(|t| Ok((t, disk.free_bytes()?)));
+        let (total_bytes, free_bytes, state) = match space {
+            Err(e) => {
+                tracing::warn!(disk = %disk.id(), error = %e, "disk cannot report its space");
+                (0, 0, DiskState::Failed)
+            }
+            Ok((total, free)) => {
+                let state = if slot.failed.load(Ordering::Relaxed) {
+                    DiskState::Failed
+                } else if free < reserve {
+                    DiskState::Full
+                } else {
+                    DiskState::Active
+                };
+                (total, free, state)
+            }
+        };
+        DiskStats {
+            id: disk.id(),
+            path: disk.location(),
+            total_bytes,
+            free_bytes,
+            state,
+        }
+    }
+}
+
+/// Runs a blocking disk operation on tokio's blocking pool. A panic in it is a bug and
+/// is resumed here; the only other way it can fail is a runtime shutting down.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, BlobStoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(BlobStoreError::ShuttingDown),
+    }
+}
+
+/// The erasure-coded blob store of this node. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    inner: Arc<StoreInner>,
+}
+
+impl BlobStore {
+    /// Opens the store over `disks`. Creates and syncs the `staging` and `blobs`
+    /// directories of every disk, so it blocks: call it at startup.
+    pub fn open(
+        node: NodeId,
+        disks: Vec<Arc<dyn Disk>>,
+        cfg: StoreConfig,
+    ) -> Result<BlobStore, BlobStoreError> {
+        if cfg.shard_bytes == 0
+            || !cfg.shard_bytes.is_multiple_of(2)
+            || cfg.shard_bytes > SHARD_BYTES_MAX
+        {
+            return Err(BlobStoreError::InvalidShardBytes {
+                shard_bytes: cfg.shard_bytes,
+            });
+        }
+        if cfg.profile.width() > disks.len() {
+            return Err(BlobStoreError::NotEnoughDisks {
+                profile: cfg.profile,
+                needed: cfg.profile.width(),
+                available: disks.len(),
+            });
+        }
+        for (i, d) in disks.iter().enumerate() {
+            if disks[..i].iter().any(|o| o.id() == d.id()) {
+                return Err(BlobStoreError::DuplicateDisk { disk: d.id() });
+            }
+        }
+        for disk in &disks {
+            prepare_tree(disk.as_ref())?;
+        }
+        Ok(BlobStore {
+            inner: Arc::new(StoreInner {
+                node,
+                disks: disks
+                    .into_iter()
+                    .map(|disk| DiskSlot {
+                        disk,
+                        failed: AtomicBool::new(false),
+                    })
+                    .collect(),
+                cfg,
+                codec: codec_for(CodecId::ReedSolomonV1, cfg.profile),
+                counters: StoreCounters::default(),
+            }),
+        })
+    }
+
+    pub fn profile(&self) -> EcProfile {
+        self.inner.cfg.profile
+    }
+
+    /// Starts writing the blob of `upload` onto the disks placement picks for it.
+    /// Asks each disk for its free space (a statvfs), which does not wait on I/O.
+    /// Fails with `DiskFull` when disks short of space are what keeps the profile from
+    /// fitting, and with `NotEnoughDisks` when failed disks are.
+    pub fn begin(&self, upload: UploadId) -> Result<StripeWriter, BlobStoreError> {
+        let profile = self.inner.cfg.profile;
+        let candidates: Vec<Candidate> = self
+            .inner
+            .disks
+            .iter()
+            .map(|slot| {
+                let s = self.inner.stats(slot);
+                Candidate {
+                    disk: s.id,
+                    free_bytes: s.free_bytes,
+                    state: s.state,
+                }
+            })
+            .collect();
+        let chosen = placement::place(upload.to_string().as_bytes(), &candidates, profile.width())
+            .map_err(|e| {
+                // Short only because disks are out of space: that is "storage full" to a
+                // client, not a broken node.
+                let full: Vec<DiskId> = candidates
+                    .iter()
+                    .filter(|c| c.state == DiskState::Full)
+                    .map(|c| c.disk)
+                    .collect();
+                match full.first() {
+                    Some(&disk) if e.available + full.len() >= e.needed => {
+                        BlobStoreError::DiskFull { disk }
+                    }
+                    _ => BlobStoreError::NotEnoughDisks {
+                        profile,
+                        needed: e.needed,
+                        available: e.available,
+                    },
+                }
+            })?;
+        let targets = chosen
+            .iter()
+            .map(|id| {
+                let slot = self
+                    .inner
+                    .slot(*id)
+                    .expect("placement chose a disk of this store");
+                slot.disk.clone()
+            })
+            .collect();
+        Ok(StripeWriter::new(self.inner.clone(), upload, targets))
+    }
+
+    /// Streams bytes `[range.start, range.end)` of a blob of `size` bytes. Memory is
+    /// bounded by a few stripes; every chunk's checksum is verified; a missing or
+    /// corrupt shard is rebuilt from parity (and counted) as long as `k` shards of the
+    /// stripe are good.
+    pub fn read(
+        &self,
+        layout: &StripedLayout,
+        digest: &Digest,
+        size: u64,
+        range: Range<u64>,
+    ) -> impl Stream<Item = Result<Bytes, BlobStoreError>> + Send + 'static {
+        reader::read(
+            self.inner.clone(),
+            layout.clone(),
+            digest.clone(),
+            size,
+            range,
+        )
+    }
+
+    /// Removes the shard files of a blob. Files already gone are fine. The removals are
+    /// not synced: a file that comes back after a crash is an orphan, and the orphan
+    /// sweep removes it.
+    pub async fn delete(
+        &self,
+        layout: &StripedLayout,
+        digest: &Digest,
+    ) -> Result<(), BlobStoreError> {
+        if !layout.is_valid() {
+            return Err(BlobStoreError::InvalidLayout);
+        }
+        if let Some((shard, p)) = layout
+            .shards
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.node != self.inner.node)
+        {
+            return Err(BlobStoreError::RemoteShard {
+                shard,
+                node: p.node,
+            });
+        }
+        let inner = self.inner.clone();
+        let shards: Vec<(usize, ShardPlacement)> =
+            layout.shards.iter().copied().enumerate().collect();
+        let (digest, upload) = (digest.clone(), layout.upload);
+        blocking(move || {
+            for (index, placement) in shards {
+                let Some(slot) = inner.slot(placement.disk) else {
+                    tracing::warn!(disk = %placement.disk, "deleting a shard on a disk this node no longer has");
+                    continue;
+                };
+                let path = format::final_path(&digest, &upload, index);
+                match slot.disk.remove(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(BlobStoreError::io(placement.disk, path, e)),
+                }
+            }
+            Ok(())
+        })
+        .await?
+    }
+
+    /// Removes staging files whose upload is not live (`is_live(upload)` false).
+    /// Returns how many files were removed.
+    pub async fn sweep_staging(
+        &self,
+        is_live: impl Fn(&UploadId) -> bool + Send + 'static,
+    ) -> Result<usize, BlobStoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut removed = 0;
+            for slot in &inner.disks {
+                let disk = slot.disk.as_ref();
+                let dir = Path::new(STAGING_DIR);
+                for entry in list(disk, dir)? {
+                    let Some((upload, _)) = format::parse_shard_name(&entry.name) else {
+                        continue;
+                    };
+                    if entry.is_dir || is_live(&upload) {
+                        continue;
+                    }
+                    removed += usize::from(remove(disk, &dir.join(&entry.name))?);
+                }
+            }
+            Ok(removed)
+        })
+        .await?
+    }
+
+    /// Removes final shard files that no committed blob references
+    /// (`is_committed(digest, upload)` false) and that were last modified at least
+    /// `min_age` ago, so a commit racing the sweep is never touched. Returns how many
+    /// files were removed.
+    pub async fn sweep_orphans(
+        &self,
+        is_committed: impl Fn(&Digest, &UploadId) -> bool + Send + 'static,
+        min_age: Duration,
+    ) -> Result<usize, BlobStoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let now = SystemTime::now();
+            let mut removed = 0;
+            for slot in &inner.disks {
+                let disk = slot.disk.as_ref();
+                for (digest, dir) in blob_dirs(disk)? {
+                    for entry in list(disk, &dir)? {
+                        let Some((upload, _)) = format::parse_shard_name(&entry.name) else {
+                            continue;
+                        };
+                        let age = now.duration_since(entry.modified).unwrap_or_default();
+                        if entry.is_dir || age < min_age || is_committed(&digest, &upload) {
+                            continue;
+                        }
+                        removed += usize::from(remove(disk, &dir.join(&entry.name))?);
+                    }
+                }
+            }
+            Ok(removed)
+        })
+        .await?
+    }
+
+    /// Space and state of every disk. Asks each disk for its space (a statvfs).
+    pub fn disk_stats(&self) -> Vec<DiskStats> {
+        self.inner
+            .disks
+            .iter()
+            .map(|slot| self.inner.stats(slot))
+            .collect()
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.inner.counters
+    }
+}
+
+/// Creates the fixed directories of a disk and makes them durable, so later commits
+/// only have to sync the directories they create.
+fn prepare_tree(disk: &dyn Disk) -> Result<(), BlobStoreError> {
+    let err = |path: &Path, e| BlobStoreError::io(disk.id(), path, e);
+    let blobs = Path::new(BLOBS_DIR);
+    for alg in DIGEST_ALGORITHMS {
+        let dir = blobs.join(alg.as_str());
+        disk.create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    }
+    let staging = Path::new(STAGING_DIR);
+    disk.create_dir_all(staging).map_err(|e| err(staging, e))?;
+    disk.sync_dir(blobs).map_err(|e| err(blobs, e))?;
+    disk.sync_dir(Path::new(""))
+        .map_err(|e| err(Path::new(""), e))
+}
+
+/// Lists a directory; a directory that does not exist is empty.
+fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<crate::disk::DirEntry>, BlobStoreError> {
+    match disk.list(dir) {
+        Ok(entries) => Ok(entries),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(BlobStoreError::io(disk.id(), dir, e)),
+    }
+}
+
+/// Removes a file; returns whether this call removed it.
+fn remove(disk: &dyn Disk, path: &Path) -> Result<bool, BlobStoreError> {
+    match disk.remove(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(BlobStoreError::io(disk.id(), path, e)),
+    }
+}
+
+/// Every `blobs/<algorithm>/<ab>/<hex>` directory of a disk, with its digest.
+/// Directories whose names are not a digest are skipped: they are not berth's.
+fn blob_dirs(disk: &dyn Disk) -> Result<Vec<(Digest, PathBuf)>, BlobStoreError> {
+    let mut out = Vec::new();
+    for alg in DIGEST_ALGORITHMS {
+        let alg_dir = Path::new(BLOBS_DIR).join(alg.as_str());
+        for prefix in list(disk, &alg_dir)?.into_iter().filter(|e| e.is_dir) {
+            let prefix_dir = alg_dir.join(&prefix.name);
+            for blob in list(disk, &prefix_dir)?.into_iter().filter(|e| e.is_dir) {
+                let Ok(digest) = format!("{}:{}", alg.as_str(), blob.name).parse::<Digest>() else {
+                    continue;
+                };
+                if format::blob_dir(&digest) == prefix_dir.join(&blob.name) {
+                    out.push((digest, prefix_dir.join(&blob.name)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! Helpers shared by the blob store integration tests: deterministic data, fake
+//! digests, and writing or reading a whole blob.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use berth_blobstore::{BlobStore, BlobStoreError, Disk, FsDisk};
+use berth_types::{Digest, DigestAlgorithm, DiskId, NodeId, StripedLayout, UploadId};
+use bytes::Bytes;
+use futures::TryStreamExt;
+
+pub const NODE: NodeId = NodeId(1);
+
+/// Deterministic bytes (xorshift), different for every seed.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A digest for test content. The store never checks digests, it only names files by
+/// them, so blake3 output standing in for sha256 is enough.
+pub fn digest_of(bytes: &[u8]) -> Digest {
+    Digest::from_bytes(DigestAlgorithm::Sha256, blake3::hash(bytes).as_bytes())
+}
+
+pub fn upload(n: u128) -> UploadId {
+    UploadId::new(NODE, n)
+}
+
+pub fn fs_disks(root: &std::path::Path, n: u32) -> Vec<Arc<dyn Disk>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(FsDisk::open(root.join(format!("disk{i}")), DiskId(i)).unwrap())
+                as Arc<dyn Disk>
+        })
+        .collect()
+}
+
+/// Writes `bytes` in uneven pieces (so pieces straddle stripe boundaries) and commits.
+pub async fn put(
+    store: &BlobStore,
+    upload: UploadId,
+    bytes: &[u8],
+) -> Result<(Digest, StripedLayout), BlobStoreError> {
+    let digest = digest_of(bytes);
+    let mut writer = store.begin(upload)?;
+    let mut rest = bytes;
+    let mut piece = 1000;
+    while !rest.is_empty() {
+        let n = piece.min(rest.len());
+        writer.write(Bytes::copy_from_slice(&rest[..n])).await?;
+        rest = &rest[n..];
+        piece = piece * 7 % 70_001 + 1;
+    }
+    assert_eq!(writer.len(), bytes.len() as u64);
+    let layout = writer.commit(&digest).await?;
+    Ok((digest, layout))
+}
+
+pub async fn get(
+    store: &BlobStore,
+    layout: &StripedLayout,
+    digest: &Digest,
+    size: u64,
+    range: Range<u64>,
+) -> Result<Vec<u8>, BlobStoreError> {
+    let pieces: Vec<Bytes> = store
+        .read(layout, digest, size, range)
+        .try_collect()
+        .await?;
+    Ok(pieces.concat())
+}

@@ -1,0 +1,264 @@
+//! Blobs written through `StripeWriter` on filesystem disks read back byte-identical,
+//! whole and by range, for every profile and for sizes around shard and stripe
+//! boundaries.
+
+use std::sync::Arc;
+
+use berth_blobstore::{BlobStore, BlobStoreError, Disk, DiskState, SimDisk, SimPower, StoreConfig};
+use berth_types::{CodecId, DiskId, EcProfile, NodeId, ShardPlacement, StripedLayout};
+use bytes::Bytes;
+
+use crate::common::{NODE, data, digest_of, fs_disks, get, put, upload};
+
+const SHARD: u32 = 4096;
+
+fn profile(k: u8, m: u8) -> EcProfile {
+    EcProfile::new(k, m).unwrap()
+}
+
+/// Ranges at the edges of shards and stripes, clipped to the blob.
+fn boundary_ranges(size: u64, shard: u64, stripe: u64) -> Vec<std::ops::Range<u64>> {
+    let mut points = vec![
+        0,
+        1,
+        shard - 1,
+        shard,
+        shard + 1,
+        stripe - 1,
+        stripe,
+        stripe + 1,
+    ];
+    points.extend([2 * stripe - 1, 2 * stripe, size - 1, size]);
+    points.retain(|&p| p <= size);
+    let mut ranges = vec![0..size, size..size, 0..0];
+    for &a in &points {
+        for &b in &points {
+            if a < b {
+                ranges.push(a..b);
+            }
+        }
+    }
+    ranges
+}
+
+#[tokio::test]
+async fn blobs_round_trip_in_every_profile_and_size() {
+    for (k, m, disks) in [(1, 0, 1), (2, 2, 4), (2, 1, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            profile: profile(k, m),
+            shard_bytes: SHARD,
+        };
+        let store = BlobStore::open(NODE, fs_disks(dir.path(), disks), cfg).unwrap();
+        assert_eq!(store.profile(), profile(k, m));
+        let shard = u64::from(SHARD);
+        let stripe = u64::from(k) * shard;
+        let sizes = [1, shard - 1, shard, stripe, stripe + 1, 3 * 1024 * 1024 + 7];
+        for (n, size) in sizes.into_iter().enumerate() {
+            let bytes = data(n as u64, size as usize);
+            let (digest, layout) = put(&store, upload(n as u128), &bytes).await.unwrap();
+            assert_eq!(layout.profile, profile(k, m));
+            assert_eq!(layout.shards.len(), usize::from(k + m));
+            let mut on = layout.shards.iter().map(|p| p.disk).collect::<Vec<_>>();
+            on.sort();
+            on.dedup();
+            assert_eq!(on.len(), usize::from(k + m), "shards on distinct disks");
+            for range in boundary_ranges(size, shard, stripe) {
+                let got = get(&store, &layout, &digest, size, range.clone())
+                    .await
+                    .unwrap();
+                assert!(
+                    got == bytes[range.start as usize..range.end as usize],
+                    "profile {k}+{m} size {size} range {range:?}"
+                );
+            }
+        }
+        assert_eq!(store.counters().checksum_failures(), 0);
+        assert_eq!(store.counters().reconstructions(), 0);
+        assert!(store.counters().bytes_written() > 0);
+        assert!(store.counters().bytes_read() > 0);
+    }
+}
+
+/// The default 1 MiB shard size streams a blob of several stripes.
+#[tokio::test]
+async fn default_shard_size_streams_a_blob_of_several_stripes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(2, 1),
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let bytes = data(9, 5 * 1024 * 1024 + 3);
+    let (digest, layout) = put(&store, upload(1), &bytes).await.unwrap();
+    let size = bytes.len() as u64;
+    assert_eq!(layout.stripe_count(size), 3);
+    assert!(get(&store, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+    let mid = 2 * 1024 * 1024 - 5..4 * 1024 * 1024 + 5;
+    let got = get(&store, &layout, &digest, size, mid.clone())
+        .await
+        .unwrap();
+    assert!(got == bytes[mid.start as usize..mid.end as usize]);
+}
+
+#[tokio::test]
+async fn an_empty_blob_commits_and_reads_as_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(2, 1),
+        shard_bytes: SHARD,
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (digest, layout) = put(&store, upload(1), b"").await.unwrap();
+    assert!(
+        get(&store, &layout, &digest, 0, 0..0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Two uploads of the same content get their own files: deleting one leaves the other.
+#[tokio::test]
+async fn two_uploads_of_the_same_content_never_share_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(2, 1),
+        shard_bytes: SHARD,
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let bytes = data(3, 20_000);
+    let (digest, first) = put(&store, upload(1), &bytes).await.unwrap();
+    let (_, second) = put(&store, upload(2), &bytes).await.unwrap();
+    assert_ne!(first.upload, second.upload);
+    store.delete(&first, &digest).await.unwrap();
+    let size = bytes.len() as u64;
+    assert!(get(&store, &first, &digest, size, 0..size).await.is_err());
+    assert!(get(&store, &second, &digest, size, 0..size).await.unwrap() == bytes);
+    // Deleting twice is fine: the files are already gone.
+    store.delete(&first, &digest).await.unwrap();
+}
+
+#[tokio::test]
+async fn reads_outside_the_blob_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(
+        NODE,
+        fs_disks(dir.path(), 1),
+        StoreConfig {
+            profile: EcProfile::SINGLE,
+            shard_bytes: SHARD,
+        },
+    )
+    .unwrap();
+    let bytes = data(1, 100);
+    let (digest, layout) = put(&store, upload(1), &bytes).await.unwrap();
+    let reversed = std::ops::Range { start: 50, end: 40 };
+    for range in [0..101, reversed, 101..101] {
+        assert!(matches!(
+            get(&store, &layout, &digest, 100, range).await,
+            Err(BlobStoreError::RangeOutOfBounds { size: 100, .. })
+        ));
+    }
+}
+
+#[test]
+fn open_refuses_bad_configurations() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |n, k, m, shard_bytes| {
+        let disks = fs_disks(dir.path(), n);
+        BlobStore::open(
+            NodeId(1),
+            disks,
+            StoreConfig {
+                profile: profile(k, m),
+                shard_bytes,
+            },
+        )
+    };
+    assert!(matches!(
+        open(2, 2, 1, SHARD),
+        Err(BlobStoreError::NotEnoughDisks {
+            needed: 3,
+            available: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        open(1, 1, 0, 4095),
+        Err(BlobStoreError::InvalidShardBytes { shard_bytes: 4095 })
+    ));
+    assert!(matches!(
+        open(1, 1, 0, 0),
+        Err(BlobStoreError::InvalidShardBytes { shard_bytes: 0 })
+    ));
+    let mut twice = fs_disks(dir.path(), 1);
+    twice.push(twice[0].clone());
+    assert!(matches!(
+        BlobStore::open(NodeId(1), twice, StoreConfig::default()),
+        Err(BlobStoreError::DuplicateDisk { disk: DiskId(0) })
+    ));
+}
+
+#[tokio::test]
+async fn abort_removes_the_staging_files_and_stats_list_every_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(2, 1),
+        shard_bytes: SHARD,
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let mut writer = store.begin(upload(5)).unwrap();
+    writer.write(Bytes::from(data(1, 50_000))).await.unwrap();
+    let staged = |i: u32| {
+        std::fs::read_dir(dir.path().join(format!("disk{i}/staging")))
+            .unwrap()
+            .count()
+    };
+    assert_eq!((0..3).map(staged).sum::<usize>(), 3);
+    writer.abort().await.unwrap();
+    assert_eq!((0..3).map(staged).sum::<usize>(), 0);
+
+    let stats = store.disk_stats();
+    assert_eq!(
+        stats.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![DiskId(0), DiskId(1), DiskId(2)]
+    );
+    for s in stats {
+        assert!(s.path.ends_with(&format!("disk{}", s.id)));
+        assert!(s.total_bytes >= s.free_bytes);
+        assert_eq!(s.state, DiskState::Active);
+    }
+}
+
+/// The futures and streams a request handler holds across `.await` can move between
+/// threads.
+#[test]
+fn writer_and_reader_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let disk = SimDisk::new(DiskId(0), 1 << 30, SimPower::new());
+    let store = BlobStore::open(
+        NODE,
+        vec![Arc::new(disk) as Arc<dyn Disk>],
+        StoreConfig::default(),
+    )
+    .unwrap();
+    let digest = digest_of(b"x");
+    let mut writer = store.begin(upload(1)).unwrap();
+    send(writer.write(Bytes::from_static(b"x")));
+    let layout = StripedLayout {
+        codec: CodecId::ReedSolomonV1,
+        profile: EcProfile::SINGLE,
+        shard_bytes: SHARD,
+        upload: upload(1),
+        shards: vec![ShardPlacement {
+            node: NODE,
+            disk: DiskId(0),
+        }],
+    };
+    send(store.read(&layout, &digest, 1, 0..1));
+    send(store.delete(&layout, &digest));
+    send(store.sweep_staging(|_| true));
+    send(store.sweep_orphans(|_, _| true, std::time::Duration::ZERO));
+    send(writer.commit(&digest));
+}
