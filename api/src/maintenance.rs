@@ -13,8 +13,16 @@ use crate::AppState;
 use crate::oci::error::OciResult;
 use crate::uploads::now_ms;
 
-/// How often the upkeep pass runs.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest pause between upkeep passes.
+pub const MAINTENANCE_INTERVAL_MAX: Duration = Duration::from_secs(60);
+/// Shortest pause between upkeep passes.
+pub const MAINTENANCE_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+/// Upkeep runs four times per upload TTL (bounded), so an idle session is gone
+/// within 1.25 TTL.
+pub fn interval_for(upload_ttl: Duration) -> Duration {
+    (upload_ttl / 4).clamp(MAINTENANCE_INTERVAL_MIN, MAINTENANCE_INTERVAL_MAX)
+}
 
 /// Called once at start-up: upload sessions this node owned before it stopped cannot
 /// continue (their hash state was in memory), so their records and staged bytes go.
@@ -84,11 +92,12 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     Ok(())
 }
 
-/// Runs upkeep every [`MAINTENANCE_INTERVAL`] until `shutdown` turns true.
+/// Runs upkeep every [`interval_for`]`(upload_ttl)` until `shutdown` turns true.
 pub async fn run(app: AppState, upload_ttl: Duration, mut shutdown: watch::Receiver<bool>) {
+    let interval = interval_for(upload_ttl);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {
@@ -97,5 +106,23 @@ pub async fn run(app: AppState, upload_ttl: Duration, mut shutdown: watch::Recei
         if let Err(e) = run_once(&app, upload_ttl).await {
             tracing::warn!(error = ?e.message, "maintenance pass failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_scales_with_ttl_within_bounds() {
+        assert_eq!(
+            interval_for(Duration::from_secs(86_400)),
+            MAINTENANCE_INTERVAL_MAX
+        );
+        assert_eq!(interval_for(Duration::from_secs(8)), Duration::from_secs(2));
+        assert_eq!(
+            interval_for(Duration::from_millis(100)),
+            MAINTENANCE_INTERVAL_MIN
+        );
     }
 }
