@@ -1,12 +1,16 @@
 //! Background upkeep of a node: upload sessions that outlived their TTL are cancelled,
-//! staging files of dead uploads are removed, and shard files that no committed blob
-//! references (a crash between writing shards and the Raft commit) are swept once
-//! they are older than the TTL. Runs until the shutdown signal.
+//! staging files of dead uploads are removed, blobs that no repository links any more
+//! are collected (record through Raft first, then shard files), and shard files that
+//! no committed blob references (a crash between writing shards and the Raft commit,
+//! or between a record's removal and its files') are swept once they are older than
+//! the TTL. Runs until the shutdown signal.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use berth_consensus::CommandV1;
+use berth_consensus::{CommandV1, Outcome};
+use berth_types::BlobLayout;
+use berth_types::limits::GC_BLOBS_PER_PASS_MAX;
 use tokio::sync::watch;
 
 use crate::AppState;
@@ -57,6 +61,32 @@ async fn sweep_staging(app: &AppState) -> OciResult<usize> {
     Ok(app.store.sweep_staging(move |id| live.contains(id)).await?)
 }
 
+/// Removes blobs that no repository links. The record goes first, through Raft, which
+/// refuses if a repository linked the blob again meanwhile; only then are the shard
+/// files deleted. A crash in between leaves files the orphan sweep removes.
+async fn collect_unlinked(app: &AppState) -> OciResult<usize> {
+    let digests = app
+        .meta
+        .read(|v| v.unlinked_blobs(GC_BLOBS_PER_PASS_MAX))
+        .await?;
+    let mut collected = 0;
+    for digest in digests {
+        let outcome = app
+            .meta
+            .propose(CommandV1::DeleteBlobRecord {
+                digest: digest.clone(),
+            })
+            .await?;
+        if let Outcome::BlobRecordDeleted(record) = outcome {
+            if let BlobLayout::Striped(layout) = &record.layout {
+                app.store.delete(layout, &digest).await?;
+            }
+            collected += 1;
+        }
+    }
+    Ok(collected)
+}
+
 /// One upkeep pass.
 pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     let expired = app.uploads.expire_idle(upload_ttl).await;
@@ -65,6 +95,7 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
         .propose(CommandV1::ExpireUploads { before_ms })
         .await?;
     let staging = sweep_staging(app).await?;
+    let collected = collect_unlinked(app).await?;
     let meta = app.meta.clone();
     let handle = tokio::runtime::Handle::current();
     let orphans = app
@@ -86,8 +117,8 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
             upload_ttl,
         )
         .await?;
-    if expired + staging + orphans > 0 {
-        tracing::info!(expired, staging, orphans, "maintenance pass");
+    if expired + staging + collected + orphans > 0 {
+        tracing::info!(expired, staging, collected, orphans, "maintenance pass");
     }
     Ok(())
 }

@@ -173,13 +173,23 @@ async fn blobs_survive_losing_m_of_k_plus_m_disks() {
             );
             shard_files.push(files[0].clone());
         }
-        std::fs::remove_file(&shard_files[0]).context("deleting a shard file")?;
-        let mut corrupt = std::fs::read(&shard_files[1])?;
+        // Destroy the two data shards (file names end in the shard index), so every
+        // read must be rebuilt from parity.
+        let by_index = |i: usize| {
+            shard_files
+                .iter()
+                .find(|p| p.extension().is_some_and(|e| e == i.to_string().as_str()))
+                .cloned()
+                .with_context(|| format!("no shard file with index {i}: {shard_files:?}"))
+        };
+        std::fs::remove_file(by_index(0)?).context("deleting a shard file")?;
+        let corrupt_path = by_index(1)?;
+        let mut corrupt = std::fs::read(&corrupt_path)?;
         let mid = corrupt.len() / 2;
         for b in &mut corrupt[mid..mid + 64] {
             *b ^= 0xff;
         }
-        std::fs::write(&shard_files[1], corrupt)?;
+        std::fs::write(&corrupt_path, corrupt)?;
         let got = oci.http().get(oci.blob_url(&repo, &digest)).send().await?;
         ensure!(got.status() == 200, "GET answered {}", got.status());
         let got = got.bytes().await?;
@@ -248,5 +258,68 @@ async fn health_readiness_and_metrics_answer() {
         "berth_blob_bytes_received_total",
     ] {
         assert!(text.contains(family), "/metrics lacks {family}:\n{text}");
+    }
+}
+
+// Proves that a blob deleted from the only repository that linked it is collected in
+// the background: its shard files disappear from disk, and it stays unknown.
+#[tokio::test]
+async fn deleted_blob_is_collected_from_disk() {
+    let server = start(ServerOptions {
+        env: vec![("BERTH_UPLOAD_TTL_SECS".into(), "4".into())],
+        ..ServerOptions::default()
+    })
+    .await;
+    let oci = Oci::new(&server.url());
+    let result: Result<()> = async {
+        let repo = unique_repo("gc");
+        let keep = random_bytes(2 * 1024 * 1024);
+        let keep_digest = oci.push_blob(&repo, &keep).await?;
+        let data = random_bytes(3 * 1024 * 1024);
+        let digest = oci.push_blob(&repo, &data).await?;
+        let blobs = server.data_dir().join("disk0").join("blobs");
+        let hex = digest.trim_start_matches("sha256:").to_owned();
+        let shard_files = |hex: &str| -> Vec<std::path::PathBuf> {
+            files_under(&blobs)
+                .into_iter()
+                .filter(|p| p.to_string_lossy().contains(hex))
+                .collect()
+        };
+        ensure!(!shard_files(&hex).is_empty(), "no shard files after push");
+        let resp = oci
+            .http()
+            .delete(oci.blob_url(&repo, &digest))
+            .send()
+            .await?;
+        ensure!(resp.status() == 202, "DELETE answered {}", resp.status());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !shard_files(&hex).is_empty() {
+            if Instant::now() > deadline {
+                bail!("shard files of a deleted blob remain after 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let resp = oci.http().get(oci.blob_url(&repo, &digest)).send().await?;
+        ensure!(
+            resp.status() == 404,
+            "deleted blob answered {}",
+            resp.status()
+        );
+        let kept = oci
+            .http()
+            .get(oci.blob_url(&repo, &keep_digest))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        ensure!(
+            kept[..] == keep[..],
+            "a linked blob was damaged by collection"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n--- log ---\n{}", server.log_tail());
     }
 }

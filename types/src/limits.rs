@@ -25,6 +25,8 @@ pub const LIST_PAGE_ENTRIES_DEFAULT: usize = 1_000;
 pub const UPLOAD_TTL_SECS_DEFAULT: u64 = 24 * 60 * 60;
 /// Most upload sessions one node holds open at once.
 pub const UPLOAD_SESSIONS_MAX: usize = 10_000;
+/// Most unlinked blobs one upkeep pass collects.
+pub const GC_BLOBS_PER_PASS_MAX: usize = 1_000;
 /// Most referrers returned for one subject.
 pub const REFERRERS_ENTRIES_MAX: usize = 10_000;
 
