@@ -23,8 +23,10 @@ pub const LIST_PAGE_ENTRIES_MAX: usize = 10_000;
 pub const LIST_PAGE_ENTRIES_DEFAULT: usize = 1_000;
 /// Upload sessions idle longer than this are cancelled and their data removed.
 pub const UPLOAD_TTL_SECS_DEFAULT: u64 = 24 * 60 * 60;
-/// Most upload sessions one node holds open at once.
-pub const UPLOAD_SESSIONS_MAX: usize = 10_000;
+/// Most upload sessions one node holds open at once. An open session may hold up to
+/// one stripe of bytes in memory between chunks, so this bounds upload memory at
+/// `UPLOAD_SESSIONS_MAX * k * shard_bytes` (1 GiB at the single-disk default).
+pub const UPLOAD_SESSIONS_MAX: usize = 1_000;
 /// Most unlinked blobs one upkeep pass collects.
 pub const GC_BLOBS_PER_PASS_MAX: usize = 1_000;
 /// Most referrers returned for one subject.
