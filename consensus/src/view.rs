@@ -14,8 +14,9 @@ use crate::state::{any_with_prefix, contains, key_suffix, read_record};
 use crate::tables::{self, BytesTable, key, prefix_range};
 
 /// A read snapshot of the registry state. Every query sees the same committed state,
-/// whatever is applied meanwhile. Listings are bounded: `limit` is capped at
-/// `limits::LIST_PAGE_ENTRIES_MAX`, referrers at `limits::REFERRERS_ENTRIES_MAX`.
+/// whatever is applied meanwhile. Listings are bounded: `limit` is capped at one more
+/// than `limits::LIST_PAGE_ENTRIES_MAX` (so a caller can tell whether another page
+/// follows), referrers at `limits::REFERRERS_ENTRIES_MAX`.
 pub struct StateView {
     txn: ReadTransaction,
 }
@@ -79,7 +80,7 @@ impl StateView {
         let mut out = Vec::new();
         for entry in table
             .range::<&[u8]>((lower, Bound::Excluded(end.as_slice())))?
-            .take(limit.min(LIST_PAGE_ENTRIES_MAX))
+            .take(limit.min(LIST_PAGE_ENTRIES_MAX + 1))
         {
             let (k, _) = entry?;
             let name = key_suffix(k.value(), &start, "tags")?;
@@ -105,7 +106,7 @@ impl StateView {
         let mut out = Vec::new();
         for entry in table
             .range::<&[u8]>((lower, Bound::Unbounded))?
-            .take(limit.min(LIST_PAGE_ENTRIES_MAX))
+            .take(limit.min(LIST_PAGE_ENTRIES_MAX + 1))
         {
             let (k, _) = entry?;
             let name = std::str::from_utf8(k.value())

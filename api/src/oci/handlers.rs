@@ -108,16 +108,19 @@ fn page(req: &Request<Body>) -> OciResult<(usize, Option<String>)> {
     Ok((n, query_param(req, "last").filter(|s| !s.is_empty())))
 }
 
-/// A listing response with a `Link` header when the page is full.
+/// A listing response. `items` holds up to `n + 1` entries: the extra one only says
+/// that another page follows, which earns a `Link` header to it.
 fn listing(
     path: &str,
     n: usize,
-    items: Vec<String>,
+    mut items: Vec<String>,
     field: &str,
     name: Option<&RepoName>,
 ) -> Response {
-    let link = (n > 0 && items.len() == n).then(|| {
-        let last = items.last().expect("page is full");
+    let more = items.len() > n;
+    items.truncate(n);
+    let link = (more && n > 0).then(|| {
+        let last = items.last().expect("n > 0 entries precede the extra one");
         format!("<{path}?n={n}&last={last}>; rel=\"next\"")
     });
     let mut body = json!({ field: items });
@@ -135,7 +138,7 @@ async fn catalog(app: AppState, req: Request<Body>) -> OciResult<Response> {
     let (n, last) = page(&req)?;
     let repos = app
         .meta
-        .read(move |v| v.repositories(last.as_deref(), n))
+        .read(move |v| v.repositories(last.as_deref(), n + 1))
         .await?;
     let names = repos.into_iter().map(String::from).collect();
     Ok(listing("/v2/_catalog", n, names, "repositories", None))
@@ -148,7 +151,7 @@ async fn tags(app: AppState, repo: RepoName, req: Request<Body>) -> OciResult<Re
         .meta
         .read(move |v| {
             v.repository_exists(&r)?
-                .then(|| v.tags(&r, last.as_deref(), n))
+                .then(|| v.tags(&r, last.as_deref(), n + 1))
                 .transpose()
         })
         .await?
