@@ -50,8 +50,18 @@ pub enum ConsensusError {
     UnknownFormat { what: &'static str, version: u8 },
     #[error("a stored entry of table {table} is malformed")]
     Malformed { table: &'static str },
-    #[error("initializing the single-voter membership")]
+    #[error("initializing the metadata group membership")]
     Initialize(#[source] openraft::errors::InitializeError<TypeConfig>),
+    /// A peer's gRPC address is not a valid `host:port`.
+    #[error("{addr:?} is not a valid peer address")]
+    PeerAddress {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A founding membership must list the node being opened at its own address.
+    #[error("the founding membership does not list node {node} at its address {addr}")]
+    FoundingMembership { node: NodeId, addr: String },
     #[error("raft configuration")]
     Config(#[source] openraft::ConfigError),
     /// A blocking storage task panicked or was cancelled.

@@ -1,7 +1,8 @@
-//! [`Metadata`]: the handle the rest of berth uses to propose commands, read the
-//! registry state linearizably, watch Raft status and shut down.
+//! [`Metadata`]: the handle the rest of berth uses to open the metadata group (a single
+//! voter, or a member of a cluster over gRPC), propose commands, read the registry
+//! state linearizably, manage the membership, watch Raft status and shut down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,17 +11,20 @@ use std::time::Duration;
 use berth_types::NodeId;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, Fatal, InitializeError, LinearizableReadError, RaftError};
+use openraft::metrics::WaitError;
 use openraft::network::NetSnapshot;
-use openraft::{Config, Raft, RaftNetworkFactory, ReadPolicy, ServerState};
+use openraft::{ChangeMembers, Config, Raft, RaftNetworkFactory, ReadPolicy, ServerState};
 use redb::{Database, Durability, ReadableDatabase};
 
+use crate::cluster::{ClusterInit, ClusterMembership, RaftTuning};
 use crate::db::{self, blocking};
 use crate::error::{ConsensusError, Unavailability};
+use crate::grpc::{self, GrpcNetwork, RaftGrpcService};
 use crate::log_store::LogStore;
 use crate::model::{Command, Outcome, VersionedCommand};
 use crate::network::NoPeers;
 use crate::state_machine::{SnapshotData, StateMachineStore};
-use crate::type_config::{Peer, TypeConfig};
+use crate::type_config::{Peer, StoredMembership, TypeConfig};
 use crate::view::StateView;
 
 /// How long opening waits for this node to become leader. A single voter elects
@@ -69,59 +73,76 @@ impl Metadata {
     /// id, and on first start initializes a single-voter membership. Returns once a
     /// leader exists.
     pub async fn open_single(dir: &Path, node: NodeId) -> Result<Metadata, ConsensusError> {
-        Metadata::start(dir, node, NoPeers).await
-    }
-
-    /// Starts a member with the given transport and bootstraps a single-voter group if
-    /// the store is pristine.
-    async fn start<N>(dir: &Path, node: NodeId, network: N) -> Result<Metadata, ConsensusError>
-    where
-        N: RaftNetworkFactory<TypeConfig>,
-        N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
-    {
-        let db = db::open(dir).await?;
         let config = Config {
-            cluster_name: "berth-metadata".to_owned(),
+            cluster_name: CLUSTER_NAME.to_owned(),
             ..Config::default()
         }
         .validate()
         .map_err(ConsensusError::Config)?;
-        let raft = Raft::new(
-            node.0,
-            Arc::new(config),
-            network,
-            LogStore::new(db.clone()),
-            StateMachineStore::new(db.clone()),
-        )
-        .await
-        .map_err(fatal)?;
+        let (raft, db) = start(dir, node, NoPeers, config).await?;
+        initialize(&raft, BTreeMap::from([(node.0, Peer::default())])).await?;
+        if let Err(e) =
+            wait_leader(&raft, LEADER_WAIT, Some(node), "single voter elects itself").await
+        {
+            raft.shutdown().await.ok();
+            return Err(e);
+        }
+        Ok(Metadata::new(node, raft, db))
+    }
 
-        if !raft.is_initialized().await.map_err(fatal)? {
-            match raft
-                .initialize(BTreeMap::from([(node.0, Peer::default())]))
-                .await
-            {
-                Ok(()) => tracing::info!(%node, "initialized a single-voter metadata group"),
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(RaftError::APIError(e)) => return Err(ConsensusError::Initialize(e)),
-                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+    /// Opens or creates the store in `dir` and starts Raft as node `node` of a cluster,
+    /// reachable by its peers over gRPC at `addr` (`host:port`). `init` applies only to
+    /// a pristine store: found a new cluster, or wait to be added by a leader.
+    ///
+    /// Returns at once, without waiting for a leader: mount the returned service on the
+    /// node's gRPC listener so peers can reach this node, then wait with
+    /// [`Metadata::wait_for_leader`].
+    pub async fn open_cluster(
+        dir: &Path,
+        node: NodeId,
+        addr: String,
+        init: ClusterInit,
+        tuning: &RaftTuning,
+    ) -> Result<(Metadata, RaftGrpcService), ConsensusError> {
+        grpc::endpoint(&addr)?;
+        if let ClusterInit::Bootstrap(members) = &init {
+            if members.get(&node) != Some(&addr) {
+                return Err(ConsensusError::FoundingMembership { node, addr });
+            }
+            for peer in members.values() {
+                grpc::endpoint(peer)?;
             }
         }
-
-        let waited = raft
-            .wait(Some(LEADER_WAIT))
-            .current_leader(node.0, "single voter elects itself")
-            .await;
-        if waited.is_err() {
-            raft.shutdown().await.ok();
-            return Err(ConsensusError::Unavailable {
-                cause: Unavailability::NoLeader {
-                    waited_ms: LEADER_WAIT.as_millis() as u64,
-                },
-            });
+        let config = tuning.config()?;
+        let (raft, db) = start(dir, node, GrpcNetwork::new(node.0), config).await?;
+        if let ClusterInit::Bootstrap(members) = init {
+            let members = members
+                .into_iter()
+                .map(|(id, addr)| (id.0, Peer { addr }))
+                .collect();
+            if let Err(e) = initialize(&raft, members).await {
+                raft.shutdown().await.ok();
+                return Err(e);
+            }
         }
+        let stored = raft.metrics().borrow_watched().membership_config.clone();
+        if let Some(known) = stored.get_node(&node.0)
+            && known.addr != addr
+        {
+            tracing::warn!(
+                %node,
+                addr,
+                known = known.addr,
+                "the membership lists this node at another address; peers dial that one"
+            );
+        }
+        let service = RaftGrpcService::new(node.0, raft.clone());
+        tracing::info!(%node, addr, "metadata cluster member started");
+        Ok((Metadata::new(node, raft, db), service))
+    }
 
-        Ok(Metadata {
+    fn new(node: NodeId, raft: Raft<TypeConfig, StateMachineStore>, db: Arc<Database>) -> Metadata {
+        Metadata {
             inner: Arc::new(Inner {
                 node,
                 raft,
@@ -129,7 +150,7 @@ impl Metadata {
                 closing: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
             }),
-        })
+        }
     }
 
     fn check_open(&self) -> Result<(), ConsensusError> {
@@ -151,18 +172,7 @@ impl Metadata {
             Ok(resp) => Ok(resp
                 .data
                 .expect("the state machine answers every command entry with an outcome")),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ConsensusError::NotLeader {
-                    leader: f.leader_id.map(NodeId),
-                })
-            }
-            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
-                Err(ConsensusError::CommitUnknown {
-                    leader: f.leader_id.map(NodeId),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(ConsensusError::WriteRefused(e)),
-            Err(RaftError::Fatal(f)) => Err(fatal(f)),
+            Err(e) => Err(write_error(e)),
         }
     }
 
@@ -198,6 +208,89 @@ impl Metadata {
         blocking(move || f(&StateView::new(db.begin_read()?))).await
     }
 
+    /// Runs `f` on the state this node has applied so far, without asking the leader:
+    /// **not linearizable**. A follower may lag behind writes already acknowledged
+    /// elsewhere. For convergence checks, diagnostics and tests; serve clients with
+    /// [`Metadata::read`].
+    pub async fn read_local<R, F>(&self, f: F) -> Result<R, ConsensusError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&StateView) -> Result<R, ConsensusError> + Send + 'static,
+    {
+        self.check_open()?;
+        let db = self.inner.db.clone();
+        blocking(move || f(&StateView::new(db.begin_read()?))).await
+    }
+
+    /// Waits up to `timeout` until this node knows a leader, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, ConsensusError> {
+        self.check_open()?;
+        wait_leader(&self.inner.raft, timeout, None, "a leader is known").await
+    }
+
+    /// The membership this node knows (the latest it appended, possibly uncommitted).
+    pub fn membership(&self) -> ClusterMembership {
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        ClusterMembership::of(&metrics.membership_config)
+    }
+
+    /// Adds node `id`, reachable at `addr`, as a learner: it receives the log (or a
+    /// snapshot) but does not vote. Returns once the membership entry is committed,
+    /// without waiting for the learner to catch up. Only the leader can do this.
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.check_open()?;
+        grpc::endpoint(&addr)?;
+        self.inner
+            .raft
+            .add_learner(id.0, Peer { addr }, false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(node = %self.inner.node, learner = %id, "added a metadata learner");
+        Ok(())
+    }
+
+    /// Records `addr` as the gRPC address of member `id`, replacing the one in the
+    /// membership: for a node that moved, and for a store first opened with
+    /// [`Metadata::open_single`], whose membership lists this node without an address,
+    /// before it grows into a cluster. The address must reach the same node and store;
+    /// pointing it at another process with the same id breaks Raft's safety. Only the
+    /// leader can do this.
+    pub async fn set_address(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        self.check_open()?;
+        grpc::endpoint(&addr)?;
+        let nodes = BTreeMap::from([(id.0, Peer { addr })]);
+        self.inner
+            .raft
+            .change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(node = %self.inner.node, member = %id, "updated a member's address");
+        Ok(())
+    }
+
+    /// Makes `voters` the voter set, through a joint membership. Voters must already be
+    /// members (added with [`Metadata::add_learner`]); voters left out are removed from
+    /// the cluster. Returns the new membership once it is committed. Promote a learner
+    /// after it caught up: until then commits wait for it. Only the leader can do this.
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+    ) -> Result<ClusterMembership, ConsensusError> {
+        self.check_open()?;
+        let ids: BTreeSet<u64> = voters.iter().map(|n| n.0).collect();
+        let resp = self
+            .inner
+            .raft
+            .change_membership(ids, false)
+            .await
+            .map_err(write_error)?;
+        tracing::info!(node = %self.inner.node, ?voters, "changed the metadata voters");
+        Ok(match resp.membership {
+            Some(m) => ClusterMembership::of(&StoredMembership::new(Some(resp.log_id), m)),
+            None => self.membership(),
+        })
+    }
+
     /// Status for metrics and `/readyz`.
     pub fn status(&self) -> RaftStatus {
         let metrics = self.inner.raft.metrics().borrow_watched().clone();
@@ -210,6 +303,12 @@ impl Metadata {
             is_leader: metrics.state == ServerState::Leader
                 && metrics.current_leader == Some(self.inner.node.0),
         }
+    }
+
+    /// openraft's own metrics, for tests that check snapshots and log purging.
+    #[cfg(test)]
+    pub(crate) fn raft_metrics(&self) -> openraft::metrics::RaftMetrics<TypeConfig> {
+        self.inner.raft.metrics().borrow_watched().clone()
     }
 
     /// Stops Raft and flushes the store; idempotent. Requests made after it starts
@@ -232,5 +331,97 @@ impl Metadata {
         *stopped = true;
         tracing::info!(node = %self.inner.node, "metadata stopped");
         Ok(())
+    }
+}
+
+/// openraft's cluster name of the metadata group.
+pub(crate) const CLUSTER_NAME: &str = "berth-metadata";
+
+/// Starts a Raft member on the store in `dir` with the given transport.
+async fn start<N>(
+    dir: &Path,
+    node: NodeId,
+    network: N,
+    config: Config,
+) -> Result<(Raft<TypeConfig, StateMachineStore>, Arc<Database>), ConsensusError>
+where
+    N: RaftNetworkFactory<TypeConfig>,
+    N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
+{
+    let db = db::open(dir).await?;
+    let raft = Raft::new(
+        node.0,
+        Arc::new(config),
+        network,
+        LogStore::new(db.clone()),
+        StateMachineStore::new(db.clone()),
+    )
+    .await
+    .map_err(fatal)?;
+    Ok((raft, db))
+}
+
+/// Writes the founding membership if the store has none yet.
+async fn initialize(
+    raft: &Raft<TypeConfig, StateMachineStore>,
+    members: BTreeMap<u64, Peer>,
+) -> Result<(), ConsensusError> {
+    if raft.is_initialized().await.map_err(fatal)? {
+        return Ok(());
+    }
+    let voters: Vec<u64> = members.keys().copied().collect();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(?voters, "initialized the metadata group membership"),
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+        Err(RaftError::APIError(e)) => return Err(ConsensusError::Initialize(e)),
+        Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+    }
+    Ok(())
+}
+
+/// Waits up to `timeout` for a known leader (`expected`, if given).
+async fn wait_leader(
+    raft: &Raft<TypeConfig, StateMachineStore>,
+    timeout: Duration,
+    expected: Option<NodeId>,
+    what: &str,
+) -> Result<NodeId, ConsensusError> {
+    let waited = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| match expected {
+                Some(n) => m.current_leader == Some(n.0),
+                None => m.current_leader.is_some(),
+            },
+            what,
+        )
+        .await;
+    match waited {
+        Ok(m) => Ok(NodeId(
+            m.current_leader
+                .expect("the wait condition requires a known leader"),
+        )),
+        Err(WaitError::ShuttingDown) => Err(ConsensusError::ShuttingDown),
+        Err(WaitError::Timeout(..)) => Err(ConsensusError::Unavailable {
+            cause: Unavailability::NoLeader {
+                waited_ms: timeout.as_millis() as u64,
+            },
+        }),
+    }
+}
+
+/// Maps a refused write (a command or a membership change) to the domain error.
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ConsensusError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::NotLeader {
+            leader: f.leader_id.map(NodeId),
+        },
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => {
+            ConsensusError::CommitUnknown {
+                leader: f.leader_id.map(NodeId),
+            }
+        }
+        RaftError::APIError(e) => ConsensusError::WriteRefused(e),
+        RaftError::Fatal(f) => fatal(f),
     }
 }

@@ -8,16 +8,20 @@
 //! - `state`: the deterministic apply logic over the redb tables of `tables`.
 //! - [`view`]: the queries ([`StateView`]) over one read transaction.
 //! - `log_store`, `state_machine`: openraft's storage traits over redb.
-//! - [`network`]: the transport seam (single voter for now).
+//! - [`network`]: the transport seam and the transport of a single voter.
+//! - [`grpc`]: the Raft transport between nodes over tonic gRPC (`proto/raft.proto`).
+//! - `cluster`: how a clustered node starts, its Raft tuning, its membership.
 //! - `handle`: [`Metadata`], the only entry point the node wires.
 //!
 //! Invariants: applying the same log gives the same state on every node (ordered
 //! tables, time only from commands); every stored value and logged command carries a
 //! format version; an acknowledged write is in the fsynced Raft log.
 
+mod cluster;
 mod codec;
 mod db;
 pub mod error;
+pub mod grpc;
 mod handle;
 mod log_store;
 pub mod model;
@@ -28,7 +32,9 @@ mod tables;
 mod type_config;
 pub mod view;
 
+pub use cluster::{ClusterInit, ClusterMembership, RaftTuning};
 pub use error::{ConsensusError, Unavailability};
+pub use grpc::RaftGrpcService;
 pub use handle::{Metadata, RaftStatus};
 pub use model::{
     BlobRecord, Command, CommandV1, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,

@@ -1,6 +1,7 @@
 //! The Raft transport seam. openraft's `RaftNetworkFactory` is the trait a transport
 //! implements; [`NoPeers`] is the transport of a single-voter group, which never has
-//! anyone to send to. The clustered gRPC transport replaces it behind the same trait.
+//! anyone to send to. A clustered node uses the gRPC transport of [`crate::grpc`]
+//! behind the same trait.
 
 use std::future::Future;
 

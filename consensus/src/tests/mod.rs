@@ -1,7 +1,9 @@
 //! Tests of the consensus crate: openraft's storage suite on our stores, the state
 //! machine against a BTreeMap model, per-command outcomes, restart through the public
-//! handle, and decoding of checked-in bytes of format version 1.
+//! handle, decoding of checked-in bytes of format version 1, and clusters of nodes
+//! over the gRPC transport on loopback.
 
+mod cluster;
 mod commands;
 mod fixture;
 mod model_prop;
