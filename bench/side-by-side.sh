@@ -60,13 +60,15 @@ if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 100 ]; then
 fi
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/berth/target}"
-berth="$target/release/berth"
-bench="$target/release/berth-bench"
+# BERTH_BENCH_PROFILE=debug runs the smoke test on the test build (no timing claims).
+profile="${BERTH_BENCH_PROFILE:-release}"
+berth="$target/$profile/berth"
+bench="$target/$profile/berth-bench"
 registry="${DOCKER_REGISTRY:-/usr/bin/docker-registry}"
 for bin in "$berth" "$bench"; do
     if [ ! -x "$bin" ]; then
         echo "side-by-side.sh: $bin is missing; build it first:" >&2
-        echo "  cargo build --release -p berth-node -p berth-bench" >&2
+        echo "  cargo build --profile $profile -p berth-node -p berth-bench" >&2
         exit 2
     fi
 done

@@ -38,4 +38,19 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests drive the built binary; `cargo test` alone does not build it.
 cargo build -p berth-node --bin berth
-cargo test --workspace
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace 2>&1 | tee "$test_log"
+# Benchmark smoke test: every scenario once, tiny sizes, berth beside Distribution.
+# It checks the bench and both servers work; it asserts no timing.
+cargo build -p berth-bench
+BERTH_BENCH_PROFILE=debug bench/side-by-side.sh --quick --out "$(mktemp -d)"
+
+# One closing line with the totals of every test binary above.
+awk '/^test result:/ {
+        for (i = 2; i <= NF; i++) {
+            if ($i ~ /^passed;?$/) p += $(i - 1)
+            if ($i ~ /^failed;?$/) f += $(i - 1)
+        }
+    }
+    END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
