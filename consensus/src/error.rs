@@ -12,6 +12,8 @@ pub enum Unavailability {
     NoLeader { waited_ms: u64 },
     #[error("the leader could not reach a quorum of voters")]
     NoQuorum,
+    #[error("the leader, node {leader}, cannot be reached")]
+    LeaderUnreachable { leader: NodeId },
 }
 
 /// Errors of the metadata layer.

@@ -19,6 +19,7 @@ use redb::{Database, Durability, ReadableDatabase};
 use crate::cluster::{ClusterInit, ClusterMembership, RaftTuning};
 use crate::db::{self, blocking};
 use crate::error::{ConsensusError, Unavailability};
+use crate::grpc::forward::{ForwardReply, Forwarder, ReadIndexReply};
 use crate::grpc::{self, GrpcNetwork, RaftGrpcService};
 use crate::log_store::LogStore;
 use crate::model::{Command, Outcome, VersionedCommand};
@@ -59,7 +60,15 @@ struct Inner {
     closing: AtomicBool,
     /// Held while shutting down; `true` once done, which makes shutdown idempotent.
     stopped: tokio::sync::Mutex<bool>,
+    /// Channels to peers for forwarded commands and read-index requests.
+    forwarder: Forwarder,
 }
+
+/// How long a command or read on a follower keeps trying to reach a leader before it
+/// gives up with `Unavailable` (the API answers 503 with Retry-After).
+const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause between attempts to reach the leader.
+const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 fn fatal(f: Fatal<TypeConfig>) -> ConsensusError {
     match f {
@@ -149,6 +158,7 @@ impl Metadata {
                 db,
                 closing: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
+                forwarder: Forwarder::default(),
             }),
         }
     }
@@ -161,49 +171,137 @@ impl Metadata {
     }
 
     /// Proposes one command through Raft; returns once it is committed and applied.
+    /// On a follower the command is forwarded to the leader (retrying across leader
+    /// changes for up to `FORWARD_DEADLINE`), so callers never see "not leader".
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ConsensusError> {
         self.check_open()?;
-        match self
-            .inner
-            .raft
-            .client_write(VersionedCommand::from(cmd))
-            .await
-        {
-            Ok(resp) => Ok(resp
-                .data
-                .expect("the state machine answers every command entry with an outcome")),
-            Err(e) => Err(write_error(e)),
+        let cmd = VersionedCommand::from(cmd);
+        let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+        loop {
+            let leader = match self.inner.raft.client_write(cmd.clone()).await {
+                Ok(resp) => {
+                    return Ok(resp
+                        .data
+                        .expect("the state machine answers every command entry with an outcome"));
+                }
+                Err(e) => match write_error(e) {
+                    ConsensusError::NotLeader { leader } => leader,
+                    other => return Err(other),
+                },
+            };
+            // A follower: send the command to the leader.
+            let attempt = match self.leader_addr(leader) {
+                Some((leader, addr)) => {
+                    match self.inner.forwarder.propose(leader.0, &addr, &cmd).await {
+                        Ok(ForwardReply::Applied(outcome)) => return Ok(outcome),
+                        Ok(ForwardReply::CommitUnknown { leader }) => {
+                            return Err(ConsensusError::CommitUnknown {
+                                leader: leader.map(NodeId),
+                            });
+                        }
+                        Ok(ForwardReply::NotLeader { .. }) => None,
+                        Err(e) => Some(e),
+                    }
+                }
+                None => None,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(attempt.unwrap_or(ConsensusError::Unavailable {
+                    cause: Unavailability::NoLeader {
+                        waited_ms: FORWARD_DEADLINE.as_millis() as u64,
+                    },
+                }));
+            }
+            self.check_open()?;
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
         }
     }
 
-    /// Linearizable read: confirms leadership with a read-index round, waits until the
-    /// state machine has applied up to that index, then runs `f` on a consistent read
-    /// snapshot of the state machine on a blocking thread.
+    /// The leader and its address, when the leader is another node this one knows.
+    fn leader_addr(&self, leader: Option<NodeId>) -> Option<(NodeId, String)> {
+        let leader = leader.or_else(|| self.status().leader)?;
+        if leader == self.inner.node {
+            return None;
+        }
+        let metrics = self.inner.raft.metrics().borrow_watched().clone();
+        let addr = metrics.membership_config.get_node(&leader.0)?.addr.clone();
+        (!addr.is_empty()).then_some((leader, addr))
+    }
+
+    /// Returns once this node's state machine holds every write acknowledged before
+    /// the call: on the leader through a read-index round, on a follower by asking the
+    /// leader for its read index and waiting until that index is applied here.
+    async fn read_barrier(&self) -> Result<(), ConsensusError> {
+        let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+        loop {
+            let leader = match self
+                .inner
+                .raft
+                .ensure_linearizable(ReadPolicy::ReadIndex)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                    f.leader_id.map(NodeId)
+                }
+                Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                    return Err(ConsensusError::Unavailable {
+                        cause: Unavailability::NoQuorum,
+                    });
+                }
+                Err(RaftError::Fatal(f)) => return Err(fatal(f)),
+            };
+            let mut failure = None;
+            if let Some((leader, addr)) = self.leader_addr(leader) {
+                match self.inner.forwarder.read_index(leader.0, &addr).await {
+                    Ok(ReadIndexReply::Index(index)) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        return match self
+                            .inner
+                            .raft
+                            .wait(Some(left))
+                            .applied_index_at_least(index, "read index applied")
+                            .await
+                        {
+                            Ok(_) => Ok(()),
+                            Err(WaitError::ShuttingDown) => Err(ConsensusError::ShuttingDown),
+                            Err(WaitError::Timeout(..)) => Err(ConsensusError::Unavailable {
+                                cause: Unavailability::NoQuorum,
+                            }),
+                        };
+                    }
+                    Ok(ReadIndexReply::NoQuorum) => {
+                        return Err(ConsensusError::Unavailable {
+                            cause: Unavailability::NoQuorum,
+                        });
+                    }
+                    Ok(ReadIndexReply::NotLeader { .. }) => {}
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failure.unwrap_or(ConsensusError::Unavailable {
+                    cause: Unavailability::NoLeader {
+                        waited_ms: FORWARD_DEADLINE.as_millis() as u64,
+                    },
+                }));
+            }
+            self.check_open()?;
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
+    /// Linearizable read on any node: a read-index round on the leader (asked over gRPC
+    /// when this node is a follower), a wait until the local state machine has applied
+    /// that index, then `f` on a consistent read snapshot on a blocking thread. A node
+    /// that cannot reach a leader with a quorum answers `Unavailable`, never stale data.
     pub async fn read<R, F>(&self, f: F) -> Result<R, ConsensusError>
     where
         R: Send + 'static,
         F: FnOnce(&StateView) -> Result<R, ConsensusError> + Send + 'static,
     {
         self.check_open()?;
-        match self
-            .inner
-            .raft
-            .ensure_linearizable(ReadPolicy::ReadIndex)
-            .await
-        {
-            Ok(_) => {}
-            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
-                return Err(ConsensusError::NotLeader {
-                    leader: f.leader_id.map(NodeId),
-                });
-            }
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
-                return Err(ConsensusError::Unavailable {
-                    cause: Unavailability::NoQuorum,
-                });
-            }
-            Err(RaftError::Fatal(f)) => return Err(fatal(f)),
-        }
+        self.read_barrier().await?;
         let db = self.inner.db.clone();
         blocking(move || f(&StateView::new(db.begin_read()?))).await
     }

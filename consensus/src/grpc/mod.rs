@@ -9,6 +9,7 @@
 //! deadlines to `Timeout`, and anything else to a `NetworkError`, retried at once.
 
 mod client;
+pub(crate) mod forward;
 mod limits;
 mod server;
 mod wire;

@@ -9,12 +9,16 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::RpcRefusal;
+use super::forward::{ForwardReply, ReadIndexReply};
 use super::limits::{RPC_MESSAGE_BYTES_MAX, SNAPSHOT_IDLE_MAX};
 use super::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use super::pb::{RaftReply, RaftRequest, SnapshotChunk};
 use super::wire::{self, SnapshotAssembly};
+use crate::model::VersionedCommand;
 use crate::state_machine::StateMachineStore;
 use crate::type_config::TypeConfig;
+use openraft::ReadPolicy;
+use openraft::errors::{ClientWriteError, LinearizableReadError};
 
 /// The Raft gRPC service of one node. Cheap to clone. Mount it with
 /// [`RaftGrpcService::into_server`] on the node's internal gRPC listener before peers
@@ -142,5 +146,48 @@ impl RaftRpc for RaftGrpcService {
             .await
             .map_err(RpcRefusal::Halted)?;
         Ok(Response::new(wire::reply(&resp)))
+    }
+
+    async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let cmd: VersionedCommand = self.open("forwarded command", request)?;
+        let reply = match self.raft.client_write(cmd).await {
+            Ok(resp) => ForwardReply::Applied(
+                resp.data
+                    .expect("the state machine answers every command entry with an outcome"),
+            ),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                ForwardReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Err(RaftError::Fatal(f)) => return Err(RpcRefusal::Halted(f).into()),
+            // The entry was discarded by a leader change, or refused for a membership
+            // reason: whether it commits later is unknown to this node.
+            Err(RaftError::APIError(e)) => {
+                tracing::warn!(error = %e, "forwarded command not confirmed");
+                ForwardReply::CommitUnknown { leader: None }
+            }
+        };
+        Ok(Response::new(wire::reply(&reply)))
+    }
+
+    async fn read_index(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let () = self.open("read-index request", request)?;
+        let reply = match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read) => ReadIndexReply::Index(Some(read.log_id().index())),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                ReadIndexReply::NotLeader {
+                    leader: f.leader_id,
+                }
+            }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_))) => {
+                ReadIndexReply::NoQuorum
+            }
+            Err(RaftError::Fatal(f)) => return Err(RpcRefusal::Halted(f).into()),
+        };
+        Ok(Response::new(wire::reply(&reply)))
     }
 }

@@ -1,6 +1,7 @@
 //! Clustered metadata over the real gRPC transport: tonic servers on loopback
 //! ephemeral ports inside the test process, each node with its own redb directory.
 //! Proves that three founding nodes elect a leader and apply a proposal everywhere,
+//! that followers forward writes and serve linearizable reads,
 //! that losing the leader elects another one which accepts writes while the old one
 //! restarts from its directory and catches up, and that a learner added after the log
 //! was compacted catches up through a streamed snapshot and can be promoted.
@@ -266,15 +267,19 @@ async fn three_nodes_apply_a_proposal_everywhere() {
         t0.elapsed()
     );
 
+    // Any node serves everything: a write through one follower is forwarded to the
+    // leader, and a linearizable read through the other follower sees it at once.
     let follower = &nodes[(leader + 1) % 3].meta;
-    assert!(matches!(
-        follower.read(|v| v.state_digest()).await,
-        Err(ConsensusError::NotLeader { leader: Some(l) }) if l == nodes[leader].id
-    ));
-    assert!(matches!(
-        follower.propose(upload_cmd(99)).await,
-        Err(ConsensusError::NotLeader { leader: Some(l) }) if l == nodes[leader].id
-    ));
+    let other = &nodes[(leader + 2) % 3].meta;
+    push_blob(follower, 2).await;
+    let seen = other.read(|v| v.blob(&sha(2))).await.unwrap();
+    assert!(
+        seen.is_some(),
+        "a read on a follower missed a write acknowledged through another node"
+    );
+    let via_follower = other.read(|v| v.state_digest()).await.unwrap();
+    let via_leader = nodes[leader].meta.read(|v| v.state_digest()).await.unwrap();
+    assert_eq!(via_follower, via_leader);
     stop_all(nodes).await;
 }
 
@@ -480,4 +485,39 @@ async fn open_cluster_refuses_bad_addresses_and_a_founding_map_without_this_node
             ..
         })
     ));
+}
+
+// Proves that a node cut off from a quorum never acknowledges a write or serves a read
+// it cannot prove current: both end in `Unavailable` within the forwarding deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_a_quorum_refuses_writes_and_reads() {
+    let dirs = dirs(3);
+    let mut nodes = found(&dirs, &tuning()).await;
+    let leader = agreed_leader(&nodes).await;
+    push_blob(&nodes[leader].meta, 1).await;
+    converge(&nodes, leader).await;
+    let lone = nodes.remove((leader + 1) % 3);
+    for node in nodes {
+        node.stop().await;
+    }
+    let started = Instant::now();
+    let write = lone.meta.propose(upload_cmd(7)).await;
+    assert!(
+        matches!(
+            write,
+            Err(ConsensusError::Unavailable { .. } | ConsensusError::CommitUnknown { .. })
+        ),
+        "a lone node answered a write with {write:?}"
+    );
+    let read = lone.meta.read(|v| v.blob(&sha(1))).await;
+    assert!(
+        matches!(read, Err(ConsensusError::Unavailable { .. })),
+        "a lone node answered a read with {read:?}"
+    );
+    assert!(
+        started.elapsed() < WAIT,
+        "refusing took {:?}",
+        started.elapsed()
+    );
+    lone.stop().await;
 }
