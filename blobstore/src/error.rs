@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use berth_types::{DiskId, EcProfile, NodeId};
 
 use crate::codec::CodecError;
+use crate::rpc::ShardRpcError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobStoreError {
@@ -53,6 +54,15 @@ pub enum BlobStoreError {
     InvalidLayout,
     #[error("layout places shard {shard} on node {node}, which is not this node")]
     RemoteShard { shard: usize, node: NodeId },
+    #[error("placement names disk {disk} of this node, which this store does not have")]
+    UnknownDisk { disk: DiskId },
+    #[error("the shard service of node {node} failed for shard {shard}")]
+    Peer {
+        node: NodeId,
+        shard: usize,
+        #[source]
+        source: ShardRpcError,
+    },
     #[error("an earlier write of this upload failed; the upload must be aborted")]
     WriterFailed,
     #[error("erasure codec failed")]

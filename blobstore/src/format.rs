@@ -52,9 +52,7 @@ impl ShardHeader {
         let mut out = [0u8; HEADER_BYTES as usize];
         out[0..8].copy_from_slice(&MAGIC);
         out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out[10] = match self.codec {
-            CodecId::ReedSolomonV1 => CODEC_REED_SOLOMON_V1,
-        };
+        out[10] = codec_code(self.codec);
         out[11] = self.profile.k() as u8;
         out[12] = self.profile.m() as u8;
         out[13] = self.shard_index;
@@ -75,10 +73,7 @@ impl ShardHeader {
         if version != FORMAT_VERSION {
             return Err(HeaderError::Version(version));
         }
-        let codec = match bytes[10] {
-            CODEC_REED_SOLOMON_V1 => CodecId::ReedSolomonV1,
-            other => return Err(HeaderError::Codec(other)),
-        };
+        let codec = codec_from_code(bytes[10]).ok_or(HeaderError::Codec(bytes[10]))?;
         let profile = EcProfile::new(bytes[11], bytes[12]).map_err(|_| HeaderError::Fields)?;
         let shard_index = bytes[13];
         let shard_bytes = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
@@ -91,6 +86,21 @@ impl ShardHeader {
             shard_index,
             shard_bytes,
         })
+    }
+}
+
+/// The byte that names `codec` in a shard header (and on the shard service's wire).
+pub fn codec_code(codec: CodecId) -> u8 {
+    match codec {
+        CodecId::ReedSolomonV1 => CODEC_REED_SOLOMON_V1,
+    }
+}
+
+/// The codec a header byte names, if this build knows it.
+pub fn codec_from_code(code: u8) -> Option<CodecId> {
+    match code {
+        CODEC_REED_SOLOMON_V1 => Some(CodecId::ReedSolomonV1),
+        _ => None,
     }
 }
 

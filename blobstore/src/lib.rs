@@ -1,7 +1,9 @@
 //! Blob bytes of berth on this node: the erasure codec, the disks, the shard files and
-//! their byte format, placement of shards on disks, and the stripe writer and reader
-//! behind `BlobStore`. Metadata (which blobs exist, their layouts) lives elsewhere; this
-//! crate only stores and returns bytes and never decides what is committed.
+//! their byte format, placement of shards on disks, the stripe writer and reader behind
+//! `BlobStore`, and the shard gRPC service and client (`rpc`) through which a node
+//! writes and reads shard files on other nodes' disks. Metadata (which blobs exist,
+//! their layouts) lives elsewhere; this crate only stores and returns bytes and never
+//! decides what is committed.
 
 pub mod codec;
 pub mod disk;
@@ -9,14 +11,18 @@ pub mod error;
 pub mod format;
 pub mod placement;
 mod reader;
+pub mod rpc;
+mod shard;
 pub mod sim;
 mod store;
+mod target;
 mod writer;
 
 pub use codec::{Codec, CodecError, ReedSolomon, codec_for};
 pub use disk::{DirEntry, Disk, DiskFile, FsDisk};
 pub use error::BlobStoreError;
 pub use placement::{Candidate, DiskState, PlacementError, place};
+pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use sim::{SimDisk, SimPower};
 pub use store::{BlobStore, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters};
 pub use writer::StripeWriter;

@@ -5,30 +5,49 @@
 //! so a damaged shard costs a reconstruction, never wrong bytes. The next stripe is
 //! read while the current one is consumed.
 
-use std::io;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use berth_types::{Digest, StripedLayout};
 use bytes::Bytes;
 use futures::future::join_all;
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 
 use crate::codec::{Codec, codec_for};
 use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
-use crate::format::{self, HEADER_BYTES, HeaderError, ShardHeader};
-use crate::store::{StoreInner, blocking};
+use crate::format::{HeaderError, ShardHeader};
+use crate::rpc::{ShardClient, ShardRef, ShardRpcError};
+use crate::shard::{self, ChunkUnusable, Unusable};
+use crate::store::{Peers, StoreInner, blocking};
 
 /// Stripes read concurrently: the one being sent and the next one.
 const READ_AHEAD_STRIPES: usize = 2;
 
+/// Where the chunks of one shard index come from during a read.
+enum Source {
+    Local(Arc<Mutex<Slot>>),
+    /// A shard on a peer, read through its shard service.
+    Remote(Box<tokio::sync::Mutex<RemoteSlot>>),
+}
+
 enum Slot {
-    /// Not opened yet; `None` if the shard is on no disk of this node.
+    /// Not opened yet; `None` if the shard is on no disk of this node and no peer
+    /// client reaches it.
     Unopened(Option<Arc<dyn Disk>>),
     Open(Arc<dyn DiskFile>),
     /// Missing, or its header is damaged or does not match the layout.
     Unavailable,
+}
+
+struct RemoteSlot {
+    client: ShardClient,
+    /// Set once the peer cannot serve this shard (missing file, bad header, peer
+    /// unreachable): the rest of the read does without it.
+    unavailable: bool,
+    /// The GetChunks stream in progress and the stripe it yields next.
+    cursor: Option<(u64, BoxStream<'static, Result<Bytes, ShardRpcError>>)>,
 }
 
 struct ReadCtx {
@@ -36,12 +55,15 @@ struct ReadCtx {
     layout: StripedLayout,
     codec: Arc<dyn Codec>,
     digest: Digest,
-    /// One slot per shard index, opened on first use and kept for the whole read.
-    slots: Vec<Mutex<Slot>>,
+    /// The stripes of the read.
+    stripes: Range<u64>,
+    /// One source per shard index, opened on first use and kept for the whole read.
+    sources: Vec<Source>,
 }
 
 pub(crate) fn read(
     inner: Arc<StoreInner>,
+    peers: Option<Peers>,
     layout: StripedLayout,
     digest: Digest,
     size: u64,
@@ -64,19 +86,28 @@ pub(crate) fn read(
     } else {
         range.start / stripe_bytes..range.end.div_ceil(stripe_bytes)
     };
-    let slots = layout
+    let sources = layout
         .shards
         .iter()
         .map(|p| {
+            if p.node != inner.node
+                && let Some(client) = peers.as_ref().and_then(|peers| peers.client(p.node))
+            {
+                return Source::Remote(Box::new(tokio::sync::Mutex::new(RemoteSlot {
+                    client,
+                    unavailable: false,
+                    cursor: None,
+                })));
+            }
             let disk = if p.node == inner.node {
                 inner.slot(p.disk).map(|s| s.disk.clone())
             } else {
                 None
             };
             if disk.is_none() {
-                tracing::warn!(node = %p.node, disk = %p.disk, "shard is not on a disk of this node");
+                tracing::warn!(node = %p.node, disk = %p.disk, "shard is on no disk of this node and on no known peer");
             }
-            Mutex::new(Slot::Unopened(disk))
+            Source::Local(Arc::new(Mutex::new(Slot::Unopened(disk))))
         })
         .collect();
     let ctx = Arc::new(ReadCtx {
@@ -84,7 +115,8 @@ pub(crate) fn read(
         inner,
         layout,
         digest,
-        slots,
+        stripes: stripes.clone(),
+        sources,
     });
     stream::iter(stripes)
         .map(move |stripe| {
@@ -115,13 +147,7 @@ async fn read_stripe(
     let mut tried = vec![false; width];
     let mut batch: Vec<usize> = needed.clone().collect();
     loop {
-        let results = join_all(batch.iter().map(|&i| {
-            blocking({
-                let ctx = ctx.clone();
-                move || read_chunk(&ctx, i, stripe)
-            })
-        }))
-        .await;
+        let results = join_all(batch.iter().map(|&i| read_chunk(ctx.clone(), i, stripe))).await;
         for (&i, chunk) in batch.iter().zip(results) {
             tried[i] = true;
             good[i] = chunk?;
@@ -183,31 +209,110 @@ async fn rebuild(
     Ok(())
 }
 
-/// Reads and verifies the chunk of `stripe` in shard file `i`. `None` when the shard
-/// cannot serve it; the reason is logged and counted.
-fn read_chunk(ctx: &ReadCtx, i: usize, stripe: u64) -> Option<Bytes> {
-    let file = open_shard(ctx, i)?;
-    let counters = &ctx.inner.counters;
-    let shard_bytes = ctx.layout.shard_bytes;
-    let mut buf = vec![0u8; format::chunk_bytes(shard_bytes) as usize];
-    if let Err(e) = file.read_at(&mut buf, format::chunk_offset(shard_bytes, stripe)) {
-        tracing::warn!(digest = %ctx.digest, shard = i, stripe, error = %e, "shard chunk unreadable");
-        counters.shard_unavailable();
+/// Reads and verifies the chunk of `stripe` of shard `i`, from a disk of this node or
+/// from a peer. `None` when the shard cannot serve it; the reason is logged and counted.
+async fn read_chunk(
+    ctx: Arc<ReadCtx>,
+    i: usize,
+    stripe: u64,
+) -> Result<Option<Bytes>, BlobStoreError> {
+    match &ctx.sources[i] {
+        Source::Local(slot) => {
+            let (ctx, slot) = (ctx.clone(), slot.clone());
+            blocking(move || read_local_chunk(&ctx, &slot, i, stripe)).await
+        }
+        Source::Remote(slot) => Ok(read_remote_chunk(&ctx, slot, i, stripe).await),
+    }
+}
+
+fn read_local_chunk(ctx: &ReadCtx, slot: &Mutex<Slot>, i: usize, stripe: u64) -> Option<Bytes> {
+    let file = open_shard(ctx, slot, i)?;
+    match shard::read_chunk(&ctx.inner, file.as_ref(), ctx.layout.shard_bytes, stripe) {
+        Ok(chunk) => Some(chunk.shard),
+        Err(ChunkUnusable::Io(e)) => {
+            tracing::warn!(digest = %ctx.digest, shard = i, stripe, error = %e, "shard chunk unreadable");
+            ctx.inner.counters.shard_unavailable();
+            None
+        }
+        Err(ChunkUnusable::ChecksumMismatch) => {
+            tracing::warn!(digest = %ctx.digest, shard = i, stripe, "shard chunk checksum mismatch");
+            None
+        }
+    }
+}
+
+/// Reads the chunk of `stripe` of shard `i` from the peer that holds it. Consecutive
+/// stripes of a data shard come from one GetChunks stream that covers the rest of the
+/// read; a parity shard, read only to replace a bad shard, is asked one stripe at a
+/// time so the peer reads nothing that may not be needed.
+async fn read_remote_chunk(
+    ctx: &ReadCtx,
+    slot: &tokio::sync::Mutex<RemoteSlot>,
+    i: usize,
+    stripe: u64,
+) -> Option<Bytes> {
+    let mut slot = slot.lock().await;
+    let RemoteSlot {
+        client,
+        unavailable,
+        cursor,
+    } = &mut *slot;
+    if *unavailable {
         return None;
     }
-    counters.add_read(buf.len() as u64);
-    let (sum, data) = buf.split_at(format::CHECKSUM_BYTES as usize);
-    if format::chunk_checksum(stripe, data) != sum {
-        tracing::warn!(digest = %ctx.digest, shard = i, stripe, "shard chunk checksum mismatch");
-        counters.checksum_failed();
-        return None;
+    if cursor.as_ref().is_none_or(|(next, _)| *next != stripe) {
+        let end = if i < ctx.layout.profile.k() {
+            ctx.stripes.end
+        } else {
+            stripe + 1
+        };
+        let shard = ShardRef {
+            disk: ctx.layout.shards[i].disk,
+            upload: ctx.layout.upload,
+            index: i as u8,
+        };
+        let chunks = client.get_chunks(&shard, &ctx.digest, &expected_header(ctx, i), stripe..end);
+        *cursor = Some((stripe, chunks.boxed()));
     }
-    Some(Bytes::from(buf).slice(format::CHECKSUM_BYTES as usize..))
+    let (next, chunks) = cursor.as_mut().expect("a stream at this stripe is open");
+    let item = chunks
+        .next()
+        .await
+        .unwrap_or(Err(ShardRpcError::Truncated { stripe }));
+    match item {
+        Ok(shard) => {
+            *next += 1;
+            Some(shard)
+        }
+        Err(e) => {
+            let node = client.node();
+            *cursor = None;
+            if let ShardRpcError::Corrupt { .. } = e {
+                tracing::warn!(digest = %ctx.digest, shard = i, stripe, %node, "remote shard chunk checksum mismatch");
+                ctx.inner.counters.checksum_failed();
+            } else {
+                tracing::warn!(digest = %ctx.digest, shard = i, stripe, %node, error = %e, "remote shard unavailable");
+                ctx.inner.counters.shard_unavailable();
+                *unavailable = true;
+            }
+            None
+        }
+    }
+}
+
+/// The header shard file `i` must have for this read's layout.
+fn expected_header(ctx: &ReadCtx, i: usize) -> ShardHeader {
+    ShardHeader {
+        codec: ctx.layout.codec,
+        profile: ctx.layout.profile,
+        shard_index: i as u8,
+        shard_bytes: ctx.layout.shard_bytes,
+    }
 }
 
 /// The open file of shard `i`, opening it and checking its header on first use.
-fn open_shard(ctx: &ReadCtx, i: usize) -> Option<Arc<dyn DiskFile>> {
-    let mut slot = ctx.slots[i].lock().expect("shard slot poisoned");
+fn open_shard(ctx: &ReadCtx, slot: &Mutex<Slot>, i: usize) -> Option<Arc<dyn DiskFile>> {
+    let mut slot = slot.lock().expect("shard slot poisoned");
     let disk = match &*slot {
         Slot::Open(file) => return Some(file.clone()),
         Slot::Unavailable => return None,
@@ -218,8 +323,16 @@ fn open_shard(ctx: &ReadCtx, i: usize) -> Option<Arc<dyn DiskFile>> {
         }
         Slot::Unopened(Some(disk)) => disk.clone(),
     };
-    match open_and_check(ctx, disk.as_ref(), i) {
+    let opened = shard::open_final(
+        &ctx.inner,
+        disk.as_ref(),
+        &ctx.digest,
+        &ctx.layout.upload,
+        &expected_header(ctx, i),
+    );
+    match opened {
         Ok(file) => {
+            let file: Arc<dyn DiskFile> = Arc::from(file);
             *slot = Slot::Open(file.clone());
             Some(file)
         }
@@ -235,33 +348,4 @@ fn open_shard(ctx: &ReadCtx, i: usize) -> Option<Arc<dyn DiskFile>> {
             None
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum Unusable {
-    #[error("cannot open or read the header: {0}")]
-    Io(#[from] io::Error),
-    #[error("bad header: {0}")]
-    Header(#[from] HeaderError),
-    #[error("header {found:?} does not match the layout")]
-    Mismatch { found: ShardHeader },
-}
-
-fn open_and_check(ctx: &ReadCtx, disk: &dyn Disk, i: usize) -> Result<Arc<dyn DiskFile>, Unusable> {
-    let path = format::final_path(&ctx.digest, &ctx.layout.upload, i);
-    let file: Arc<dyn DiskFile> = Arc::from(disk.open(&path)?);
-    let mut bytes = [0u8; HEADER_BYTES as usize];
-    file.read_at(&mut bytes, 0)?;
-    ctx.inner.counters.add_read(HEADER_BYTES);
-    let found = ShardHeader::decode(&bytes)?;
-    let expected = ShardHeader {
-        codec: ctx.layout.codec,
-        profile: ctx.layout.profile,
-        shard_index: i as u8,
-        shard_bytes: ctx.layout.shard_bytes,
-    };
-    if found != expected {
-        return Err(Unusable::Mismatch { found });
-    }
-    Ok(file)
 }

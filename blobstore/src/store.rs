@@ -23,6 +23,8 @@ use crate::error::BlobStoreError;
 use crate::format::{self, BLOBS_DIR, DIGEST_ALGORITHMS, STAGING_DIR};
 use crate::placement::{self, Candidate, DiskState};
 use crate::reader;
+use crate::rpc::{ShardClient, ShardRef};
+use crate::target::ShardTarget;
 use crate::writer::StripeWriter;
 
 /// A disk is full for placement once its free space drops below this many chunks:
@@ -192,10 +194,29 @@ where
     }
 }
 
+/// How this node finds the shard service of another node.
+#[derive(Clone)]
+pub(crate) struct Peers(Arc<dyn Fn(NodeId) -> Option<ShardClient> + Send + Sync>);
+
+impl Peers {
+    pub fn client(&self, node: NodeId) -> Option<ShardClient> {
+        (self.0)(node)
+    }
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peers(..)")
+    }
+}
+
 /// The erasure-coded blob store of this node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     inner: Arc<StoreInner>,
+    /// Reaches shards that layouts place on other nodes; without it they are
+    /// unavailable to this node.
+    peers: Option<Peers>,
 }
 
 impl BlobStore {
@@ -243,7 +264,30 @@ impl BlobStore {
                 codec: codec_for(CodecId::ReedSolomonV1, cfg.profile),
                 counters: StoreCounters::default(),
             }),
+            peers: None,
         })
+    }
+
+    /// This store, sharing its disks and counters, that reaches shards on other nodes
+    /// through `resolver`: it returns the shard client of a node, or `None` for a node
+    /// this one cannot reach now. Reads use it for layout shards on other nodes,
+    /// `begin_at` for placements on other nodes, `delete` to remove them.
+    pub fn with_peers(
+        &self,
+        resolver: impl Fn(NodeId) -> Option<ShardClient> + Send + Sync + 'static,
+    ) -> BlobStore {
+        BlobStore {
+            inner: self.inner.clone(),
+            peers: Some(Peers(Arc::new(resolver))),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<StoreInner> {
+        &self.inner
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.inner.node
     }
 
     pub fn profile(&self) -> EcProfile {
@@ -291,15 +335,72 @@ impl BlobStore {
             })?;
         let targets = chosen
             .iter()
-            .map(|id| {
+            .enumerate()
+            .map(|(i, id)| {
                 let slot = self
                     .inner
                     .slot(*id)
                     .expect("placement chose a disk of this store");
-                slot.disk.clone()
+                ShardTarget::local(self.inner.clone(), slot.disk.clone(), upload, i)
             })
             .collect();
         Ok(StripeWriter::new(self.inner.clone(), upload, targets))
+    }
+
+    /// Starts writing the blob of `upload` onto the given placements, one per shard
+    /// index (`k + m`, all distinct): disks of this node are written directly, disks of
+    /// other nodes through their shard service (see `with_peers`). The writer is the
+    /// same as `begin`'s; only where the shard files go differs. Fails with
+    /// `InvalidLayout` for a wrong count or a repeated placement, `UnknownDisk` for a
+    /// disk this node does not have, and `RemoteShard` for a node no peer client
+    /// reaches.
+    pub fn begin_at(
+        &self,
+        upload: UploadId,
+        placements: &[ShardPlacement],
+    ) -> Result<StripeWriter, BlobStoreError> {
+        if placements.len() != self.inner.cfg.profile.width()
+            || placements
+                .iter()
+                .enumerate()
+                .any(|(i, p)| placements[..i].contains(p))
+        {
+            return Err(BlobStoreError::InvalidLayout);
+        }
+        let targets = placements
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if p.node == self.inner.node {
+                    let slot = self
+                        .inner
+                        .slot(p.disk)
+                        .ok_or(BlobStoreError::UnknownDisk { disk: p.disk })?;
+                    return Ok(ShardTarget::local(
+                        self.inner.clone(),
+                        slot.disk.clone(),
+                        upload,
+                        i,
+                    ));
+                }
+                let client = self.peer(i, p.node)?;
+                let shard = ShardRef {
+                    disk: p.disk,
+                    upload,
+                    index: i as u8,
+                };
+                Ok(ShardTarget::remote(client, shard))
+            })
+            .collect::<Result<Vec<_>, BlobStoreError>>()?;
+        Ok(StripeWriter::new(self.inner.clone(), upload, targets))
+    }
+
+    /// The shard client of `node`, which holds shard `shard`.
+    fn peer(&self, shard: usize, node: NodeId) -> Result<ShardClient, BlobStoreError> {
+        self.peers
+            .as_ref()
+            .and_then(|peers| peers.client(node))
+            .ok_or(BlobStoreError::RemoteShard { shard, node })
     }
 
     /// Streams bytes `[range.start, range.end)` of a blob of `size` bytes. Memory is
@@ -315,6 +416,7 @@ impl BlobStore {
     ) -> impl Stream<Item = Result<Bytes, BlobStoreError>> + Send + 'static {
         reader::read(
             self.inner.clone(),
+            self.peers.clone(),
             layout.clone(),
             digest.clone(),
             size,
@@ -324,7 +426,9 @@ impl BlobStore {
 
     /// Removes the shard files of a blob. Files already gone are fine. The removals are
     /// not synced: a file that comes back after a crash is an orphan, and the orphan
-    /// sweep removes it.
+    /// sweep removes it. Shards on other nodes are removed through their shard service
+    /// (see `with_peers`); without a client for one of them, nothing is removed and
+    /// the error is `RemoteShard`.
     pub async fn delete(
         &self,
         layout: &StripedLayout,
@@ -333,28 +437,24 @@ impl BlobStore {
         if !layout.is_valid() {
             return Err(BlobStoreError::InvalidLayout);
         }
-        if let Some((shard, p)) = layout
-            .shards
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.node != self.inner.node)
-        {
-            return Err(BlobStoreError::RemoteShard {
-                shard,
-                node: p.node,
-            });
+        let mut remote = Vec::new();
+        let mut local = Vec::new();
+        for (index, placement) in layout.shards.iter().copied().enumerate() {
+            if placement.node == self.inner.node {
+                local.push((index, placement));
+            } else {
+                remote.push((index, placement, self.peer(index, placement.node)?));
+            }
         }
         let inner = self.inner.clone();
-        let shards: Vec<(usize, ShardPlacement)> =
-            layout.shards.iter().copied().enumerate().collect();
-        let (digest, upload) = (digest.clone(), layout.upload);
+        let (digest_owned, upload) = (digest.clone(), layout.upload);
         blocking(move || {
-            for (index, placement) in shards {
+            for (index, placement) in local {
                 let Some(slot) = inner.slot(placement.disk) else {
                     tracing::warn!(disk = %placement.disk, "deleting a shard on a disk this node no longer has");
                     continue;
                 };
-                let path = format::final_path(&digest, &upload, index);
+                let path = format::final_path(&digest_owned, &upload, index);
                 match slot.disk.remove(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -363,7 +463,23 @@ impl BlobStore {
             }
             Ok(())
         })
-        .await?
+        .await??;
+        for (index, placement, client) in remote {
+            let shard = ShardRef {
+                disk: placement.disk,
+                upload,
+                index: index as u8,
+            };
+            client
+                .delete(&shard, digest)
+                .await
+                .map_err(|source| BlobStoreError::Peer {
+                    node: placement.node,
+                    shard: index,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Removes staging files whose upload is not live (`is_live(upload)` false).

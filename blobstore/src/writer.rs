@@ -1,31 +1,32 @@
 //! `StripeWriter`: turns the byte stream of one upload into shard files. It buffers at
 //! most one stripe, encodes each full stripe, and writes its `k + m` chunks to staging
-//! files on the chosen disks in parallel. `commit` makes the files durable and moves
-//! them to their final names; until then nothing outside `staging/` changes, so a crash
-//! or an error never leaves a partial final file.
+//! files in parallel, each through its `ShardTarget`: a disk of this node or a peer's
+//! disk behind its shard service, by the same stripe logic. `commit` makes the files
+//! durable and moves them to their final names; until then nothing outside `staging/`
+//! changes, so a crash or an error never leaves a partial final file.
 
-use std::io;
 use std::sync::Arc;
 
-use berth_types::{Digest, ShardPlacement, StripedLayout, UploadId};
+use berth_types::{Digest, StripedLayout, UploadId};
 use bytes::{Buf, Bytes};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 
-use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
-use crate::format::{self, ShardHeader};
+use crate::format::ShardHeader;
 use crate::store::{StoreInner, blocking};
+use crate::target::ShardTarget;
 
-/// Writes one upload's blob. Obtained from `BlobStore::begin`; finished by `commit` or
+/// Writes one upload's blob. Obtained from `BlobStore::begin` or `begin_at`; finished
+/// by `commit` or
 /// `abort`. A writer dropped without either leaves staging files that
 /// `BlobStore::sweep_staging` removes once the upload is no longer live.
 pub struct StripeWriter {
     inner: Arc<StoreInner>,
     upload: UploadId,
-    /// Disk of each shard index.
-    targets: Vec<Arc<dyn Disk>>,
-    /// Staging file of each shard index; created with the first stripe.
-    files: Vec<Arc<dyn DiskFile>>,
+    /// Where each shard index goes: a disk of this node or of a peer.
+    targets: Vec<ShardTarget>,
+    /// Whether the staging files exist; they are created with the first stripe.
+    created: bool,
     /// Bytes of the stripe being filled; never more than one stripe.
     pending: Vec<u8>,
     stripes: u64,
@@ -48,13 +49,13 @@ impl StripeWriter {
     pub(crate) fn new(
         inner: Arc<StoreInner>,
         upload: UploadId,
-        targets: Vec<Arc<dyn Disk>>,
+        targets: Vec<ShardTarget>,
     ) -> StripeWriter {
         StripeWriter {
             inner,
             upload,
             targets,
-            files: Vec::new(),
+            created: false,
             pending: Vec::new(),
             stripes: 0,
             len: 0,
@@ -110,22 +111,10 @@ impl StripeWriter {
 
     /// Removes the staging files of this upload.
     pub async fn abort(mut self) -> Result<(), BlobStoreError> {
-        let targets = self.targets.clone();
-        let upload = self.upload;
-        self.files.clear();
-        try_join_all(targets.into_iter().enumerate().map(|(i, disk)| {
-            blocking(move || {
-                let path = format::staging_path(&upload, i);
-                match disk.remove(&path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(BlobStoreError::io(disk.id(), path, e)),
-                }
-            })
-        }))
-        .await?
-        .into_iter()
-        .collect()
+        self.created = false;
+        try_join_all(self.targets.iter_mut().map(ShardTarget::abort))
+            .await
+            .map(drop)
     }
 
     async fn finish(&mut self, digest: &Digest) -> Result<StripedLayout, BlobStoreError> {
@@ -135,41 +124,14 @@ impl StripeWriter {
         if !self.pending.is_empty() {
             self.flush().await?;
         }
-        if self.files.is_empty() {
+        if !self.created {
             // An empty blob still gets its shard files: a header and no chunks.
             self.create_files().await?;
         }
-        let inner = &self.inner;
-        try_join_all(
-            self.files
-                .iter()
-                .zip(&self.targets)
-                .enumerate()
-                .map(|(i, (file, disk))| {
-                    let (file, disk, inner) = (file.clone(), disk.clone(), inner.clone());
-                    let path = format::staging_path(&self.upload, i);
-                    async move {
-                        blocking(move || {
-                            file.sync_data()
-                                .map_err(|e| inner.write_error(disk.id(), &path, e))
-                        })
-                        .await?
-                    }
-                }),
-        )
-        .await?;
+        try_join_all(self.targets.iter_mut().map(ShardTarget::sync)).await?;
         // Renames start only once every shard is durable, so a final file never names
         // bytes that a crash could lose.
-        try_join_all(
-            self.targets.iter().enumerate().map(|(i, disk)| {
-                let (disk, inner, upload, digest) =
-                    (disk.clone(), inner.clone(), self.upload, digest.clone());
-                async move {
-                    blocking(move || publish(&inner, disk.as_ref(), &upload, &digest, i)).await?
-                }
-            }),
-        )
-        .await?;
+        try_join_all(self.targets.iter_mut().map(|t| t.publish(digest))).await?;
         Ok(StripedLayout {
             codec: self.inner.codec.id(),
             profile: self.inner.cfg.profile,
@@ -178,10 +140,7 @@ impl StripeWriter {
             shards: self
                 .targets
                 .iter()
-                .map(|d| ShardPlacement {
-                    node: self.inner.node,
-                    disk: d.id(),
-                })
+                .map(|t| t.placement(self.inner.node))
                 .collect(),
         })
     }
@@ -197,7 +156,7 @@ impl StripeWriter {
     }
 
     async fn write_stripe(&mut self) -> Result<(), BlobStoreError> {
-        if self.files.is_empty() {
+        if !self.created {
             self.create_files().await?;
         }
         let stripe_bytes = self.stripe_bytes();
@@ -216,34 +175,13 @@ impl StripeWriter {
             .map(|i| stripe.slice(i * shard_bytes..(i + 1) * shard_bytes))
             .chain(parity.into_iter().map(Bytes::from));
         let stripe_index = self.stripes;
-        let offset = format::chunk_offset(self.inner.cfg.shard_bytes, stripe_index);
-        let inner = &self.inner;
         try_join_all(
             shards
-                .zip(self.files.iter().zip(&self.targets))
-                .enumerate()
-                .map(|(i, (shard, (file, disk)))| {
-                    let (file, disk, inner) = (file.clone(), disk.clone(), inner.clone());
-                    let path = format::staging_path(&self.upload, i);
-                    async move {
-                        blocking(move || {
-                            let sum = format::chunk_checksum(stripe_index, &shard);
-                            file.write_at(&sum, offset)
-                                .and_then(|()| {
-                                    file.write_at(&shard, offset + format::CHECKSUM_BYTES)
-                                })
-                                .map_err(|e| inner.write_error(disk.id(), &path, e))
-                        })
-                        .await?
-                    }
-                }),
+                .zip(self.targets.iter_mut())
+                .map(|(shard, target)| target.write_chunk(stripe_index, shard)),
         )
         .await?;
         self.stripes += 1;
-        let width = self.targets.len() as u64;
-        self.inner
-            .counters
-            .add_written(width * format::chunk_bytes(self.inner.cfg.shard_bytes));
         Ok(())
     }
 
@@ -251,82 +189,23 @@ impl StripeWriter {
     async fn create_files(&mut self) -> Result<(), BlobStoreError> {
         let cfg = self.inner.cfg;
         let codec = self.inner.codec.id();
-        let inner = &self.inner;
-        self.files = try_join_all(self.targets.iter().enumerate().map(|(i, disk)| {
-            let (disk, inner) = (disk.clone(), inner.clone());
-            let path = format::staging_path(&self.upload, i);
-            let header = ShardHeader {
+        try_join_all(self.targets.iter_mut().enumerate().map(|(i, target)| {
+            target.create(ShardHeader {
                 codec,
                 profile: cfg.profile,
                 shard_index: i as u8,
                 shard_bytes: cfg.shard_bytes,
-            };
-            async move {
-                blocking(move || {
-                    let file = disk
-                        .create(&path)
-                        .map_err(|e| inner.write_error(disk.id(), &path, e))?;
-                    file.write_at(&header.encode(), 0)
-                        .map_err(|e| inner.write_error(disk.id(), &path, e))?;
-                    Ok::<_, BlobStoreError>(Arc::from(file))
-                })
-                .await?
-            }
+            })
         }))
         .await?;
-        self.inner
-            .counters
-            .add_written(self.targets.len() as u64 * format::HEADER_BYTES);
+        self.created = true;
         Ok(())
     }
 
     /// Best-effort cleanup after a failed commit: the staging files, and the final
     /// files this commit may already have renamed (nothing references them yet).
     async fn remove_files(&mut self, digest: &Digest) {
-        self.files.clear();
-        let upload = self.upload;
-        let jobs = self.targets.iter().enumerate().map(|(i, disk)| {
-            let disk = disk.clone();
-            let digest = digest.clone();
-            blocking(move || {
-                let paths = [
-                    format::staging_path(&upload, i),
-                    format::final_path(&digest, &upload, i),
-                ];
-                for path in paths {
-                    if let Err(e) = disk.remove(&path)
-                        && e.kind() != io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(disk = %disk.id(), path = %path.display(), error = %e,
-                            "could not remove a file of a failed commit; the sweeps will");
-                    }
-                }
-            })
-        });
-        // Cleanup failures are logged above; a runtime shutting down leaves the files
-        // to the sweeps.
-        let _ = futures::future::join_all(jobs).await;
+        self.created = false;
+        join_all(self.targets.iter_mut().map(|t| t.discard(digest))).await;
     }
-}
-
-/// Moves shard `i` from staging to its final path and makes the new name durable:
-/// the digest's directory and its parents are synced, since either may be new.
-fn publish(
-    inner: &StoreInner,
-    disk: &dyn Disk,
-    upload: &UploadId,
-    digest: &Digest,
-    i: usize,
-) -> Result<(), BlobStoreError> {
-    let id = disk.id();
-    let dir = format::blob_dir(digest);
-    let to = format::final_path(digest, upload, i);
-    disk.create_dir_all(&dir)
-        .map_err(|e| inner.write_error(id, &dir, e))?;
-    disk.rename(&format::staging_path(upload, i), &to)
-        .map_err(|e| inner.write_error(id, &to, e))?;
-    for d in dir.ancestors().take(3) {
-        disk.sync_dir(d).map_err(|e| inner.write_error(id, d, e))?;
-    }
-    Ok(())
 }

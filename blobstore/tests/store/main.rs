@@ -1,5 +1,6 @@
 //! Integration tests of `BlobStore` through its public API, on real filesystem disks
-//! (tempdirs) and on simulated disks that lose unsynced writes. One test binary, so
+//! (tempdirs) and on simulated disks that lose unsynced writes, and between stores that
+//! reach each other's disks through the shard service on loopback. One test binary, so
 //! the crate and its helpers are built once.
 
 mod common;
@@ -7,4 +8,5 @@ mod crash;
 mod disk_full;
 mod repair;
 mod round_trip;
+mod rpc;
 mod sweep;

@@ -1,0 +1,525 @@
+//! The calling end of the shard service: [`ShardClient`], one per peer node, and
+//! [`ShardUpload`], one PutChunks stream in progress.
+//!
+//! Connections: one lazily dialed tonic channel (one HTTP/2 connection) per peer,
+//! shared by clones of its client, redialed by itself after a failure. Every unary call
+//! and the opening of every stream has a deadline; every stream gives up when the
+//! other end goes quiet for `CHUNK_IDLE_MAX`. Chunks read from a peer are verified here
+//! again, so corruption on the wire or in the peer's memory is caught too.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use berth_types::{Digest, DiskId, NodeId, UploadId};
+use bytes::Bytes;
+use futures::{Stream, TryStreamExt, stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+
+use super::limits::{
+    CALL_TIMEOUT, CHUNK_IDLE_MAX, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    PUT_CHUNKS_QUEUED_MAX, RPC_MESSAGE_BYTES_MAX,
+};
+use super::pb::shards_client::ShardsClient;
+use super::pb::{self, put_chunks_request};
+use super::wire::{self, WireError};
+use super::{WIRE_FORMAT_VERSION, error_chain};
+use crate::format::{self, CHECKSUM_BYTES, ShardHeader};
+
+/// One shard file of one upload on one disk of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardRef {
+    pub disk: DiskId,
+    pub upload: UploadId,
+    /// `0..k` data, `k..k+m` parity.
+    pub index: u8,
+}
+
+/// What a finished PutChunks stream left on the peer: a durable staging file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PutSummary {
+    /// Length of the staging file, header and chunks.
+    pub bytes_written: u64,
+    pub stripes: u64,
+}
+
+/// What a peer says about a committed shard file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardStat {
+    Missing,
+    Present {
+        size_bytes: u64,
+        /// `None` when the header does not decode.
+        header: Option<ShardHeader>,
+    },
+}
+
+/// Why a call to a peer's shard service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardRpcError {
+    #[error("peer address {addr:?} is not a valid endpoint")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the peer refused or failed the call ({code:?}): {message}")]
+    Refused { code: Code, message: String },
+    #[error("the shard file does not exist on the peer: {message}")]
+    NotFound { message: String },
+    #[error("the chunk of stripe {stripe} is corrupt")]
+    Corrupt { stripe: u64 },
+    #[error("expected the chunk of stripe {expected}, the peer sent stripe {found}")]
+    OutOfOrder { expected: u64, found: u64 },
+    #[error("the chunk of stripe {stripe} has {found} shard bytes, the header says {expected}")]
+    ChunkLength {
+        stripe: u64,
+        expected: u32,
+        found: usize,
+    },
+    #[error("the stream ended before the chunk of stripe {stripe}")]
+    Truncated { stripe: u64 },
+    #[error("{chunks} chunks were sent but the peer wrote {written}")]
+    Incomplete { chunks: u64, written: u64 },
+    #[error("the peer answered a PutChunks stream before it ended")]
+    EndedEarly,
+    #[error("the peer did not answer within {waited_ms} ms")]
+    Stalled { waited_ms: u64 },
+    #[error("the peer sent a malformed message")]
+    Malformed(#[from] WireError),
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+}
+
+impl ShardRpcError {
+    fn stalled(waited: Duration) -> ShardRpcError {
+        ShardRpcError::Stalled {
+            waited_ms: waited.as_millis() as u64,
+        }
+    }
+}
+
+impl From<Status> for ShardRpcError {
+    fn from(status: Status) -> ShardRpcError {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::NotFound => ShardRpcError::NotFound { message },
+            code => ShardRpcError::Refused { code, message },
+        }
+    }
+}
+
+/// Awaits `fut` for at most `limit`.
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, Status>>,
+) -> Result<T, ShardRpcError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ShardRpcError::stalled(limit)),
+    }
+}
+
+/// The shard service of one peer node. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct ShardClient {
+    node: NodeId,
+    client: ShardsClient<Channel>,
+}
+
+impl ShardClient {
+    /// A client of the shard service of `node` at `addr` (`host:port`). Dials on first
+    /// use, not here, so a peer that is down costs nothing until it is needed.
+    pub fn connect_lazy(node: NodeId, addr: &str) -> Result<ShardClient, ShardRpcError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
+            ShardRpcError::Address {
+                addr: addr.to_owned(),
+                source,
+            }
+        })?;
+        let channel = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(ShardClient {
+            node,
+            client: ShardsClient::new(channel)
+                .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
+        })
+    }
+
+    /// The node this client calls.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Opens a PutChunks stream that writes shard `shard` into staging on the peer,
+    /// with `header` (whose shard index must be `shard.index`).
+    pub fn put_chunks(&self, shard: &ShardRef, header: &ShardHeader) -> ShardUpload {
+        assert_eq!(
+            header.shard_index, shard.index,
+            "a shard file's header names its own index"
+        );
+        let (tx, rx) = mpsc::channel(PUT_CHUNKS_QUEUED_MAX);
+        let open = pb::PutChunksRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            body: Some(put_chunks_request::Body::Open(pb::PutOpen {
+                shard: Some(wire::shard_ref(self.node, shard)),
+                header: Some(wire::header(header)),
+            })),
+        };
+        tx.try_send(open)
+            .expect("a new channel has room for the first message");
+        let requests = stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|message| (message, rx))
+        });
+        let mut client = self.client.clone();
+        let task = tokio::spawn(async move {
+            client
+                .put_chunks(Request::new(requests))
+                .await
+                .map(tonic::Response::into_inner)
+        });
+        ShardUpload {
+            tx: Some(tx),
+            task: AbortOnDrop(task),
+            sent: 0,
+        }
+    }
+
+    /// Commits the staging file of `shard` under `digest` on the peer: fdatasync,
+    /// rename to the final path, fsync of the directories. Returns once it is durable.
+    pub async fn commit(&self, shard: &ShardRef, digest: &Digest) -> Result<(), ShardRpcError> {
+        let request = pb::CommitRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            shard: Some(wire::shard_ref(self.node, shard)),
+            digest: digest.to_string(),
+        };
+        let mut client = self.client.clone();
+        let response = within(CALL_TIMEOUT, client.commit(request)).await?;
+        wire::check_version(response.into_inner().format_version)?;
+        Ok(())
+    }
+
+    /// Removes the staging file of `shard` on the peer; returns whether one was there.
+    pub async fn abort(&self, shard: &ShardRef) -> Result<bool, ShardRpcError> {
+        let request = pb::AbortRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            shard: Some(wire::shard_ref(self.node, shard)),
+        };
+        let mut client = self.client.clone();
+        let response = within(CALL_TIMEOUT, client.abort(request))
+            .await?
+            .into_inner();
+        wire::check_version(response.format_version)?;
+        Ok(response.removed)
+    }
+
+    /// Removes the committed file of `shard` under `digest`; returns whether one was
+    /// there.
+    pub async fn delete(&self, shard: &ShardRef, digest: &Digest) -> Result<bool, ShardRpcError> {
+        let request = pb::DeleteRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            shard: Some(wire::shard_ref(self.node, shard)),
+            digest: digest.to_string(),
+        };
+        let mut client = self.client.clone();
+        let response = within(CALL_TIMEOUT, client.delete(request))
+            .await?
+            .into_inner();
+        wire::check_version(response.format_version)?;
+        Ok(response.removed)
+    }
+
+    /// Whether the committed file of `shard` under `digest` exists, its size and header.
+    pub async fn stat(
+        &self,
+        shard: &ShardRef,
+        digest: &Digest,
+    ) -> Result<ShardStat, ShardRpcError> {
+        let request = pb::StatRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            shard: Some(wire::shard_ref(self.node, shard)),
+            digest: digest.to_string(),
+        };
+        let mut client = self.client.clone();
+        let response = within(CALL_TIMEOUT, client.stat(request))
+            .await?
+            .into_inner();
+        wire::check_version(response.format_version)?;
+        if !response.exists {
+            return Ok(ShardStat::Missing);
+        }
+        let header = match response.header {
+            None => None,
+            Some(h) => {
+                let index = u8::try_from(response.header_index)
+                    .map_err(|_| WireError::Index(response.header_index))?;
+                Some(wire::parse_header(Some(h), index)?)
+            }
+        };
+        Ok(ShardStat::Present {
+            size_bytes: response.size_bytes,
+            header,
+        })
+    }
+
+    /// Streams the shard bytes of stripes `stripes` of the committed file of `shard`
+    /// under `digest`, whose header must be `header` (with shard index `shard.index`).
+    /// Yields one item per stripe, in order; every chunk's checksum is verified. The
+    /// first error ends the stream: `Corrupt { stripe }` when that stripe's chunk
+    /// failed its check on the peer or here.
+    pub fn get_chunks(
+        &self,
+        shard: &ShardRef,
+        digest: &Digest,
+        header: &ShardHeader,
+        stripes: Range<u64>,
+    ) -> impl Stream<Item = Result<Bytes, ShardRpcError>> + Send + 'static {
+        assert_eq!(
+            header.shard_index, shard.index,
+            "a shard file's header names its own index"
+        );
+        let request = pb::GetChunksRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            shard: Some(wire::shard_ref(self.node, shard)),
+            digest: digest.to_string(),
+            header: Some(wire::header(header)),
+            stripe_start: stripes.start,
+            stripe_end: stripes.end,
+        };
+        let mut client = self.client.clone();
+        let shard_bytes = header.shard_bytes;
+        let empty = stripes.is_empty();
+        let open = async move {
+            if empty {
+                return Ok::<_, ShardRpcError>(None);
+            }
+            let response = within(CALL_TIMEOUT, client.get_chunks(request)).await?;
+            Ok(Some(response.into_inner()))
+        };
+        stream::once(open)
+            .map_ok(move |chunks| {
+                let state = chunks.map(|chunks| (chunks, stripes.start));
+                stream::unfold(state, move |state| {
+                    next_chunk(state, stripes.end, shard_bytes)
+                })
+            })
+            .try_flatten()
+    }
+}
+
+/// The next verified chunk of a GetChunks stream, and the stream's state after it:
+/// `None` once the range is done or an error ended it.
+async fn next_chunk(
+    state: Option<(Streaming<pb::GetChunksResponse>, u64)>,
+    end: u64,
+    shard_bytes: u32,
+) -> Option<(
+    Result<Bytes, ShardRpcError>,
+    Option<(Streaming<pb::GetChunksResponse>, u64)>,
+)> {
+    let (mut chunks, stripe) = state?;
+    if stripe == end {
+        return None;
+    }
+    let item = match tokio::time::timeout(CHUNK_IDLE_MAX, chunks.message()).await {
+        Err(_) => Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
+        Ok(Err(status)) if status.code() == Code::DataLoss => {
+            Err(ShardRpcError::Corrupt { stripe })
+        }
+        Ok(Err(status)) => Err(status.into()),
+        Ok(Ok(None)) => Err(ShardRpcError::Truncated { stripe }),
+        Ok(Ok(Some(response))) => verify(response, stripe, shard_bytes).await,
+    };
+    match item {
+        Ok(shard) => Some((Ok(shard), Some((chunks, stripe + 1)))),
+        Err(e) => Some((Err(e), None)),
+    }
+}
+
+/// Checks that a received chunk is the one of `stripe`, has the right length and
+/// matches its checksum. Hashing runs on the blocking pool.
+async fn verify(
+    response: pb::GetChunksResponse,
+    stripe: u64,
+    shard_bytes: u32,
+) -> Result<Bytes, ShardRpcError> {
+    wire::check_version(response.format_version)?;
+    let chunk = response.chunk.ok_or(WireError::Missing("chunk"))?;
+    if chunk.stripe != stripe {
+        return Err(ShardRpcError::OutOfOrder {
+            expected: stripe,
+            found: chunk.stripe,
+        });
+    }
+    if chunk.data.len() != shard_bytes as usize {
+        return Err(ShardRpcError::ChunkLength {
+            stripe,
+            expected: shard_bytes,
+            found: chunk.data.len(),
+        });
+    }
+    let checksum = wire::parse_checksum(&chunk.checksum)?;
+    let data = chunk.data;
+    let good = match tokio::task::spawn_blocking(move || {
+        (format::chunk_checksum(stripe, &data) == checksum, data)
+    })
+    .await
+    {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => return Err(ShardRpcError::ShuttingDown),
+    };
+    match good {
+        (true, data) => Ok(data),
+        (false, _) => Err(ShardRpcError::Corrupt { stripe }),
+    }
+}
+
+/// A spawned call that is cancelled when its handle is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One PutChunks stream to a peer. Send the chunks of stripes 0, 1, 2, … in order,
+/// then `finish`. Dropping it without `finish` cancels the stream: the peer keeps only
+/// a staging file, which its staging sweep removes.
+pub struct ShardUpload {
+    tx: Option<mpsc::Sender<pb::PutChunksRequest>>,
+    task: AbortOnDrop<Result<pb::PutChunksResponse, Status>>,
+    sent: u64,
+}
+
+impl std::fmt::Debug for ShardUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardUpload")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardUpload {
+    /// Queues the chunk of `stripe`, whose checksum is `checksum`. Waits while the
+    /// queue is full, so a slow peer slows the writer down.
+    pub async fn send(
+        &mut self,
+        stripe: u64,
+        checksum: &[u8; CHECKSUM_BYTES as usize],
+        shard: Bytes,
+    ) -> Result<(), ShardRpcError> {
+        let tx = self.tx.as_ref().ok_or(ShardRpcError::EndedEarly)?;
+        let message = pb::PutChunksRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            body: Some(put_chunks_request::Body::Chunk(wire::chunk(
+                stripe, checksum, shard,
+            ))),
+        };
+        match tokio::time::timeout(CHUNK_IDLE_MAX, tx.send(message)).await {
+            Err(_) => Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
+            Ok(Ok(())) => {
+                self.sent += 1;
+                Ok(())
+            }
+            // The call is over, so the peer has answered: its answer says why.
+            Ok(Err(_)) => {
+                self.tx = None;
+                self.answer().await?;
+                Err(ShardRpcError::EndedEarly)
+            }
+        }
+    }
+
+    /// Ends the stream and waits for the peer to make the staging file durable.
+    pub async fn finish(mut self) -> Result<PutSummary, ShardRpcError> {
+        self.tx = None;
+        let answer = self.answer().await?;
+        wire::check_version(answer.format_version)?;
+        if answer.stripes != self.sent {
+            return Err(ShardRpcError::Incomplete {
+                chunks: self.sent,
+                written: answer.stripes,
+            });
+        }
+        Ok(PutSummary {
+            bytes_written: answer.bytes_written,
+            stripes: answer.stripes,
+        })
+    }
+
+    async fn answer(&mut self) -> Result<pb::PutChunksResponse, ShardRpcError> {
+        match tokio::time::timeout(CALL_TIMEOUT, &mut self.task.0).await {
+            Err(_) => Err(ShardRpcError::stalled(CALL_TIMEOUT)),
+            Ok(Ok(answer)) => Ok(answer?),
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(_)) => Err(ShardRpcError::ShuttingDown),
+        }
+    }
+}
+
+/// Logs a failure of a best-effort call (cleanup after a failed write).
+pub(crate) fn log_cleanup_failure(node: NodeId, shard: &ShardRef, e: &ShardRpcError) {
+    tracing::warn!(%node, disk = %shard.disk, upload = %shard.upload, index = shard.index,
+        error = %error_chain(e), "could not remove a shard file on a peer; its sweeps will");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(stripe: u64, data: &[u8]) -> pb::GetChunksResponse {
+        let data = Bytes::copy_from_slice(data);
+        pb::GetChunksResponse {
+            format_version: WIRE_FORMAT_VERSION,
+            chunk: Some(wire::chunk(
+                stripe,
+                &format::chunk_checksum(stripe, &data),
+                data,
+            )),
+        }
+    }
+
+    /// The client checks every chunk again: bytes changed after the peer verified
+    /// them, a chunk of the wrong stripe, or of the wrong length never pass.
+    #[tokio::test]
+    async fn chunks_are_verified_again_on_arrival() {
+        let good = response(3, &[7; 16]);
+        assert_eq!(verify(good.clone(), 3, 16).await.unwrap(), vec![7u8; 16]);
+
+        let mut altered = good.clone();
+        altered.chunk.as_mut().unwrap().data = Bytes::from(vec![8u8; 16]);
+        assert!(matches!(
+            verify(altered, 3, 16).await,
+            Err(ShardRpcError::Corrupt { stripe: 3 })
+        ));
+        assert!(matches!(
+            verify(good.clone(), 4, 16).await,
+            Err(ShardRpcError::OutOfOrder {
+                expected: 4,
+                found: 3
+            })
+        ));
+        assert!(matches!(
+            verify(good.clone(), 3, 32).await,
+            Err(ShardRpcError::ChunkLength { found: 16, .. })
+        ));
+        let future = pb::GetChunksResponse {
+            format_version: WIRE_FORMAT_VERSION + 1,
+            ..good
+        };
+        assert!(matches!(
+            verify(future, 3, 16).await,
+            Err(ShardRpcError::Malformed(WireError::Version { .. }))
+        ));
+    }
+}

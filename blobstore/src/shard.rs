@@ -1,0 +1,176 @@
+//! The steps of one shard file's life on a disk of this node, shared by the stripe
+//! writer, the reader and the shard service so that a shard written or read for another
+//! node goes through exactly the code a local one does: creating a staging file with
+//! its header, writing and reading checksummed chunks, syncing, publishing the staging
+//! file under its final name, and removing files. Every function blocks; callers run
+//! them on the blocking pool. Write-path failures go through `StoreInner::write_error`,
+//! so a broken disk leaves placement whichever node asked for the write.
+
+use std::io;
+use std::path::Path;
+
+use berth_types::{Digest, UploadId};
+use bytes::Bytes;
+
+use crate::disk::{Disk, DiskFile};
+use crate::error::BlobStoreError;
+use crate::format::{self, CHECKSUM_BYTES, HEADER_BYTES, HeaderError, ShardHeader};
+use crate::store::StoreInner;
+
+/// Creates (or truncates) the staging file of shard `header.shard_index` of `upload`
+/// and writes its header.
+pub(crate) fn create_staging(
+    inner: &StoreInner,
+    disk: &dyn Disk,
+    upload: &UploadId,
+    header: &ShardHeader,
+) -> Result<Box<dyn DiskFile>, BlobStoreError> {
+    let path = format::staging_path(upload, usize::from(header.shard_index));
+    let file = disk
+        .create(&path)
+        .map_err(|e| inner.write_error(disk.id(), &path, e))?;
+    file.write_at(&header.encode(), 0)
+        .map_err(|e| inner.write_error(disk.id(), &path, e))?;
+    inner.counters.add_written(HEADER_BYTES);
+    Ok(file)
+}
+
+/// Writes the chunk of `stripe` (its checksum, then the shard) at its offset in a shard
+/// file of `shard_bytes`-long shards. `path` names the file in errors.
+pub(crate) fn write_chunk(
+    inner: &StoreInner,
+    disk: &dyn Disk,
+    path: &Path,
+    file: &dyn DiskFile,
+    stripe: u64,
+    checksum: &[u8; CHECKSUM_BYTES as usize],
+    shard: &[u8],
+) -> Result<(), BlobStoreError> {
+    let shard_bytes = u32::try_from(shard.len()).expect("a shard is at most SHARD_BYTES_MAX");
+    let offset = format::chunk_offset(shard_bytes, stripe);
+    file.write_at(checksum, offset)
+        .and_then(|()| file.write_at(shard, offset + CHECKSUM_BYTES))
+        .map_err(|e| inner.write_error(disk.id(), path, e))?;
+    inner.counters.add_written(format::chunk_bytes(shard_bytes));
+    Ok(())
+}
+
+/// Makes the written bytes of a shard file durable.
+pub(crate) fn sync(
+    inner: &StoreInner,
+    disk: &dyn Disk,
+    path: &Path,
+    file: &dyn DiskFile,
+) -> Result<(), BlobStoreError> {
+    file.sync_data()
+        .map_err(|e| inner.write_error(disk.id(), path, e))
+}
+
+/// Moves shard `i` from staging to its final path and makes the new name durable:
+/// the digest's directory and its parents are synced, since either may be new.
+pub(crate) fn publish(
+    inner: &StoreInner,
+    disk: &dyn Disk,
+    upload: &UploadId,
+    digest: &Digest,
+    i: usize,
+) -> Result<(), BlobStoreError> {
+    let id = disk.id();
+    let dir = format::blob_dir(digest);
+    let to = format::final_path(digest, upload, i);
+    disk.create_dir_all(&dir)
+        .map_err(|e| inner.write_error(id, &dir, e))?;
+    disk.rename(&format::staging_path(upload, i), &to)
+        .map_err(|e| inner.write_error(id, &to, e))?;
+    for d in dir.ancestors().take(3) {
+        disk.sync_dir(d).map_err(|e| inner.write_error(id, d, e))?;
+    }
+    Ok(())
+}
+
+/// Removes a file; returns whether this call removed it. A missing file is fine.
+pub(crate) fn remove(disk: &dyn Disk, path: &Path) -> Result<bool, BlobStoreError> {
+    match disk.remove(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(BlobStoreError::io(disk.id(), path, e)),
+    }
+}
+
+/// Why a committed shard file cannot serve a read at all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unusable {
+    #[error("cannot open or read the header: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad header: {0}")]
+    Header(#[from] HeaderError),
+    #[error("header {found:?} does not match the layout")]
+    Mismatch { found: ShardHeader },
+}
+
+/// Opens the final shard file `expected.shard_index` of `upload` under `digest` and
+/// checks that its header is `expected`.
+pub(crate) fn open_final(
+    inner: &StoreInner,
+    disk: &dyn Disk,
+    digest: &Digest,
+    upload: &UploadId,
+    expected: &ShardHeader,
+) -> Result<Box<dyn DiskFile>, Unusable> {
+    let path = format::final_path(digest, upload, usize::from(expected.shard_index));
+    let file = disk.open(&path)?;
+    let found = read_header(inner, file.as_ref())?;
+    if found != *expected {
+        return Err(Unusable::Mismatch { found });
+    }
+    Ok(file)
+}
+
+/// Reads and decodes the header of a shard file.
+pub(crate) fn read_header(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+) -> Result<ShardHeader, Unusable> {
+    let mut bytes = [0u8; HEADER_BYTES as usize];
+    file.read_at(&mut bytes, 0)?;
+    inner.counters.add_read(HEADER_BYTES);
+    Ok(ShardHeader::decode(&bytes)?)
+}
+
+/// Why one chunk of a usable shard file cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChunkUnusable {
+    #[error("chunk unreadable: {0}")]
+    Io(#[from] io::Error),
+    #[error("chunk checksum mismatch")]
+    ChecksumMismatch,
+}
+
+/// A verified chunk: its checksum as stored and its shard bytes.
+pub(crate) struct Chunk {
+    pub checksum: [u8; CHECKSUM_BYTES as usize],
+    pub shard: Bytes,
+}
+
+/// Reads the chunk of `stripe` and verifies its checksum. Counts the bytes read and a
+/// checksum failure.
+pub(crate) fn read_chunk(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+    shard_bytes: u32,
+    stripe: u64,
+) -> Result<Chunk, ChunkUnusable> {
+    let mut buf = vec![0u8; format::chunk_bytes(shard_bytes) as usize];
+    file.read_at(&mut buf, format::chunk_offset(shard_bytes, stripe))?;
+    inner.counters.add_read(buf.len() as u64);
+    let (sum, data) = buf.split_at(CHECKSUM_BYTES as usize);
+    if format::chunk_checksum(stripe, data) != sum {
+        inner.counters.checksum_failed();
+        return Err(ChunkUnusable::ChecksumMismatch);
+    }
+    let checksum = sum.try_into().expect("split at the checksum length");
+    Ok(Chunk {
+        checksum,
+        shard: Bytes::from(buf).slice(CHECKSUM_BYTES as usize..),
+    })
+}
