@@ -2,6 +2,7 @@
 //! then `BERTH_*` environment variables, then command-line flags, each overriding the
 //! one before.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -52,6 +53,19 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure_http: bool,
+    /// This node's id (a cluster member needs one; a single node picks its own).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Address of the internal gRPC listener (Raft between nodes). Turns on cluster mode.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Founding members of a new cluster, `ID=HOST:PORT,...` (their gRPC addresses).
+    /// Used only on the first start of an empty data folder.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_cluster: Option<String>,
 }
 
 /// The resolved configuration.
@@ -65,6 +79,9 @@ pub struct Config {
     pub upload_ttl_secs: u64,
     pub log_format: String,
     pub allow_insecure_http: bool,
+    pub node_id: Option<u64>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub initial_cluster: Option<String>,
 }
 
 impl Default for Config {
@@ -78,6 +95,9 @@ impl Default for Config {
             upload_ttl_secs: UPLOAD_TTL_SECS_DEFAULT,
             log_format: "auto".into(),
             allow_insecure_http: false,
+            node_id: None,
+            grpc_listen: None,
+            initial_cluster: None,
         }
     }
 }
@@ -110,6 +130,69 @@ impl Config {
     }
 }
 
+/// Cluster mode: where this node's Raft listens and who founds the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub grpc_listen: SocketAddr,
+    pub members: BTreeMap<u64, String>,
+}
+
+/// Parses `ID=HOST:PORT,...`.
+pub fn parse_members(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("cluster member {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("cluster member id {id:?} is not a number"))?;
+        anyhow::ensure!(id > 0, "cluster member ids start at 1");
+        let addr = addr.trim();
+        anyhow::ensure!(
+            addr.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+            "cluster member address {addr:?} is not HOST:PORT"
+        );
+        anyhow::ensure!(
+            members.insert(id, addr.to_owned()).is_none(),
+            "cluster member id {id} appears twice"
+        );
+    }
+    Ok(members)
+}
+
+impl Config {
+    /// The cluster settings, when this node runs as a cluster member.
+    pub fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        let Some(grpc_listen) = self.grpc_listen else {
+            anyhow::ensure!(
+                self.initial_cluster.is_none(),
+                "--initial-cluster needs --grpc-listen"
+            );
+            return Ok(None);
+        };
+        let node_id = self.node_id.context("a cluster member needs --node-id")?;
+        let members = match &self.initial_cluster {
+            Some(s) => parse_members(s)?,
+            None => BTreeMap::new(),
+        };
+        if !members.is_empty() {
+            anyhow::ensure!(
+                members.contains_key(&node_id),
+                "--initial-cluster does not list this node ({node_id})"
+            );
+        }
+        Ok(Some(ClusterConfig {
+            node_id,
+            grpc_listen,
+            members,
+        }))
+    }
+}
+
 /// Merges defaults, file, environment and flags, and checks the result.
 pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut figment = Figment::from(Serialized::defaults(Config::default()));
@@ -139,6 +222,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         profile.width(),
         cfg.disk_paths().len()
     );
+    cfg.cluster()?;
     anyhow::ensure!(
         cfg.listen.ip().is_loopback() || cfg.allow_insecure_http,
         "refusing to serve plain HTTP on {}: bind to a loopback address or pass --allow-insecure-http",
@@ -174,6 +258,29 @@ mod tests {
         assert_eq!(cfg.listen.port(), 7000);
         assert_eq!(cfg.shard_bytes, 65536);
         assert_eq!(cfg.ec_profile().unwrap().to_string(), "2+2");
+    }
+
+    #[test]
+    fn cluster_members_parse() {
+        let m = parse_members("1=127.0.0.1:6001, 2=node-b:6002,3=[::1]:6003").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&2], "node-b:6002");
+        for bad in ["1", "x=a:1", "0=a:1", "1=a", "1=a:1,1=b:2", "1=:5"] {
+            assert!(parse_members(bad).is_err(), "{bad}");
+        }
+        let args = ServeArgs {
+            node_id: Some(2),
+            grpc_listen: Some("127.0.0.1:6002".parse().unwrap()),
+            initial_cluster: Some("1=127.0.0.1:6001,2=127.0.0.1:6002".into()),
+            ..ServeArgs::default()
+        };
+        let cluster = load(&args).unwrap().cluster().unwrap().unwrap();
+        assert_eq!(cluster.node_id, 2);
+        let stranger = ServeArgs {
+            node_id: Some(9),
+            ..args
+        };
+        assert!(load(&stranger).is_err());
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_api::{App, maintenance, router};
-use berth_blobstore::{BlobStore, Disk, FsDisk, StoreConfig};
-use berth_consensus::Metadata;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use berth_blobstore::{BlobStore, Disk, FsDisk, ShardClient, ShardService, StoreConfig};
+use berth_consensus::{ClusterInit, Metadata, RaftTuning};
 use berth_types::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -26,8 +29,10 @@ struct NodeFile {
     node_id: u64,
 }
 
-/// Reads the node id from `<data>/node.json`, creating it on first start.
-fn node_identity(data: &Path) -> anyhow::Result<NodeId> {
+/// Reads the node id from `<data>/node.json`, creating it on first start (with the
+/// configured id, or a random one for a single node). A data folder never changes
+/// hands: a configured id that differs from the stored one is refused.
+fn node_identity(data: &Path, configured: Option<u64>) -> anyhow::Result<NodeId> {
     let path = data.join("node.json");
     if path.exists() {
         let text = std::fs::read_to_string(&path)
@@ -40,10 +45,18 @@ fn node_identity(data: &Path) -> anyhow::Result<NodeId> {
             path.display(),
             file.format
         );
+        if let Some(c) = configured {
+            anyhow::ensure!(
+                c == file.node_id,
+                "{} belongs to node {}, not node {c}",
+                data.display(),
+                file.node_id
+            );
+        }
         return Ok(NodeId(file.node_id));
     }
     // Ids stay below 2^53 so they survive JSON tooling that reads numbers as doubles.
-    let id = rand::random::<u64>() % (1 << 53) + 1;
+    let id = configured.unwrap_or_else(|| rand::random::<u64>() % (1 << 53) + 1);
     let tmp = data.join("node.json.tmp");
     let body = serde_json::to_vec_pretty(&NodeFile {
         format: NODE_FILE_FORMAT,
@@ -63,10 +76,8 @@ fn node_identity(data: &Path) -> anyhow::Result<NodeId> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data)
         .with_context(|| format!("creating data folder {}", cfg.data.display()))?;
-    let node = node_identity(&cfg.data)?;
-    let meta = Metadata::open_single(&cfg.data.join("meta"), node)
-        .await
-        .context("opening metadata")?;
+    let cluster = cfg.cluster()?;
+    let node = node_identity(&cfg.data, cfg.node_id)?;
     let mut disks: Vec<Arc<dyn Disk>> = Vec::new();
     for (index, path) in cfg.disk_paths().into_iter().enumerate() {
         // A new disk gets its index as id; an existing one keeps the id in its label.
@@ -85,6 +96,55 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     )
     .context("opening blob store")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (meta, store, grpc) = match &cluster {
+        None => {
+            let meta = Metadata::open_single(&cfg.data.join("meta"), node)
+                .await
+                .context("opening metadata")?;
+            (meta, store, None)
+        }
+        Some(c) => {
+            let (meta, raft) = Metadata::open_cluster(
+                &cfg.data.join("meta"),
+                node,
+                c.grpc_listen.to_string(),
+                if c.members.is_empty() {
+                    ClusterInit::Join
+                } else {
+                    ClusterInit::Bootstrap(
+                        c.members
+                            .iter()
+                            .map(|(id, a)| (NodeId(*id), a.clone()))
+                            .collect(),
+                    )
+                },
+                &RaftTuning::default(),
+            )
+            .await
+            .context("opening clustered metadata")?;
+            let store = store.with_peers(peer_resolver(meta.clone()));
+            let listener = tokio::net::TcpListener::bind(c.grpc_listen)
+                .await
+                .with_context(|| format!("binding gRPC {}", c.grpc_listen))?;
+            let mut stop = stop_rx.clone();
+            let server = tonic::transport::Server::builder()
+                .add_service(raft.into_server())
+                .add_service(ShardService::new(&store).into_server())
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                );
+            tracing::info!(grpc = %c.grpc_listen, "internal gRPC listening");
+            let task = tokio::spawn(server);
+            meta.wait_for_leader(Duration::from_secs(60))
+                .await
+                .context("waiting for a metadata leader")?;
+            (meta, store, Some(task))
+        }
+    };
     let app = App::new(node, meta.clone(), store);
     maintenance::recover(&app)
         .await
@@ -101,7 +161,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         data.display()
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let upkeep = tokio::spawn(maintenance::run(
         app.clone(),
         Duration::from_secs(cfg.upload_ttl_secs),
@@ -113,9 +172,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("HTTP server stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
+    if let Some(grpc) = grpc {
+        match grpc.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),
+            Err(e) => tracing::warn!(error = %e, "internal gRPC task"),
+            Ok(Ok(())) => {}
+        }
+    }
     meta.shutdown().await.context("stopping metadata")?;
     tracing::info!("shutdown complete");
     served.context("serving HTTP")
+}
+
+/// Shard clients for the other members, by the gRPC address the Raft membership
+/// records for them (the shard service shares the Raft listener). One channel per
+/// peer, replaced when the peer's address changes.
+fn peer_resolver(meta: Metadata) -> impl Fn(NodeId) -> Option<ShardClient> + Send + Sync + 'static {
+    let clients: Mutex<HashMap<NodeId, (String, ShardClient)>> = Mutex::new(HashMap::new());
+    move |peer| {
+        let addr = meta.membership().nodes.get(&peer)?.clone();
+        let mut clients = clients.lock().expect("resolver lock poisoned");
+        if let Some((known, client)) = clients.get(&peer)
+            && *known == addr
+        {
+            return Some(client.clone());
+        }
+        let client = ShardClient::connect_lazy(peer, &addr)
+            .inspect_err(|e| tracing::warn!(%peer, addr, error = %e, "shard client"))
+            .ok()?;
+        clients.insert(peer, (addr, client.clone()));
+        Some(client)
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Starts or stops a local berth cluster of N nodes on 127.0.0.1, for trying a cluster
+# on one machine and for tests.
+#
+#   deploy/local/cluster.sh up N DIR     start nodes 1..N (HTTP 5001..500N, gRPC
+#                                        6001..600N), data in DIR/node-<id>, wait
+#                                        until every node is ready, print one line
+#                                        per node: node <id> http://127.0.0.1:<port> pid <pid>
+#   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
+#
+# Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
+# CARGO_TARGET_DIR or ./target), BERTH_HTTP_BASE (5000), BERTH_GRPC_BASE (6000).
+set -euo pipefail
+
+usage() {
+    sed -n '2,12p' "$0" >&2
+    exit 2
+}
+
+find_bin() {
+    if [ -n "${BERTH_BIN:-}" ]; then
+        echo "$BERTH_BIN"
+        return
+    fi
+    local target="${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/target}"
+    for profile in release debug; do
+        if [ -x "$target/$profile/berth" ]; then
+            echo "$target/$profile/berth"
+            return
+        fi
+    done
+    echo "cluster.sh: no berth binary; build it with: cargo build --release -p berth-node" >&2
+    exit 2
+}
+
+up() {
+    local n="$1" dir="$2"
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 9 ] || {
+        echo "cluster.sh: N must be 1..9" >&2
+        exit 2
+    }
+    local bin http_base="${BERTH_HTTP_BASE:-5000}" grpc_base="${BERTH_GRPC_BASE:-6000}"
+    bin="$(find_bin)"
+    mkdir -p "$dir"
+    local members="" i
+    for i in $(seq 1 "$n"); do
+        members+="${members:+,}$i=127.0.0.1:$((grpc_base + i))"
+    done
+    for i in $(seq 1 "$n"); do
+        "$bin" serve --node-id "$i" \
+            --listen "127.0.0.1:$((http_base + i))" \
+            --grpc-listen "127.0.0.1:$((grpc_base + i))" \
+            --initial-cluster "$members" \
+            --data "$dir/node-$i" --log-format json \
+            >>"$dir/node-$i.log" 2>&1 &
+        echo $! >"$dir/node-$i.pid"
+    done
+    # Ready means: a leader is known and the node serves /v2/. Bounded wait.
+    local deadline=$((SECONDS + 60))
+    for i in $(seq 1 "$n"); do
+        until curl -fsS "http://127.0.0.1:$((http_base + i))/readyz" >/dev/null 2>&1; do
+            if ! kill -0 "$(cat "$dir/node-$i.pid")" 2>/dev/null; then
+                echo "cluster.sh: node $i exited; see $dir/node-$i.log" >&2
+                tail -5 "$dir/node-$i.log" >&2
+                exit 1
+            fi
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                echo "cluster.sh: node $i not ready after 60 s; see $dir/node-$i.log" >&2
+                exit 1
+            fi
+            sleep 0.2
+        done
+    done
+    for i in $(seq 1 "$n"); do
+        echo "node $i http://127.0.0.1:$((http_base + i)) pid $(cat "$dir/node-$i.pid")"
+    done
+}
+
+down() {
+    local dir="$1" pidfile pid
+    shopt -s nullglob
+    for pidfile in "$dir"/node-*.pid; do
+        pid="$(cat "$pidfile")"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+            for _ in $(seq 1 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        fi
+        rm -f "$pidfile"
+    done
+}
+
+case "${1:-}" in
+    up) [ $# -eq 3 ] || usage; up "$2" "$3" ;;
+    down) [ $# -eq 2 ] || usage; down "$2" ;;
+    *) usage ;;
+esac
