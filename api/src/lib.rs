@@ -1,9 +1,11 @@
 //! The HTTP side of berth: the OCI Distribution API under `/v2/`, the operational
-//! endpoints (`/healthz`, `/readyz`, `/metrics`), and the registry use cases they call
+//! endpoints (`/healthz`, `/readyz`, `/metrics`), the management API (`/api/v1/`),
+//! and the registry use cases they call
 //! (uploads, manifest validation, maintenance). Only this crate knows HTTP; it talks
 //! to metadata through `berth_consensus::Metadata` and to bytes through
 //! `berth_blobstore::BlobStore`.
 
+pub mod admin;
 pub mod maintenance;
 pub mod manifest;
 pub mod metrics;
@@ -51,6 +53,7 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/api/v1/cluster/status", get(admin::cluster_status))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,

@@ -203,6 +203,7 @@ pub async fn track(State(app): State<AppState>, req: Request, next: Next) -> Res
         "/healthz" => "healthz",
         "/readyz" => "readyz",
         "/metrics" => "metrics",
+        "/api/v1/cluster/status" => "cluster_status",
         _ => "other",
     };
     let resp = next.run(req).await;

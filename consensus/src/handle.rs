@@ -40,8 +40,11 @@ pub struct RaftStatus {
     pub term: u64,
     pub leader: Option<NodeId>,
     pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
     pub last_applied: Option<u64>,
     pub is_leader: bool,
+    /// On the leader: the highest log index each member is known to hold.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
 }
 
 /// The metadata store of one node: a Raft member whose log and state machine live in
@@ -397,7 +400,13 @@ impl Metadata {
             term: metrics.current_term,
             leader: metrics.current_leader.map(NodeId),
             last_log_index: metrics.last_log_index,
+            committed: metrics.cluster_committed.map(|l| l.index),
             last_applied: metrics.last_applied.map(|l| l.index),
+            replication: metrics.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, matched)| (NodeId(*id), matched.as_ref().map(|l| l.index)))
+                    .collect()
+            }),
             is_leader: metrics.state == ServerState::Leader
                 && metrics.current_leader == Some(self.inner.node.0),
         }

@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, reads configuration, and runs the
 //! chosen subcommand. The only crate that reads the environment and config files.
 
+mod cluster_cli;
 mod config;
 mod serve;
 mod telemetry;
@@ -17,7 +18,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a registry node (with no peers: a single-node registry).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
+    /// Inspect a cluster.
+    #[command(subcommand)]
+    Cluster(cluster_cli::ClusterCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +34,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(serve::run(cfg))
+        }
+        Command::Cluster(cmd) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(cluster_cli::run(cmd))
         }
     }
 }

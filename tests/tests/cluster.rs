@@ -94,6 +94,50 @@ impl Cluster {
             .join("\n")
     }
 
+    /// `berth cluster status --json` against every node agrees on the leader and term
+    /// and lists three voters, each caught up in the leader's view.
+    fn check_status(&self, leader: u16) -> Result<()> {
+        let mut cmd = Command::new(berth_binary()?);
+        cmd.args(["cluster", "status", "--json"]);
+        for i in 1..=NODES {
+            cmd.arg("--url").arg(self.url(i));
+        }
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "cluster status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        ensure!(answers.len() == NODES as usize, "{answers:?}");
+        let term = &answers[0]["term"];
+        for a in &answers {
+            ensure!(
+                a["leader"] == u64::from(leader),
+                "node {} names leader {}",
+                a["node"],
+                a["leader"]
+            );
+            ensure!(&a["term"] == term, "terms differ: {answers:?}");
+        }
+        let lead = &answers[usize::from(leader - 1)];
+        ensure!(lead["is_leader"] == true, "{lead}");
+        let members = lead["members"].as_array().context("no members")?;
+        ensure!(
+            members.len() == NODES as usize && members.iter().all(|m| m["voter"] == true),
+            "{lead}"
+        );
+        let table = Command::new(berth_binary()?)
+            .args(["cluster", "status", "--url", &self.url(leader)])
+            .output()?;
+        let table = String::from_utf8_lossy(&table.stdout);
+        ensure!(
+            table.contains("leader") && table.contains("membership"),
+            "{table}"
+        );
+        Ok(())
+    }
+
     /// The node whose /metrics says it leads.
     async fn leader(&self, among: &[u16]) -> Result<u16> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -166,6 +210,7 @@ async fn three_nodes_serve_as_one_registry_and_survive_a_leader_kill() {
         }
 
         let leader = cluster.leader(&[1, 2, 3]).await?;
+        cluster.check_status(leader)?;
         let survivors: Vec<u16> = (1..=NODES).filter(|&n| n != leader).collect();
         let mut acked = vec![(small_digest.clone(), small.clone())];
         let pid = cluster.pid(leader)?;

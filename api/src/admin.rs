@@ -1,0 +1,97 @@
+//! The management API under `/api/v1/`. For now: `GET /api/v1/cluster/status`, this
+//! node's view of the cluster (Raft term, leader, log indices, membership with each
+//! member's replication progress when this node leads, and its disks).
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use crate::AppState;
+
+/// One member as this node sees it.
+#[derive(Debug, Serialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub addr: String,
+    pub voter: bool,
+    /// Highest log index the leader knows the member holds (only on the leader).
+    pub matched: Option<u64>,
+    /// How far the member trails the leader's log (only on the leader).
+    pub lag: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DiskStatus {
+    pub id: u32,
+    pub path: String,
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub state: String,
+}
+
+/// `GET /api/v1/cluster/status`.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub node: u64,
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub committed: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// A membership change is in progress (two voter sets).
+    pub joint: bool,
+    pub members: Vec<MemberStatus>,
+    pub disks: Vec<DiskStatus>,
+}
+
+pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> {
+    let raft = app.meta.status();
+    let membership = app.meta.membership();
+    let voters = membership.voters();
+    let last = raft.last_log_index;
+    let members = membership
+        .nodes
+        .iter()
+        .map(|(id, addr)| {
+            let matched = raft
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten());
+            MemberStatus {
+                id: id.0,
+                addr: addr.clone(),
+                voter: voters.contains(id),
+                matched,
+                lag: raft
+                    .replication
+                    .as_ref()
+                    .map(|_| last.unwrap_or(0).saturating_sub(matched.unwrap_or(0))),
+            }
+        })
+        .collect();
+    let disks = app
+        .store
+        .disk_stats()
+        .into_iter()
+        .map(|d| DiskStatus {
+            id: d.id.0,
+            path: d.path,
+            total_bytes: d.total_bytes,
+            free_bytes: d.free_bytes,
+            state: format!("{:?}", d.state).to_lowercase(),
+        })
+        .collect();
+    Json(ClusterStatus {
+        node: raft.node.0,
+        leader: raft.leader.map(|l| l.0),
+        is_leader: raft.is_leader,
+        term: raft.term,
+        last_log_index: raft.last_log_index,
+        committed: raft.committed,
+        last_applied: raft.last_applied,
+        joint: membership.is_joint(),
+        members,
+        disks,
+    })
+}

@@ -1,0 +1,182 @@
+//! `berth cluster ...`: operator commands against running nodes over their HTTP API.
+//! `status` asks each given node for `/api/v1/cluster/status` and prints a table (or
+//! the raw JSON): every node's term, role, log, commit and apply indices, the
+//! leader's view of each member's replication lag, and disk state.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::Value;
+
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, per-node log indices and lag, membership and disks.
+    Status {
+        /// A node's HTTP URL; repeat to ask several nodes.
+        #[arg(long = "url", default_value = "http://127.0.0.1:5000")]
+        urls: Vec<String>,
+        /// Print JSON (one array of node answers) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status { urls, json } => status(&urls, json).await,
+    }
+}
+
+async fn status(urls: &[String], json: bool) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut answers = Vec::new();
+    for url in urls {
+        let endpoint = format!("{}/api/v1/cluster/status", url.trim_end_matches('/'));
+        let answer = match client.get(&endpoint).send().await {
+            Ok(resp) if resp.status().is_success() => resp
+                .json::<Value>()
+                .await
+                .with_context(|| format!("reading {endpoint}"))?,
+            Ok(resp) => {
+                serde_json::json!({ "url": url, "error": format!("HTTP {}", resp.status()) })
+            }
+            Err(e) => serde_json::json!({ "url": url, "error": e.to_string() }),
+        };
+        answers.push((url.clone(), answer));
+    }
+    if json {
+        let all: Vec<Value> = answers
+            .into_iter()
+            .map(|(url, mut v)| {
+                v["url"] = Value::from(url);
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    print!("{}", table(&answers));
+    Ok(())
+}
+
+fn num(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".to_owned(), |n| n.to_string())
+}
+
+/// Renders the node answers as text tables.
+fn table(answers: &[(String, Value)]) -> String {
+    let mut out = format!(
+        "{:<28} {:>6} {:<9} {:>6} {:>9} {:>10} {:>8} {:>7}\n",
+        "URL", "NODE", "ROLE", "TERM", "LAST_LOG", "COMMITTED", "APPLIED", "LEADER"
+    );
+    let mut leader_view = None;
+    for (url, v) in answers {
+        if let Some(err) = v.get("error").and_then(Value::as_str) {
+            out += &format!("{url:<28} unreachable: {err}\n");
+            continue;
+        }
+        let role = if v["is_leader"].as_bool() == Some(true) {
+            leader_view = Some(v);
+            "leader"
+        } else {
+            "follower"
+        };
+        out += &format!(
+            "{:<28} {:>6} {:<9} {:>6} {:>9} {:>10} {:>8} {:>7}\n",
+            url,
+            num(&v["node"]),
+            role,
+            num(&v["term"]),
+            num(&v["last_log_index"]),
+            num(&v["committed"]),
+            num(&v["last_applied"]),
+            num(&v["leader"]),
+        );
+    }
+    let membership = leader_view.or_else(|| {
+        answers
+            .iter()
+            .map(|(_, v)| v)
+            .find(|v| v.get("members").is_some())
+    });
+    if let Some(v) = membership {
+        out += &format!(
+            "\nmembership (as node {} sees it{}):\n{:>6} {:<24} {:<8} {:>8} {:>6}\n",
+            num(&v["node"]),
+            if v["joint"].as_bool() == Some(true) {
+                ", joint change in progress"
+            } else {
+                ""
+            },
+            "NODE",
+            "RAFT ADDRESS",
+            "ROLE",
+            "MATCHED",
+            "LAG"
+        );
+        for m in v["members"].as_array().into_iter().flatten() {
+            out += &format!(
+                "{:>6} {:<24} {:<8} {:>8} {:>6}\n",
+                num(&m["id"]),
+                m["addr"].as_str().unwrap_or("-"),
+                if m["voter"].as_bool() == Some(true) {
+                    "voter"
+                } else {
+                    "learner"
+                },
+                num(&m["matched"]),
+                num(&m["lag"]),
+            );
+        }
+    }
+    for (url, v) in answers {
+        for d in v["disks"].as_array().into_iter().flatten() {
+            out += &format!(
+                "disk {} of {url}: {} {} of {} bytes free\n",
+                num(&d["id"]),
+                d["state"].as_str().unwrap_or("-"),
+                num(&d["free_bytes"]),
+                num(&d["total_bytes"]),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_shows_roles_lag_and_unreachable_nodes() {
+        let leader = json!({
+            "node": 1, "leader": 1, "is_leader": true, "term": 3, "last_log_index": 20,
+            "committed": 20, "last_applied": 20, "joint": false,
+            "members": [
+                {"id": 1, "addr": "127.0.0.1:6001", "voter": true, "matched": 20, "lag": 0},
+                {"id": 2, "addr": "127.0.0.1:6002", "voter": true, "matched": 17, "lag": 3}
+            ],
+            "disks": [{"id": 0, "path": "/d", "total_bytes": 100, "free_bytes": 40, "state": "active"}]
+        });
+        let out = table(&[
+            ("http://a".into(), leader),
+            ("http://b".into(), json!({"error": "connection refused"})),
+        ]);
+        assert!(out.contains("leader"), "{out}");
+        assert!(
+            out.contains("127.0.0.1:6002") && out.contains("      17      3"),
+            "{out}"
+        );
+        assert!(
+            out.contains("http://b                     unreachable: connection refused"),
+            "{out}"
+        );
+        assert!(
+            out.contains("disk 0 of http://a: active 40 of 100 bytes free"),
+            "{out}"
+        );
+    }
+}
