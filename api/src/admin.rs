@@ -1,10 +1,16 @@
-//! The management API under `/api/v1/`. For now: `GET /api/v1/cluster/status`, this
-//! node's view of the cluster (Raft term, leader, log indices, membership with each
-//! member's replication progress when this node leads, and its disks).
+//! The management API under `/api/v1/`. For now the cluster: `GET
+//! /api/v1/cluster/status` (this node's view: Raft term, leader, log indices,
+//! membership with each member's replication progress when this node leads, and its
+//! disks), `POST /api/v1/cluster/members` (`{"id", "addr"}`: join a node, learner
+//! first, voter once caught up) and `DELETE /api/v1/cluster/members/{id}`.
 
 use axum::Json;
-use axum::extract::State;
-use serde::Serialize;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use berth_consensus::ConsensusError;
+use berth_types::NodeId;
+use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 
@@ -94,4 +100,46 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         members,
         disks,
     })
+}
+
+/// `POST /api/v1/cluster/members` body.
+#[derive(Debug, Deserialize)]
+pub struct JoinRequest {
+    pub id: u64,
+    /// The joining node's gRPC address, `host:port`.
+    pub addr: String,
+}
+
+fn membership_error(e: ConsensusError) -> Response {
+    let status = match &e {
+        ConsensusError::PeerAddress { .. } => StatusCode::BAD_REQUEST,
+        ConsensusError::MembershipChangeFailed { .. } => StatusCode::CONFLICT,
+        ConsensusError::Unavailable { .. }
+        | ConsensusError::NotLeader { .. }
+        | ConsensusError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    tracing::warn!(error = %e, "membership change");
+    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+pub async fn join(State(app): State<AppState>, Json(req): Json<JoinRequest>) -> Response {
+    if req.id == 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "node ids start at 1" })),
+        )
+            .into_response();
+    }
+    match app.meta.join(NodeId(req.id), req.addr).await {
+        Ok(()) => cluster_status(State(app)).await.into_response(),
+        Err(e) => membership_error(e),
+    }
+}
+
+pub async fn remove(State(app): State<AppState>, Path(id): Path<u64>) -> Response {
+    match app.meta.remove(NodeId(id)).await {
+        Ok(()) => cluster_status(State(app)).await.into_response(),
+        Err(e) => membership_error(e),
+    }
 }

@@ -54,6 +54,11 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/api/v1/cluster/status", get(admin::cluster_status))
+        .route("/api/v1/cluster/members", axum::routing::post(admin::join))
+        .route(
+            "/api/v1/cluster/members/{id}",
+            axum::routing::delete(admin::remove),
+        )
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,

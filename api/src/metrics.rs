@@ -204,6 +204,7 @@ pub async fn track(State(app): State<AppState>, req: Request, next: Next) -> Res
         "/readyz" => "readyz",
         "/metrics" => "metrics",
         "/api/v1/cluster/status" => "cluster_status",
+        p if p.starts_with("/api/v1/cluster/members") => "cluster_members",
         _ => "other",
     };
     let resp = next.run(req).await;

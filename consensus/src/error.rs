@@ -33,6 +33,10 @@ pub enum ConsensusError {
     WriteRefused(#[source] openraft::errors::ClientWriteError<TypeConfig>),
     #[error("metadata is shutting down")]
     ShuttingDown,
+    /// The leader refused or could not finish a membership change; `detail` is the
+    /// leader's own error, which cannot be chained across the network.
+    #[error("membership change failed on the leader: {detail}")]
+    MembershipChangeFailed { detail: String },
     /// Raft stopped after a fatal error (storage failure or panic); the node must restart.
     #[error("raft stopped")]
     Halted(#[source] openraft::errors::Fatal<TypeConfig>),

@@ -231,6 +231,51 @@ impl Metadata {
         (!addr.is_empty()).then_some((leader, addr))
     }
 
+    /// Adds node `id` (its gRPC address `addr`) to the cluster: as a learner first,
+    /// then, once it has caught up with the leader's log, as a voter. Works on any
+    /// node (a follower forwards it to the leader); a no-op for a voter already in.
+    pub async fn join(&self, id: NodeId, addr: String) -> Result<(), ConsensusError> {
+        grpc::endpoint(&addr)?;
+        self.change_members(crate::membership::MembershipChange::Join { id: id.0, addr })
+            .await
+    }
+
+    /// Removes node `id` from the cluster (a no-op when it is not a member). Works on
+    /// any node.
+    pub async fn remove(&self, id: NodeId) -> Result<(), ConsensusError> {
+        self.change_members(crate::membership::MembershipChange::Remove { id: id.0 })
+            .await
+    }
+
+    async fn change_members(
+        &self,
+        change: crate::membership::MembershipChange,
+    ) -> Result<(), ConsensusError> {
+        self.check_open()?;
+        let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+        loop {
+            let reply = if self.status().is_leader {
+                Some(crate::membership::apply(&self.inner.raft, change.clone()).await)
+            } else if let Some((leader, addr)) = self.leader_addr(None) {
+                self.inner
+                    .forwarder
+                    .membership(leader.0, &addr, &change)
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            if let Some(done) = reply.and_then(crate::membership::outcome) {
+                return done;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::membership::no_leader(FORWARD_DEADLINE));
+            }
+            self.check_open()?;
+            tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
     /// Returns once this node's state machine holds every write acknowledged before
     /// the call: on the leader through a read-index round, on a follower by asking the
     /// leader for its read index and waiting until that index is applied here.

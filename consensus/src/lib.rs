@@ -24,6 +24,7 @@ pub mod error;
 pub mod grpc;
 mod handle;
 mod log_store;
+mod membership;
 pub mod model;
 pub mod network;
 mod state;
@@ -36,6 +37,7 @@ pub use cluster::{ClusterInit, ClusterMembership, RaftTuning};
 pub use error::{ConsensusError, Unavailability};
 pub use grpc::RaftGrpcService;
 pub use handle::{Metadata, RaftStatus};
+pub use membership::CATCH_UP_MAX;
 pub use model::{
     BlobRecord, Command, CommandV1, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
     UploadRecord, VersionedCommand,

@@ -6,6 +6,8 @@
 #                                        6001..600N), data in DIR/node-<id>, wait
 #                                        until every node is ready, print one line
 #                                        per node: node <id> http://127.0.0.1:<port> pid <pid>
+#   deploy/local/cluster.sh add DIR ID   start one more node (id ID, same port scheme)
+#                                        that joins the cluster through node 1
 #   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
 #
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
@@ -13,7 +15,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,14p' "$0" >&2
     exit 2
 }
 
@@ -76,6 +78,46 @@ up() {
     done
 }
 
+# Waits until node $1 (HTTP port $2) answers /readyz, or fails. Bounded.
+wait_ready() {
+    local i="$1" port="$2" dir="$3" deadline=$((SECONDS + 90))
+    until curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; do
+        if ! kill -0 "$(cat "$dir/node-$i.pid")" 2>/dev/null; then
+            echo "cluster.sh: node $i exited; see $dir/node-$i.log" >&2
+            tail -5 "$dir/node-$i.log" >&2
+            exit 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "cluster.sh: node $i not ready after 90 s; see $dir/node-$i.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
+add() {
+    local dir="$1" i="$2"
+    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le 9 ] || {
+        echo "cluster.sh: ID must be 1..9" >&2
+        exit 2
+    }
+    [ -e "$dir/node-$i.pid" ] && {
+        echo "cluster.sh: node $i already runs in $dir" >&2
+        exit 2
+    }
+    local bin http_base="${BERTH_HTTP_BASE:-5000}" grpc_base="${BERTH_GRPC_BASE:-6000}"
+    bin="$(find_bin)"
+    "$bin" serve --node-id "$i" \
+        --listen "127.0.0.1:$((http_base + i))" \
+        --grpc-listen "127.0.0.1:$((grpc_base + i))" \
+        --join "http://127.0.0.1:$((http_base + 1))" \
+        --data "$dir/node-$i" --log-format json \
+        >>"$dir/node-$i.log" 2>&1 &
+    echo $! >"$dir/node-$i.pid"
+    wait_ready "$i" "$((http_base + i))" "$dir"
+    echo "node $i http://127.0.0.1:$((http_base + i)) pid $(cat "$dir/node-$i.pid")"
+}
+
 down() {
     local dir="$1" pidfile pid
     shopt -s nullglob
@@ -95,6 +137,7 @@ down() {
 
 case "${1:-}" in
     up) [ $# -eq 3 ] || usage; up "$2" "$3" ;;
+    add) [ $# -eq 3 ] || usage; add "$2" "$3" ;;
     down) [ $# -eq 2 ] || usage; down "$2" ;;
     *) usage ;;
 esac

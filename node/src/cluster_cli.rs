@@ -1,5 +1,5 @@
 //! `berth cluster ...`: operator commands against running nodes over their HTTP API.
-//! `status` asks each given node for `/api/v1/cluster/status` and prints a table (or
+//! `remove` takes a node out of the membership through any member. `status` asks each given node for `/api/v1/cluster/status` and prints a table (or
 //! the raw JSON): every node's term, role, log, commit and apply indices, the
 //! leader's view of each member's replication lag, and disk state.
 
@@ -19,12 +19,36 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a node from the cluster (through any member).
+    Remove {
+        /// A member's HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// The node id to remove.
+        id: u64,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
         ClusterCommand::Status { urls, json } => status(&urls, json).await,
+        ClusterCommand::Remove { url, id } => remove(&url, id).await,
     }
+}
+
+async fn remove(url: &str, id: u64) -> anyhow::Result<()> {
+    let endpoint = format!("{}/api/v1/cluster/members/{id}", url.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .delete(&endpoint)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("asking {endpoint}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{endpoint}: {status} {body}");
+    println!("node {id} removed");
+    Ok(())
 }
 
 async fn status(urls: &[String], json: bool) -> anyhow::Result<()> {

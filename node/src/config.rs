@@ -66,6 +66,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initial_cluster: Option<String>,
+    /// Join the running cluster that this member (its HTTP URL) belongs to.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join: Option<String>,
 }
 
 /// The resolved configuration.
@@ -82,6 +86,7 @@ pub struct Config {
     pub node_id: Option<u64>,
     pub grpc_listen: Option<SocketAddr>,
     pub initial_cluster: Option<String>,
+    pub join: Option<String>,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             node_id: None,
             grpc_listen: None,
             initial_cluster: None,
+            join: None,
         }
     }
 }
@@ -136,6 +142,8 @@ pub struct ClusterConfig {
     pub node_id: u64,
     pub grpc_listen: SocketAddr,
     pub members: BTreeMap<u64, String>,
+    /// HTTP URL of a member to ask for admission.
+    pub join: Option<String>,
 }
 
 /// Parses `ID=HOST:PORT,...`.
@@ -169,8 +177,8 @@ impl Config {
     pub fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
         let Some(grpc_listen) = self.grpc_listen else {
             anyhow::ensure!(
-                self.initial_cluster.is_none(),
-                "--initial-cluster needs --grpc-listen"
+                self.initial_cluster.is_none() && self.join.is_none(),
+                "--initial-cluster and --join need --grpc-listen"
             );
             return Ok(None);
         };
@@ -185,10 +193,15 @@ impl Config {
                 "--initial-cluster does not list this node ({node_id})"
             );
         }
+        anyhow::ensure!(
+            members.is_empty() || self.join.is_none(),
+            "--join and --initial-cluster exclude each other: found a cluster or join one"
+        );
         Ok(Some(ClusterConfig {
             node_id,
             grpc_listen,
             members,
+            join: self.join.clone(),
         }))
     }
 }

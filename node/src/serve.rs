@@ -139,6 +139,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 );
             tracing::info!(grpc = %c.grpc_listen, "internal gRPC listening");
             let task = tokio::spawn(server);
+            if let Some(url) = &c.join {
+                ask_to_join(url, node, &c.grpc_listen.to_string()).await?;
+            }
             meta.wait_for_leader(Duration::from_secs(60))
                 .await
                 .context("waiting for a metadata leader")?;
@@ -182,6 +185,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     meta.shutdown().await.context("stopping metadata")?;
     tracing::info!("shutdown complete");
     served.context("serving HTTP")
+}
+
+/// Asks the member at `url` to admit this node. Retries while the member is not
+/// reachable yet, for at most `JOIN_WAIT`.
+async fn ask_to_join(url: &str, node: NodeId, grpc_addr: &str) -> anyhow::Result<()> {
+    const JOIN_WAIT: Duration = Duration::from_secs(60);
+    let endpoint = format!("{}/api/v1/cluster/members", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(berth_consensus::CATCH_UP_MAX + Duration::from_secs(10))
+        .build()?;
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    loop {
+        let sent = client
+            .post(&endpoint)
+            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr }))
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                tracing::info!(%node, via = url, "joined the cluster");
+                return Ok(());
+            }
+            Ok(resp) if resp.status().is_client_error() || resp.status() == 409 => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                anyhow::bail!("{endpoint} refused to admit node {node}: {status} {body}");
+            }
+            Ok(resp) => tracing::warn!(status = %resp.status(), "join not accepted yet"),
+            Err(e) => tracing::warn!(error = %e, "join request failed"),
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "could not join through {url} within {} s",
+            JOIN_WAIT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Shard clients for the other members, by the gRPC address the Raft membership

@@ -27,7 +27,8 @@ fn port_bases() -> Result<(u16, u16)> {
     for _ in 0..50 {
         let http = rand::random_range(20_000u16..40_000);
         let grpc = http + 20_000;
-        if (1..=NODES).all(|i| free(http + i) && free(grpc + i)) {
+        // One spare id beyond NODES for a node that joins later.
+        if (1..=NODES + 1).all(|i| free(http + i) && free(grpc + i)) {
             return Ok((http, grpc));
         }
     }
@@ -38,6 +39,7 @@ fn port_bases() -> Result<(u16, u16)> {
 struct Cluster {
     dir: tempfile::TempDir,
     http_base: u16,
+    grpc_base: u16,
 }
 
 impl Cluster {
@@ -55,7 +57,11 @@ impl Cluster {
             .env("BERTH_GRPC_BASE", grpc_base.to_string())
             .output()
             .context("running cluster.sh up")?;
-        let cluster = Cluster { dir, http_base };
+        let cluster = Cluster {
+            dir,
+            http_base,
+            grpc_base,
+        };
         ensure!(
             out.status.success(),
             "cluster.sh up failed: {}\n{}",
@@ -70,6 +76,41 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// `cluster.sh add DIR id`: one more node that joins through node 1.
+    fn add(&self, id: u16) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(launcher())
+            .arg("add")
+            .arg(self.dir.path())
+            .arg(id.to_string())
+            .env("BERTH_BIN", berth_binary()?)
+            .env("BERTH_HTTP_BASE", self.http_base.to_string())
+            .env("BERTH_GRPC_BASE", self.grpc_base.to_string())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "cluster.sh add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Voter ids in the status answer of `node`.
+    async fn voters(&self, node: u16) -> Result<Vec<u64>> {
+        let status: serde_json::Value =
+            reqwest::get(format!("{}/api/v1/cluster/status", self.url(node)))
+                .await?
+                .json()
+                .await?;
+        Ok(status["members"]
+            .as_array()
+            .context("no members")?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .collect())
+    }
+
     fn url(&self, node: u16) -> String {
         format!("http://127.0.0.1:{}", self.http_base + node)
     }
@@ -80,7 +121,7 @@ impl Cluster {
     }
 
     fn logs(&self) -> String {
-        (1..=NODES)
+        (1..=NODES + 1)
             .map(|i| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log")))
                     .unwrap_or_default();
@@ -258,6 +299,63 @@ async fn three_nodes_serve_as_one_registry_and_survive_a_leader_kill() {
             }
             ensure!(sha256_digest(&pull(&oci, repo, &small_digest).await?) == small_digest);
         }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", cluster.logs());
+    }
+}
+
+// Proves that a node started with `--join` is admitted through a running member,
+// becomes a voter that serves reads and writes, and that `berth cluster remove` takes
+// it out again while the cluster keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_running_cluster_and_is_removed() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up().unwrap_or_else(|e| panic!("{e:#}"));
+    let result: Result<()> = async {
+        let repo = "team/join";
+        let before = random_bytes(500);
+        let before_digest = Oci::new(&cluster.url(2)).push_blob(repo, &before).await?;
+        cluster.add(NODES + 1)?;
+        let voters = cluster.voters(1).await?;
+        ensure!(voters == vec![1, 2, 3, 4], "voters after join: {voters:?}");
+        let newcomer = Oci::new(&cluster.url(NODES + 1));
+        ensure!(
+            pull(&newcomer, repo, &before_digest).await? == before,
+            "new node misses an earlier write"
+        );
+        let after = random_bytes(700);
+        let after_digest = newcomer.push_blob(repo, &after).await?;
+        ensure!(pull(&Oci::new(&cluster.url(1)), repo, &after_digest).await? == after);
+
+        let out = Command::new(berth_binary()?)
+            .args([
+                "cluster",
+                "remove",
+                "--url",
+                &cluster.url(2),
+                &(NODES + 1).to_string(),
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "cluster remove: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let voters = cluster.voters(1).await?;
+            if voters == vec![1, 2, 3] {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "voters after remove: {voters:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let last = random_bytes(900);
+        let last_digest = Oci::new(&cluster.url(3)).push_blob(repo, &last).await?;
+        ensure!(pull(&Oci::new(&cluster.url(1)), repo, &last_digest).await? == last);
         Ok(())
     }
     .await;

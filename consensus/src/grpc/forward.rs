@@ -82,6 +82,23 @@ impl Forwarder {
         wire::decode("forward reply", &reply.into_inner().payload).map_err(payload_error)
     }
 
+    /// Sends a membership change to `leader` at `addr`.
+    pub(crate) async fn membership(
+        &self,
+        leader: u64,
+        addr: &str,
+        change: &crate::membership::MembershipChange,
+    ) -> Result<crate::membership::MembershipReply, ConsensusError> {
+        let mut client = self.client(addr)?;
+        let mut request = tonic::Request::new(wire::request(leader, change));
+        request.set_timeout(crate::membership::CATCH_UP_MAX + FORWARD_RPC_TIMEOUT);
+        let reply = client
+            .membership(request)
+            .await
+            .map_err(|status| unreachable(leader, status))?;
+        wire::decode("membership reply", &reply.into_inner().payload).map_err(payload_error)
+    }
+
     /// Asks `leader` at `addr` for its read index.
     pub(crate) async fn read_index(
         &self,

@@ -171,6 +171,16 @@ impl RaftRpc for RaftGrpcService {
         Ok(Response::new(wire::reply(&reply)))
     }
 
+    async fn membership(
+        &self,
+        request: Request<RaftRequest>,
+    ) -> Result<Response<RaftReply>, Status> {
+        let change: crate::membership::MembershipChange =
+            self.open("membership change", request)?;
+        let reply = crate::membership::apply(&self.raft, change).await;
+        Ok(Response::new(wire::reply(&reply)))
+    }
+
     async fn read_index(
         &self,
         request: Request<RaftRequest>,

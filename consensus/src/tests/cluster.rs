@@ -521,3 +521,67 @@ async fn a_node_without_a_quorum_refuses_writes_and_reads() {
     );
     lone.stop().await;
 }
+
+// Proves that a new node joins a running cluster through any member (a follower
+// forwards the change to the leader), becomes a voter once caught up, sees every
+// earlier write, and is removed again through another member; repeating either change
+// is a no-op.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joins_and_leaves_through_any_member() {
+    let dirs = dirs(4);
+    let mut nodes = found(&dirs[..3], &tuning()).await;
+    let leader = agreed_leader(&nodes).await;
+    push_blob(&nodes[leader].meta, 1).await;
+    let listener = bind("127.0.0.1:0").await;
+    let newcomer = Node::open(
+        NodeId(4),
+        dirs[3].path(),
+        listener,
+        ClusterInit::Join,
+        &tuning(),
+    )
+    .await;
+    let follower = (leader + 1) % 3;
+    nodes[follower]
+        .meta
+        .join(newcomer.id, newcomer.addr.clone())
+        .await
+        .unwrap();
+    nodes[follower]
+        .meta
+        .join(newcomer.id, newcomer.addr.clone())
+        .await
+        .unwrap();
+    let voters = nodes[leader].meta.membership().voters();
+    assert_eq!(
+        voters,
+        BTreeSet::from([NodeId(1), NodeId(2), NodeId(3), NodeId(4)])
+    );
+    nodes.push(newcomer);
+    converge(&nodes, leader).await;
+    let seen = nodes[3].meta.read(|v| v.blob(&sha(1))).await.unwrap();
+    assert!(
+        seen.is_some(),
+        "the new voter does not see an earlier write"
+    );
+
+    let other = (leader + 2) % 3;
+    nodes[other].meta.remove(NodeId(4)).await.unwrap();
+    nodes[other].meta.remove(NodeId(4)).await.unwrap();
+    let start = Instant::now();
+    while nodes[leader]
+        .meta
+        .membership()
+        .nodes
+        .contains_key(&NodeId(4))
+    {
+        assert!(start.elapsed() < WAIT, "node 4 is still a member");
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(
+        nodes[leader].meta.membership().voters(),
+        BTreeSet::from([NodeId(1), NodeId(2), NodeId(3)])
+    );
+    push_blob(&nodes[leader].meta, 2).await;
+    stop_all(nodes).await;
+}
