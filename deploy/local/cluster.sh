@@ -57,21 +57,9 @@ up() {
             >>"$dir/node-$i.log" 2>&1 &
         echo $! >"$dir/node-$i.pid"
     done
-    # Ready means: a leader is known and the node serves /v2/. Bounded wait.
-    local deadline=$((SECONDS + 60))
+    # Ready means: a leader is known and the node serves requests. Bounded wait.
     for i in $(seq 1 "$n"); do
-        until curl -fsS "http://127.0.0.1:$((http_base + i))/readyz" >/dev/null 2>&1; do
-            if ! kill -0 "$(cat "$dir/node-$i.pid")" 2>/dev/null; then
-                echo "cluster.sh: node $i exited; see $dir/node-$i.log" >&2
-                tail -5 "$dir/node-$i.log" >&2
-                exit 1
-            fi
-            if [ "$SECONDS" -ge "$deadline" ]; then
-                echo "cluster.sh: node $i not ready after 60 s; see $dir/node-$i.log" >&2
-                exit 1
-            fi
-            sleep 0.2
-        done
+        wait_ready "$i" "$((http_base + i))" "$dir"
     done
     for i in $(seq 1 "$n"); do
         echo "node $i http://127.0.0.1:$((http_base + i)) pid $(cat "$dir/node-$i.pid")"
