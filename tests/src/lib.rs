@@ -4,6 +4,7 @@
 //! berth process, or the registry named by `BERTH_TEST_REGISTRY` (to check the tests
 //! themselves against another implementation).
 
+pub mod cluster;
 pub mod data;
 pub mod oci;
 pub mod raw;

@@ -1,0 +1,227 @@
+//! Clusters of real `berth` processes for multi-process tests, started and stopped
+//! with `deploy/local/cluster.sh` on free loopback ports.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::server::berth_binary;
+
+/// `deploy/local/cluster.sh` of this checkout.
+pub fn launcher() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/cluster.sh")
+}
+
+/// HTTP and gRPC port bases whose ports 1..=nodes+1 are all free right now.
+fn port_bases(nodes: u16) -> Result<(u16, u16)> {
+    let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..50 {
+        let http = rand::random_range(20_000u16..40_000);
+        let grpc = http + 20_000;
+        // One spare id for a node that joins later.
+        if (1..=nodes + 1).all(|i| free(http + i) && free(grpc + i)) {
+            return Ok((http, grpc));
+        }
+    }
+    bail!("no free port ranges found")
+}
+
+/// A cluster of real berth processes, stopped with `cluster.sh down` when dropped.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    http_base: u16,
+    grpc_base: u16,
+    nodes: u16,
+}
+
+impl Cluster {
+    /// `cluster.sh up nodes DIR` on free ports.
+    pub fn up(nodes: u16) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-cluster-")
+            .tempdir()?;
+        let (http_base, grpc_base) = port_bases(nodes)?;
+        let out = Command::new("bash")
+            .arg(launcher())
+            .args(["up", &nodes.to_string()])
+            .arg(dir.path())
+            .env("BERTH_BIN", berth_binary()?)
+            .env("BERTH_HTTP_BASE", http_base.to_string())
+            .env("BERTH_GRPC_BASE", grpc_base.to_string())
+            .output()
+            .context("running cluster.sh up")?;
+        let cluster = Cluster {
+            dir,
+            http_base,
+            grpc_base,
+            nodes,
+        };
+        ensure!(
+            out.status.success(),
+            "cluster.sh up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            stdout.lines().filter(|l| l.starts_with("node ")).count() == usize::from(nodes),
+            "cluster.sh printed {stdout:?}"
+        );
+        Ok(cluster)
+    }
+
+    /// `cluster.sh add DIR id`: one more node (or a stopped one again) that joins
+    /// through node 1.
+    pub fn add(&self, id: u16) -> Result<()> {
+        let out = Command::new("bash")
+            .arg(launcher())
+            .arg("add")
+            .arg(self.dir.path())
+            .arg(id.to_string())
+            .env("BERTH_BIN", berth_binary()?)
+            .env("BERTH_HTTP_BASE", self.http_base.to_string())
+            .env("BERTH_GRPC_BASE", self.grpc_base.to_string())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "cluster.sh add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Voter ids in the status answer of `node`.
+    pub async fn voters(&self, node: u16) -> Result<Vec<u64>> {
+        let status: serde_json::Value =
+            reqwest::get(format!("{}/api/v1/cluster/status", self.url(node)))
+                .await?
+                .json()
+                .await?;
+        Ok(status["members"]
+            .as_array()
+            .context("no members")?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .collect())
+    }
+
+    pub fn url(&self, node: u16) -> String {
+        format!("http://127.0.0.1:{}", self.http_base + node)
+    }
+
+    pub fn pid(&self, node: u16) -> Result<u32> {
+        let path = self.dir.path().join(format!("node-{node}.pid"));
+        Ok(std::fs::read_to_string(&path)?.trim().parse()?)
+    }
+
+    /// The last lines of every node's log.
+    pub fn logs(&self) -> String {
+        (1..=self.nodes + 1)
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node-{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                format!(
+                    "--- node {i} ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Sends `signal` (`-9`, `-STOP`, `-CONT`) to node `node`'s process.
+    pub fn signal(&self, node: u16, signal: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.pid(node)?.to_string()])
+            .status()?;
+        ensure!(status.success(), "kill {signal} node {node} failed");
+        Ok(())
+    }
+
+    /// Forgets node `node`'s pid file after it was killed, so `add` can start it again.
+    pub fn forget(&self, node: u16) -> Result<()> {
+        std::fs::remove_file(self.dir.path().join(format!("node-{node}.pid")))?;
+        Ok(())
+    }
+
+    /// `berth cluster status --json` against every node agrees on the leader and term
+    /// and lists three voters, each caught up in the leader's view.
+    pub fn check_status(&self, leader: u16) -> Result<()> {
+        let mut cmd = Command::new(berth_binary()?);
+        cmd.args(["cluster", "status", "--json"]);
+        for i in 1..=self.nodes {
+            cmd.arg("--url").arg(self.url(i));
+        }
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "cluster status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        ensure!(answers.len() == usize::from(self.nodes), "{answers:?}");
+        let term = &answers[0]["term"];
+        for a in &answers {
+            ensure!(
+                a["leader"] == u64::from(leader),
+                "node {} names leader {}",
+                a["node"],
+                a["leader"]
+            );
+            ensure!(&a["term"] == term, "terms differ: {answers:?}");
+        }
+        let lead = &answers[usize::from(leader - 1)];
+        ensure!(lead["is_leader"] == true, "{lead}");
+        let members = lead["members"].as_array().context("no members")?;
+        ensure!(
+            members.len() == usize::from(self.nodes) && members.iter().all(|m| m["voter"] == true),
+            "{lead}"
+        );
+        let table = Command::new(berth_binary()?)
+            .args(["cluster", "status", "--url", &self.url(leader)])
+            .output()?;
+        let table = String::from_utf8_lossy(&table.stdout);
+        ensure!(
+            table.contains("leader") && table.contains("membership"),
+            "{table}"
+        );
+        Ok(())
+    }
+
+    /// The node whose /metrics says it leads.
+    pub async fn leader(&self, among: &[u16]) -> Result<u16> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for &n in among {
+                let Ok(resp) = reqwest::get(format!("{}/metrics", self.url(n))).await else {
+                    continue;
+                };
+                if resp
+                    .text()
+                    .await?
+                    .lines()
+                    .any(|l| l == "berth_raft_is_leader 1")
+                {
+                    return Ok(n);
+                }
+            }
+            ensure!(Instant::now() < deadline, "no leader among {among:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(launcher())
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
+    }
+}
