@@ -19,8 +19,10 @@ pub fn launcher() -> PathBuf {
 fn port_bases(nodes: u16) -> Result<(u16, u16)> {
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
     for _ in 0..50 {
-        let http = rand::random_range(20_000u16..40_000);
-        let grpc = http + 20_000;
+        // Both ranges stay below the kernel's ephemeral ports (32768 and up), so a
+        // client socket elsewhere cannot take a port between this check and the bind.
+        let http = rand::random_range(10_000u16..20_000);
+        let grpc = http + 10_000;
         // One spare id for a node that joins later.
         if (1..=nodes + 1).all(|i| free(http + i) && free(grpc + i)) {
             return Ok((http, grpc));
