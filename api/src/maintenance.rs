@@ -91,9 +91,20 @@ async fn collect_unlinked(app: &AppState) -> OciResult<usize> {
 pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     let expired = app.uploads.expire_idle(upload_ttl).await;
     let before_ms = now_ms().saturating_sub(upload_ttl.as_millis() as u64);
-    app.meta
-        .propose(CommandV1::ExpireUploads { before_ms })
+    // One barrier for the whole pass: afterwards the local state holds every commit
+    // acknowledged before it, so the checks below read locally instead of asking the
+    // leader once per session or file.
+    app.meta.read(|_| Ok(())).await?;
+    let stale = app
+        .meta
+        .read_local(move |v| Ok(v.uploads()?.iter().any(|u| u.started_at_ms < before_ms)))
         .await?;
+    if stale {
+        // Only when there is something to expire: an idle cluster writes no log entries.
+        app.meta
+            .propose(CommandV1::ExpireUploads { before_ms })
+            .await?;
+    }
     let staging = sweep_staging(app).await?;
     let collected = collect_unlinked(app).await?;
     let meta = app.meta.clone();
@@ -103,9 +114,11 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
         .sweep_orphans(
             move |digest, upload| {
                 let (digest, upload) = (digest.clone(), *upload);
-                // Called on a blocking thread: wait for the metadata answer there.
+                // Only files older than the TTL are asked about; any commit of theirs
+                // happened long before the barrier above, so the local state is enough.
+                // Called on a blocking thread: wait for the answer there.
                 handle
-                    .block_on(meta.read(move |v| {
+                    .block_on(meta.read_local(move |v| {
                         Ok(matches!(
                             v.blob(&digest)?.map(|b| b.layout),
                             Some(berth_types::BlobLayout::Striped(l)) if l.upload == upload

@@ -75,6 +75,17 @@ type SessionSlot = Arc<tokio::sync::Mutex<Option<Session>>>;
 pub struct Committed {
     pub digest: Digest,
     pub size: u64,
+    /// Bytes read from the request that committed it (the final body).
+    pub received: u64,
+}
+
+/// The state of a session after a chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    /// Bytes the upload holds now.
+    pub len: u64,
+    /// Bytes this request's body carried.
+    pub received: u64,
 }
 
 /// The upload sessions this node owns.
@@ -170,7 +181,7 @@ impl Uploads {
         id: &UploadId,
         start: Option<u64>,
         body: S,
-    ) -> OciResult<u64>
+    ) -> OciResult<Appended>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -186,7 +197,11 @@ impl Uploads {
         {
             return Err(range_error(repo, id, session.len));
         }
-        let result = self.consume(session, body).await;
+        let before = session.len;
+        let result = self.consume(session, body).await.map(|len| Appended {
+            len,
+            received: len - before,
+        });
         if let Err(e) = &result
             && e.code != Code::BlobUploadInvalid
         {
@@ -283,14 +298,20 @@ impl Uploads {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        self.append(repo, id, None, body).await?;
+        let appended = self.append(repo, id, None, body).await?;
         let slot = self.slot(id)?;
         let mut guard = slot.lock().await;
         let session = guard.take().ok_or_else(unknown)?;
         drop(guard);
         // The id stays in the map (with an empty slot) until the commit is done, so the
         // staging sweep sees the upload as live while its files are being published.
-        let committed = self.commit(session, repo, digest, true).await;
+        let committed = self
+            .commit(session, repo, digest, true)
+            .await
+            .map(|c| Committed {
+                received: appended.received,
+                ..c
+            });
         self.remove(id);
         committed
     }
@@ -397,6 +418,7 @@ impl Uploads {
                 Ok(Committed {
                     digest: digest.clone(),
                     size: len,
+                    received: len,
                 })
             }
             Ok(Outcome::Rejected(Rejection::UploadUnknown(_))) => {

@@ -323,3 +323,61 @@ async fn deleted_blob_is_collected_from_disk() {
         panic!("{e:#}\n--- log ---\n{}", server.log_tail());
     }
 }
+
+/// The value of an unlabelled metric in a /metrics text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+// Proves that upkeep passes on an idle node write nothing to the Raft log (no
+// periodic proposals), and that the received-bytes counter counts exactly the blob
+// bytes clients sent, whichever way they were uploaded.
+#[tokio::test]
+async fn idle_upkeep_writes_no_log_entries_and_bytes_in_are_exact() {
+    // A 4 s TTL runs upkeep every second.
+    let server = start(ServerOptions {
+        env: vec![("BERTH_UPLOAD_TTL_SECS".into(), "4".into())],
+        ..ServerOptions::default()
+    })
+    .await;
+    let oci = Oci::new(&server.url());
+    let result: Result<()> = async {
+        let repo = unique_repo("idle");
+        let a = random_bytes(100_000);
+        let b = random_bytes(300_000);
+        oci.push_blob(&repo, &a).await?;
+        oci.push_blob_chunked(&repo, &b, 64 * 1024).await?;
+        let scrape = async || -> Result<String> {
+            Ok(oci
+                .http()
+                .get(oci.url("/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?)
+        };
+        let text = scrape().await?;
+        let received =
+            metric(&text, "berth_blob_bytes_received_total").context("no bytes counter")?;
+        ensure!(
+            received == (a.len() + b.len()) as f64,
+            "bytes received {received}"
+        );
+        let before = metric(&text, "berth_raft_last_log_index").context("no log index")?;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        let after =
+            metric(&scrape().await?, "berth_raft_last_log_index").context("no log index")?;
+        ensure!(
+            after == before,
+            "an idle node grew its log from {before} to {after}"
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n--- log ---\n{}", server.log_tail());
+    }
+}

@@ -481,11 +481,15 @@ async fn patch_upload(
             Some(start)
         }
     };
-    let before = app.uploads.status(&repo, &id).await?;
     let body = req.into_body().into_data_stream();
-    let len = app.uploads.append(&repo, &id, start, body).await?;
-    app.metrics.blob_bytes_in(len.saturating_sub(before));
-    Ok(upload_accepted(&repo, &id, len, StatusCode::ACCEPTED))
+    let appended = app.uploads.append(&repo, &id, start, body).await?;
+    app.metrics.blob_bytes_in(appended.received);
+    Ok(upload_accepted(
+        &repo,
+        &id,
+        appended.len,
+        StatusCode::ACCEPTED,
+    ))
 }
 
 async fn put_upload(
@@ -502,11 +506,9 @@ async fn put_upload(
             )
         })
         .and_then(|d| parse_digest_param(&d))?;
-    let before = app.uploads.status(&repo, &id).await?;
     let body = req.into_body().into_data_stream();
     let committed = app.uploads.finish(&repo, &id, &digest, body).await?;
-    app.metrics
-        .blob_bytes_in(committed.size.saturating_sub(before));
+    app.metrics.blob_bytes_in(committed.received);
     Ok(blob_created(&repo, &committed.digest))
 }
 
