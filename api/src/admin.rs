@@ -1,8 +1,9 @@
 //! The management API under `/api/v1/`. For now the cluster: `GET
 //! /api/v1/cluster/status` (this node's view: Raft term, leader, log indices,
 //! membership with each member's replication progress when this node leads, and its
-//! disks), `POST /api/v1/cluster/members` (`{"id", "addr"}`: join a node, learner
-//! first, voter once caught up) and `DELETE /api/v1/cluster/members/{id}`.
+//! disks), `POST /api/v1/cluster/members` (`{"id", "addr", "cluster_id"?}`: join a
+//! node, learner first, voter once caught up; a node that already belongs to another
+//! cluster is refused) and `DELETE /api/v1/cluster/members/{id}`.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -38,6 +39,8 @@ pub struct DiskStatus {
 /// `GET /api/v1/cluster/status`.
 #[derive(Debug, Serialize)]
 pub struct ClusterStatus {
+    /// The cluster's id (32 hex digits), once this node has applied it.
+    pub cluster_id: Option<String>,
     pub node: u64,
     pub leader: Option<u64>,
     pub is_leader: bool,
@@ -88,7 +91,15 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
             state: format!("{:?}", d.state).to_lowercase(),
         })
         .collect();
+    let cluster_id = app
+        .meta
+        .read_local(|v| v.cluster_id())
+        .await
+        .ok()
+        .flatten()
+        .map(|id| format!("{id:032x}"));
     Json(ClusterStatus {
+        cluster_id,
         node: raft.node.0,
         leader: raft.leader.map(|l| l.0),
         is_leader: raft.is_leader,
@@ -108,6 +119,9 @@ pub struct JoinRequest {
     pub id: u64,
     /// The joining node's gRPC address, `host:port`.
     pub addr: String,
+    /// The cluster the joining node belonged to before, if any (32 hex digits).
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 fn membership_error(e: ConsensusError) -> Response {
@@ -130,6 +144,25 @@ pub async fn join(State(app): State<AppState>, Json(req): Json<JoinRequest>) -> 
             Json(serde_json::json!({ "error": "node ids start at 1" })),
         )
             .into_response();
+    }
+    if let Some(theirs) = &req.cluster_id {
+        let ours = match app.meta.cluster_id().await {
+            Ok(id) => format!("{id:032x}"),
+            Err(e) => return membership_error(e),
+        };
+        if !theirs.eq_ignore_ascii_case(&ours) {
+            return (
+                StatusCode::CONFLICT,
+                Json(serde_json::json!({
+                    "error": format!(
+                        "node {} belongs to cluster {theirs}, this is cluster {ours}; \
+                         a node joins only the cluster it was made for (use an empty data folder)",
+                        req.id
+                    )
+                })),
+            )
+                .into_response();
+        }
     }
     match app.meta.join(NodeId(req.id), req.addr).await {
         Ok(()) => cluster_status(State(app)).await.into_response(),

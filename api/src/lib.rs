@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod oci;
 mod ops;
+pub mod proxy;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct App {
     pub store: BlobStore,
     pub uploads: uploads::Uploads,
     pub metrics: metrics::Metrics,
+    /// Passes requests for upload sessions other nodes own on to them.
+    pub proxy: proxy::UploadProxy,
 }
 
 pub type AppState = Arc<App>;
@@ -40,6 +43,7 @@ impl App {
             meta,
             store,
             metrics: metrics::Metrics::new(),
+            proxy: proxy::UploadProxy::default(),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! tag), then for a fixed duration keep C requests in flight that GET or HEAD its
 //! manifest by tag or by digest, each checked. Reports requests/s and p50/p99 latency
 //! per operation and overall. Every worker first sends each operation once, untimed,
-//! so that connection setup stays out of the measured window.
+//! so that connection setup stays out of the measured window. The `put-tag` operation
+//! writes instead: each request PUTs the manifest under a new tag, one metadata commit
+//! (a Raft entry on a cluster) per request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +13,8 @@ use anyhow::{bail, ensure};
 
 use crate::common::{Common, run_bounded};
 use crate::content::{blob_bytes, parse_size};
-use crate::image::Image;
-use crate::registry::{Targets, get_manifest, head_manifest};
+use crate::image::{Image, MANIFEST_MEDIA_TYPE};
+use crate::registry::{Targets, get_manifest, head_manifest, put_manifest};
 use crate::report::Report;
 use crate::stats::percentile;
 use crate::usage::Meter;
@@ -23,8 +25,11 @@ pub enum Op {
     GetDigest,
     HeadTag,
     HeadDigest,
+    /// PUT of the manifest under a tag no request used before.
+    PutTag,
 }
 
+/// The operations `all` stands for: the reads.
 const ALL_OPS: [Op; 4] = [Op::GetTag, Op::GetDigest, Op::HeadTag, Op::HeadDigest];
 
 impl Op {
@@ -34,6 +39,7 @@ impl Op {
             Op::GetDigest => "get-digest",
             Op::HeadTag => "head-tag",
             Op::HeadDigest => "head-digest",
+            Op::PutTag => "put-tag",
         }
     }
 
@@ -44,6 +50,7 @@ impl Op {
             Op::GetDigest => "get_digest",
             Op::HeadTag => "head_tag",
             Op::HeadDigest => "head_digest",
+            Op::PutTag => "put_tag",
         }
     }
 }
@@ -52,17 +59,21 @@ impl Op {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ops(Vec<Op>);
 
-/// Parses `all` or a comma-separated list of `get-tag`, `get-digest`, `head-tag`,
-/// `head-digest`, each at most once.
+/// Parses `all` (the reads) or a comma-separated list of `get-tag`, `get-digest`,
+/// `head-tag`, `head-digest`, `put-tag`, each at most once.
 pub fn parse_ops(s: &str) -> anyhow::Result<Ops> {
     if s.trim() == "all" {
         return Ok(Ops(ALL_OPS.to_vec()));
     }
     let mut ops = Vec::new();
     for name in s.split(',').map(str::trim) {
-        let Some(op) = ALL_OPS.into_iter().find(|op| op.name() == name) else {
+        let Some(op) = ALL_OPS
+            .into_iter()
+            .chain([Op::PutTag])
+            .find(|op| op.name() == name)
+        else {
             bail!(
-                "unknown operation {name:?}: use all, get-tag, get-digest, head-tag, head-digest"
+                "unknown operation {name:?}: use all, get-tag, get-digest, head-tag, head-digest, put-tag"
             );
         };
         if ops.contains(&op) {
@@ -84,7 +95,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10.0)]
     pub duration_secs: f64,
     /// Operations each worker cycles through: all, or a comma-separated list of
-    /// get-tag, get-digest, head-tag, head-digest.
+    /// get-tag, get-digest, head-tag, head-digest, put-tag.
     #[arg(long, default_value = "all", value_parser = parse_ops)]
     pub ops: Ops,
     /// Bytes of the image's one layer.
@@ -108,9 +119,11 @@ struct Target {
     repo: String,
     tag: String,
     digest: String,
+    manifest: bytes::Bytes,
 }
 
-async fn call(t: &Target, op: Op) -> anyhow::Result<()> {
+/// Sends one `op`; `n` makes the tag of a `put-tag` unique (worker and request number).
+async fn call(t: &Target, op: Op, n: (usize, u64)) -> anyhow::Result<()> {
     let base = t.targets.next();
     match op {
         Op::GetTag => get_manifest(&t.client, base, &t.repo, &t.tag, &t.digest)
@@ -121,6 +134,18 @@ async fn call(t: &Target, op: Op) -> anyhow::Result<()> {
             .map(drop),
         Op::HeadTag => head_manifest(&t.client, base, &t.repo, &t.tag, &t.digest).await,
         Op::HeadDigest => head_manifest(&t.client, base, &t.repo, &t.digest, &t.digest).await,
+        Op::PutTag => {
+            let tag = format!("{}-w{}-{}", t.tag, n.0, n.1);
+            put_manifest(
+                &t.client,
+                base,
+                &t.repo,
+                &tag,
+                MANIFEST_MEDIA_TYPE,
+                t.manifest.clone(),
+            )
+            .await
+        }
     }
 }
 
@@ -138,7 +163,7 @@ async fn worker(
     while sent < max_requests && Instant::now() < until {
         let k = i % ops.0.len();
         let started = Instant::now();
-        call(&t, ops.0[k]).await?;
+        call(&t, ops.0[k], (first, sent)).await?;
         samples[k].push(started.elapsed());
         i += 1;
         sent += 1;
@@ -164,16 +189,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         repo: args.repo.clone(),
         tag: args.tag.clone(),
         digest: image.manifest.digest.clone(),
+        manifest: image.manifest.data.clone(),
     });
     image
         .push(&t.client, t.targets.get(0), &t.repo, &t.tag)
         .await?;
 
-    let warm_ups = (0..args.concurrency).map(|_| {
+    let warm_ups = (0..args.concurrency).map(|w| {
         let (t, ops) = (t.clone(), args.ops.clone());
         async move {
             for op in ops.0 {
-                call(&t, op).await?;
+                call(&t, op, (w, u64::MAX)).await?;
             }
             Ok(())
         }
@@ -273,6 +299,7 @@ mod tests {
             ("get-tag,", None),
             ("get-tag,get-tag", None),
             ("all,get-tag", None),
+            ("put-tag,get-tag", Some(&[PutTag, GetTag])),
         ];
         for (input, want) in cases {
             assert_eq!(
@@ -285,7 +312,7 @@ mod tests {
 
     #[test]
     fn every_operation_reads_back_from_its_name() {
-        for op in ALL_OPS {
+        for op in ALL_OPS.into_iter().chain([Op::PutTag]) {
             assert_eq!(parse_ops(op.name()).unwrap(), Ops(vec![op]));
             assert_eq!(op.key().replace('_', "-"), op.name());
         }

@@ -176,10 +176,16 @@ impl Metadata {
     /// Proposes one command through Raft; returns once it is committed and applied.
     /// On a follower the command is forwarded to the leader (retrying across leader
     /// changes for up to `FORWARD_DEADLINE`), so callers never see "not leader".
+    ///
+    /// Every attempt carries the same request id: when a reply is lost (a forwarded
+    /// call that failed in flight, a leader that stepped down before it could answer)
+    /// the command is proposed again, and the state machine applies it once and
+    /// answers the repeat with the first outcome.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ConsensusError> {
         self.check_open()?;
-        let cmd = VersionedCommand::from(cmd);
+        let cmd = VersionedCommand::tracked(cmd, now_ms());
         let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
+        let mut last = None;
         loop {
             let leader = match self.inner.raft.client_write(cmd.clone()).await {
                 Ok(resp) => {
@@ -189,27 +195,28 @@ impl Metadata {
                 }
                 Err(e) => match write_error(e) {
                     ConsensusError::NotLeader { leader } => leader,
+                    e @ ConsensusError::CommitUnknown { leader } => {
+                        last = Some(e);
+                        leader
+                    }
                     other => return Err(other),
                 },
             };
             // A follower: send the command to the leader.
-            let attempt = match self.leader_addr(leader) {
-                Some((leader, addr)) => {
-                    match self.inner.forwarder.propose(leader.0, &addr, &cmd).await {
-                        Ok(ForwardReply::Applied(outcome)) => return Ok(outcome),
-                        Ok(ForwardReply::CommitUnknown { leader }) => {
-                            return Err(ConsensusError::CommitUnknown {
-                                leader: leader.map(NodeId),
-                            });
-                        }
-                        Ok(ForwardReply::NotLeader { .. }) => None,
-                        Err(e) => Some(e),
+            if let Some((leader, addr)) = self.leader_addr(leader) {
+                match self.inner.forwarder.propose(leader.0, &addr, &cmd).await {
+                    Ok(ForwardReply::Applied(outcome)) => return Ok(outcome),
+                    Ok(ForwardReply::CommitUnknown { leader }) => {
+                        last = Some(ConsensusError::CommitUnknown {
+                            leader: leader.map(NodeId),
+                        });
                     }
+                    Ok(ForwardReply::NotLeader { .. }) => {}
+                    Err(e) => last = Some(e),
                 }
-                None => None,
-            };
+            }
             if tokio::time::Instant::now() >= deadline {
-                return Err(attempt.unwrap_or(ConsensusError::Unavailable {
+                return Err(last.unwrap_or(ConsensusError::Unavailable {
                     cause: Unavailability::NoLeader {
                         waited_ms: FORWARD_DEADLINE.as_millis() as u64,
                     },
@@ -217,6 +224,24 @@ impl Metadata {
             }
             self.check_open()?;
             tokio::time::sleep(FORWARD_RETRY_PAUSE).await;
+        }
+    }
+
+    /// The cluster's id: the one this node has applied, or else a new random one
+    /// proposed now (the first id committed wins, so every node ends up with the
+    /// same). Needs a leader.
+    pub async fn cluster_id(&self) -> Result<u128, ConsensusError> {
+        if let Some(id) = self.read_local(|v| v.cluster_id()).await? {
+            return Ok(id);
+        }
+        match self
+            .propose(Command::SetClusterId {
+                id: rand::random::<u128>(),
+            })
+            .await?
+        {
+            Outcome::ClusterId(id) => Ok(id),
+            other => unreachable!("SetClusterId answers ClusterId, not {other:?}"),
         }
     }
 
@@ -563,6 +588,13 @@ async fn wait_leader(
 }
 
 /// Maps a refused write (a command or a membership change) to the domain error.
+/// Milliseconds since the Unix epoch by this node's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ConsensusError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ConsensusError::NotLeader {

@@ -135,23 +135,78 @@ pub enum CommandV1 {
     DeleteBlobRecord {
         digest: Digest,
     },
+    /// Names the cluster, once: the first id committed stays, later ones are ignored.
+    SetClusterId {
+        id: u128,
+    },
 }
 
 /// The command format current code proposes.
 pub type Command = CommandV1;
+
+/// Names one proposal across every retry of it, so a command whose reply was lost
+/// (a forwarded call that timed out, a leader that stepped down mid-commit) can be
+/// proposed again and still apply once: the state machine remembers the outcome of
+/// each request id for [`REQUEST_RETENTION_MS`] and answers a repeat with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u128);
+
+impl RequestId {
+    /// A fresh random id (128 bits: collisions are not a concern).
+    pub fn random() -> RequestId {
+        RequestId(rand::random())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// How long the state machine remembers a request id's outcome, measured in the
+/// proposers' clocks (`at_ms`). Retries of one proposal span seconds; the margin
+/// covers clock skew between nodes.
+pub const REQUEST_RETENTION_MS: u64 = 10 * 60 * 1000;
 
 /// A command as written to the Raft log: the format version leads, so a node can read
 /// every format it ever wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VersionedCommand {
     V1(CommandV1),
+    /// A format-1 command with its request id and the proposer's clock at proposal
+    /// (which also drives forgetting old request ids, deterministically).
+    Tracked {
+        request: RequestId,
+        at_ms: u64,
+        command: CommandV1,
+    },
 }
 
 impl VersionedCommand {
     /// Upgrades to the current command format.
     pub fn into_current(self) -> Command {
+        self.into_parts().1
+    }
+
+    /// The request id with its proposal time, if any, and the current command.
+    pub fn into_parts(self) -> (Option<(RequestId, u64)>, Command) {
         match self {
-            VersionedCommand::V1(c) => c,
+            VersionedCommand::V1(c) => (None, c),
+            VersionedCommand::Tracked {
+                request,
+                at_ms,
+                command,
+            } => (Some((request, at_ms)), command),
+        }
+    }
+
+    /// The command with a fresh request id, proposed at `at_ms`.
+    pub fn tracked(command: Command, at_ms: u64) -> VersionedCommand {
+        VersionedCommand::Tracked {
+            request: RequestId::random(),
+            at_ms,
+            command,
         }
     }
 }
@@ -165,8 +220,18 @@ impl From<Command> for VersionedCommand {
 /// A short summary for logs; never prints manifest bytes or layouts.
 impl fmt::Display for VersionedCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let VersionedCommand::V1(c) = self;
-        write!(f, "v1 ")?;
+        let c = match self {
+            VersionedCommand::V1(c) => {
+                write!(f, "v1 ")?;
+                c
+            }
+            VersionedCommand::Tracked {
+                request, command, ..
+            } => {
+                write!(f, "v1 request {request} ")?;
+                command
+            }
+        };
         match c {
             CommandV1::CreateUpload { id, repo, .. } => write!(f, "create-upload {repo} {id}"),
             CommandV1::CancelUpload { id } => write!(f, "cancel-upload {id}"),
@@ -186,6 +251,7 @@ impl fmt::Display for VersionedCommand {
                 write!(f, "expire-uploads before {before_ms}")
             }
             CommandV1::DeleteBlobRecord { digest } => write!(f, "delete-blob-record {digest}"),
+            CommandV1::SetClusterId { id } => write!(f, "set-cluster-id {id:032x}"),
         }
     }
 }
@@ -232,6 +298,8 @@ pub enum Outcome {
     UploadsExpired(Vec<UploadId>),
     /// The removed record; the caller deletes its shard files.
     BlobRecordDeleted(BlobRecord),
+    /// The cluster's id (the one just set, or the one set before).
+    ClusterId(u128),
     /// The thing to remove does not exist.
     NotFound,
     Rejected(Rejection),

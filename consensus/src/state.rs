@@ -7,18 +7,27 @@
 use berth_types::{Digest, RepoName, Tag, UploadId};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::ConsensusError;
 use crate::model::{
-    BlobRecord, Command, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
-    UploadRecord,
+    BlobRecord, Command, ManifestRecord, Outcome, REQUEST_RETENTION_MS, ReferrerRecord, Rejection,
+    TagRecord, UploadRecord, VersionedCommand,
 };
 use crate::tables::{self, key, prefix_range};
 
 /// A registry table opened for reading, in a read or a write transaction.
 pub(crate) trait BytesRead: ReadableTable<&'static [u8], &'static [u8]> {}
 impl<T: ReadableTable<&'static [u8], &'static [u8]>> BytesRead for T {}
+
+/// Decodes a stored cluster id.
+pub(crate) fn cluster_id_of(bytes: &[u8]) -> Result<u128, ConsensusError> {
+    let raw: [u8; 16] = bytes
+        .try_into()
+        .map_err(|_| ConsensusError::Malformed { table: "cluster" })?;
+    Ok(u128::from_be_bytes(raw))
+}
 
 /// Reads and decodes one record.
 pub(crate) fn read_record<R: DeserializeOwned>(
@@ -72,7 +81,21 @@ pub(crate) struct StateTables<'txn> {
     uploads: Table<'txn, &'static [u8], &'static [u8]>,
     uploads_by_start: Table<'txn, &'static [u8], &'static [u8]>,
     repos: Table<'txn, &'static [u8], &'static [u8]>,
+    requests: Table<'txn, &'static [u8], &'static [u8]>,
+    requests_by_time: Table<'txn, &'static [u8], &'static [u8]>,
+    cluster: Table<'txn, &'static [u8], &'static [u8]>,
 }
+
+/// What the state machine remembers of a tracked proposal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RequestRecord {
+    at_ms: u64,
+    outcome: Outcome,
+}
+
+/// At most this many expired request ids are forgotten per apply, so one entry's
+/// apply stays short however many ids have expired; the rest go with later entries.
+const REQUESTS_FORGOTTEN_PER_APPLY: usize = 64;
 
 impl<'txn> StateTables<'txn> {
     pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<StateTables<'txn>, ConsensusError> {
@@ -86,7 +109,56 @@ impl<'txn> StateTables<'txn> {
             uploads: txn.open_table(tables::UPLOADS)?,
             uploads_by_start: txn.open_table(tables::UPLOADS_BY_START)?,
             repos: txn.open_table(tables::REPOS)?,
+            requests: txn.open_table(tables::REQUESTS)?,
+            requests_by_time: txn.open_table(tables::REQUESTS_BY_TIME)?,
+            cluster: txn.open_table(tables::CLUSTER)?,
         })
+    }
+
+    /// Applies one log entry's command. A tracked command whose request id was applied
+    /// before answers the outcome recorded then and changes nothing: the same
+    /// proposal, retried after its reply was lost, applies once.
+    pub(crate) fn apply_entry(&mut self, cmd: VersionedCommand) -> Result<Outcome, ConsensusError> {
+        let (request, cmd) = cmd.into_parts();
+        let Some((id, at_ms)) = request else {
+            return self.apply(&cmd);
+        };
+        let id_key = id.0.to_be_bytes();
+        if let Some(done) = read_record::<RequestRecord>(&self.requests, "request", &id_key)? {
+            return Ok(done.outcome);
+        }
+        let outcome = self.apply(&cmd)?;
+        self.forget_requests(at_ms.saturating_sub(REQUEST_RETENTION_MS))?;
+        let record = RequestRecord {
+            at_ms,
+            outcome: outcome.clone(),
+        };
+        self.requests
+            .insert(&id_key[..], codec::encode(&record).as_slice())?;
+        let by_time = tables::request_time_key(at_ms, id.0);
+        self.requests_by_time.insert(by_time.as_slice(), &[][..])?;
+        Ok(outcome)
+    }
+
+    /// Forgets (a bounded number of) request ids proposed before `before_ms`.
+    fn forget_requests(&mut self, before_ms: u64) -> Result<(), ConsensusError> {
+        let end = before_ms.to_be_bytes();
+        let mut old = Vec::new();
+        for entry in self
+            .requests_by_time
+            .range::<&[u8]>(..&end[..])?
+            .take(REQUESTS_FORGOTTEN_PER_APPLY)
+        {
+            old.push(entry?.0.value().to_vec());
+        }
+        for k in old {
+            let id = k.get(8..).ok_or(ConsensusError::Malformed {
+                table: "requests_by_time",
+            })?;
+            self.requests.remove(id)?;
+            self.requests_by_time.remove(k.as_slice())?;
+        }
+        Ok(())
     }
 
     /// Applies one command. An `Outcome::Rejected` or `Outcome::NotFound` leaves the
@@ -126,6 +198,14 @@ impl<'txn> StateTables<'txn> {
             Command::UnlinkBlob { repo, digest } => self.unlink_blob(repo, digest),
             Command::ExpireUploads { before_ms } => self.expire_uploads(*before_ms),
             Command::DeleteBlobRecord { digest } => self.delete_blob_record(digest),
+            Command::SetClusterId { id } => {
+                if let Some(known) = self.cluster.get(tables::CLUSTER_ID)? {
+                    return Ok(Outcome::ClusterId(cluster_id_of(known.value())?));
+                }
+                self.cluster
+                    .insert(tables::CLUSTER_ID, &id.to_be_bytes()[..])?;
+                Ok(Outcome::ClusterId(*id))
+            }
         }
     }
 

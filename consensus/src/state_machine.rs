@@ -11,6 +11,7 @@
 //! reaches the same state. Apply commits become durable anyway with the next log
 //! append, vote or snapshot, which share the database file and fsync it.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
@@ -160,7 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     let log_id = entry.log_id;
                     let outcome = match entry.payload {
                         EntryPayload::Blank => None,
-                        EntryPayload::Normal(cmd) => Some(state.apply(&cmd.into_current())?),
+                        EntryPayload::Normal(cmd) => Some(state.apply_entry(cmd)?),
                         EntryPayload::Membership(m) => {
                             last_membership = Some(StoredMembership::new(Some(log_id), m));
                             None
@@ -205,18 +206,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = meta.clone();
         Ok(blocking(move || {
             let content: SnapshotContent = codec::decode("snapshot", &snapshot)?;
-            let names: Vec<&str> = content.tables.iter().map(|t| t.name.as_str()).collect();
-            let expected: Vec<&str> = tables::STATE_TABLES.iter().map(|(n, _)| *n).collect();
-            if names != expected {
-                return Err(ConsensusError::Malformed { table: "snapshot" });
+            // Tables are matched by name: a snapshot from a build that had fewer tables
+            // installs with the missing ones empty; a table this build does not know
+            // would be silently dropped state, so it refuses.
+            let mut by_name: BTreeMap<&str, &SnapshotTable> = BTreeMap::new();
+            for t in &content.tables {
+                let known = tables::STATE_TABLES.iter().any(|(n, _)| *n == t.name);
+                if !known || by_name.insert(t.name.as_str(), t).is_some() {
+                    return Err(ConsensusError::Malformed { table: "snapshot" });
+                }
             }
             // Replacing the state, its last-applied id and the current snapshot in one
             // durable transaction: a crash leaves either the old state or the new one.
             let txn = db::write(&db, Durability::Immediate)?;
-            for ((_, def), table) in tables::STATE_TABLES.iter().zip(&content.tables) {
-                let mut t = txn.open_table(*def)?;
+            for (name, def) in tables::STATE_TABLES {
+                let mut t = txn.open_table(def)?;
                 t.retain(|_, _| false)?;
-                for (k, v) in &table.entries {
+                for (k, v) in by_name.get(name).map_or(&[][..], |t| &t.entries[..]) {
                     t.insert(k.as_slice(), v.as_slice())?;
                 }
             }

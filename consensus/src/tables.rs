@@ -56,8 +56,19 @@ pub(crate) const UPLOADS_BY_START: BytesTable = TableDefinition::new("uploads_by
 /// the count is positive; the catalog is a range scan of this table.
 pub(crate) const REPOS: BytesTable = TableDefinition::new("repos");
 
+/// `request id (16 bytes big-endian)` -> `RequestRecord`: the outcome of each tracked
+/// proposal, so a retried proposal applies once.
+pub(crate) const REQUESTS: BytesTable = TableDefinition::new("requests");
+/// `at_ms (8 bytes big-endian) ++ request id` -> empty: forgetting old request ids is
+/// a prefix range.
+pub(crate) const REQUESTS_BY_TIME: BytesTable = TableDefinition::new("requests_by_time");
+
+/// [`CLUSTER_ID`] -> the cluster's id (16 bytes big-endian, set once).
+pub(crate) const CLUSTER: BytesTable = TableDefinition::new("cluster");
+pub(crate) const CLUSTER_ID: &[u8] = b"id";
+
 /// Every registry table, in the fixed order snapshots and the state digest use.
-pub(crate) const STATE_TABLES: [(&str, BytesTable); 9] = [
+pub(crate) const STATE_TABLES: [(&str, BytesTable); 12] = [
     ("blobs", BLOBS),
     ("links", LINKS),
     ("blob_links", BLOB_LINKS),
@@ -67,6 +78,9 @@ pub(crate) const STATE_TABLES: [(&str, BytesTable); 9] = [
     ("uploads", UPLOADS),
     ("uploads_by_start", UPLOADS_BY_START),
     ("repos", REPOS),
+    ("requests", REQUESTS),
+    ("requests_by_time", REQUESTS_BY_TIME),
+    ("cluster", CLUSTER),
 ];
 
 /// Joins key parts with `\0`.
@@ -95,6 +109,13 @@ pub(crate) fn prefix_range(parts: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
 pub(crate) fn upload_start_key(started_at_ms: u64, id: &[u8]) -> Vec<u8> {
     let mut k = started_at_ms.to_be_bytes().to_vec();
     k.extend_from_slice(id);
+    k
+}
+
+/// The key of a request id in [`REQUESTS_BY_TIME`].
+pub(crate) fn request_time_key(at_ms: u64, id: u128) -> Vec<u8> {
+    let mut k = at_ms.to_be_bytes().to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
     k
 }
 

@@ -193,6 +193,14 @@ impl StateView {
         Ok(out)
     }
 
+    /// The cluster's id, once one was set.
+    pub fn cluster_id(&self) -> Result<Option<u128>, ConsensusError> {
+        self.table(tables::CLUSTER)?
+            .get(tables::CLUSTER_ID)?
+            .map(|v| crate::state::cluster_id_of(v.value()))
+            .transpose()
+    }
+
     /// A SHA-256 over every registry table, in a fixed table order and key order. Two
     /// nodes that applied the same log prefix have the same digest.
     pub fn state_digest(&self) -> Result<[u8; 32], ConsensusError> {

@@ -11,12 +11,21 @@
 #   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
 #
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
-# CARGO_TARGET_DIR or ./target), BERTH_HTTP_BASE (5000), BERTH_GRPC_BASE (6000).
+# CARGO_TARGET_DIR or ./target), BERTH_HTTP_BASE (5000), BERTH_GRPC_BASE (6000),
+# BERTH_CLUSTER_TLS_DIR (mutual TLS between nodes: ca.pem, node-<id>.pem and
+# node-<id>.key in that folder).
 set -euo pipefail
 
 usage() {
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
+}
+
+# The TLS flags of node $1, when BERTH_CLUSTER_TLS_DIR is set.
+tls_args() {
+    local tls="${BERTH_CLUSTER_TLS_DIR:-}"
+    [ -n "$tls" ] || return 0
+    echo "--cluster-ca $tls/ca.pem --cluster-cert $tls/node-$1.pem --cluster-key $tls/node-$1.key"
 }
 
 find_bin() {
@@ -53,7 +62,7 @@ up() {
             --listen "127.0.0.1:$((http_base + i))" \
             --grpc-listen "127.0.0.1:$((grpc_base + i))" \
             --initial-cluster "$members" \
-            --data "$dir/node-$i" --log-format json \
+            --data "$dir/node-$i" --log-format json $(tls_args "$i") \
             >>"$dir/node-$i.log" 2>&1 &
         echo $! >"$dir/node-$i.pid"
     done
@@ -99,7 +108,7 @@ add() {
         --listen "127.0.0.1:$((http_base + i))" \
         --grpc-listen "127.0.0.1:$((grpc_base + i))" \
         --join "http://127.0.0.1:$((http_base + 1))" \
-        --data "$dir/node-$i" --log-format json \
+        --data "$dir/node-$i" --log-format json $(tls_args "$i") \
         >>"$dir/node-$i.log" 2>&1 &
     echo $! >"$dir/node-$i.pid"
     wait_ready "$i" "$((http_base + i))" "$dir"

@@ -125,6 +125,9 @@ fn table(answers: &[(String, Value)]) -> String {
             .map(|(_, v)| v)
             .find(|v| v.get("members").is_some())
     });
+    if let Some(id) = membership.and_then(|v| v["cluster_id"].as_str()) {
+        out += &format!("\ncluster {id}\n");
+    }
     if let Some(v) = membership {
         out += &format!(
             "\nmembership (as node {} sees it{}):\n{:>6} {:<24} {:<8} {:>8} {:>6}\n",

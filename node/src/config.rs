@@ -70,6 +70,23 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<String>,
+    /// PEM file of the CA that signs every node's certificate: turns on mutual TLS
+    /// between nodes (with --cluster-cert and --cluster-key).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate, valid for its gRPC address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_cert: Option<PathBuf>,
+    /// PEM file of this node's private key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<PathBuf>,
+    /// Run the gRPC listener without TLS on a non-loopback address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_insecure_cluster: bool,
 }
 
 /// The resolved configuration.
@@ -87,6 +104,10 @@ pub struct Config {
     pub grpc_listen: Option<SocketAddr>,
     pub initial_cluster: Option<String>,
     pub join: Option<String>,
+    pub cluster_ca: Option<PathBuf>,
+    pub cluster_cert: Option<PathBuf>,
+    pub cluster_key: Option<PathBuf>,
+    pub allow_insecure_cluster: bool,
 }
 
 impl Default for Config {
@@ -104,6 +125,10 @@ impl Default for Config {
             grpc_listen: None,
             initial_cluster: None,
             join: None,
+            cluster_ca: None,
+            cluster_cert: None,
+            cluster_key: None,
+            allow_insecure_cluster: false,
         }
     }
 }
@@ -144,6 +169,16 @@ pub struct ClusterConfig {
     pub members: BTreeMap<u64, String>,
     /// HTTP URL of a member to ask for admission.
     pub join: Option<String>,
+    /// Mutual TLS between nodes, when configured.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the cluster TLS material is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Parses `ID=HOST:PORT,...`.
@@ -197,11 +232,29 @@ impl Config {
             members.is_empty() || self.join.is_none(),
             "--join and --initial-cluster exclude each other: found a cluster or join one"
         );
+        let tls = match (&self.cluster_ca, &self.cluster_cert, &self.cluster_key) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None) => None,
+            _ => anyhow::bail!(
+                "cluster TLS needs all three of --cluster-ca, --cluster-cert and --cluster-key"
+            ),
+        };
+        anyhow::ensure!(
+            tls.is_some() || grpc_listen.ip().is_loopback() || self.allow_insecure_cluster,
+            "refusing to run the cluster listener {grpc_listen} without TLS: give \
+             --cluster-ca, --cluster-cert and --cluster-key, bind to a loopback address, \
+             or pass --allow-insecure-cluster"
+        );
         Ok(Some(ClusterConfig {
             node_id,
             grpc_listen,
             members,
             join: self.join.clone(),
+            tls,
         }))
     }
 }
@@ -294,6 +347,48 @@ mod tests {
             ..args
         };
         assert!(load(&stranger).is_err());
+    }
+
+    #[test]
+    fn cluster_tls_is_all_or_nothing_and_required_off_loopback() {
+        let member = |grpc: &str| ServeArgs {
+            node_id: Some(1),
+            grpc_listen: Some(grpc.parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let partial = ServeArgs {
+            cluster_ca: Some("ca.pem".into()),
+            ..member("127.0.0.1:6001")
+        };
+        assert!(
+            load(&partial)
+                .unwrap_err()
+                .to_string()
+                .contains("all three")
+        );
+        let open = member("0.0.0.0:6001");
+        assert!(load(&open).unwrap_err().to_string().contains("without TLS"));
+        let forced = ServeArgs {
+            allow_insecure_cluster: true,
+            ..member("0.0.0.0:6001")
+        };
+        assert!(
+            load(&forced)
+                .unwrap()
+                .cluster()
+                .unwrap()
+                .unwrap()
+                .tls
+                .is_none()
+        );
+        let secured = ServeArgs {
+            cluster_ca: Some("ca.pem".into()),
+            cluster_cert: Some("node.pem".into()),
+            cluster_key: Some("node.key".into()),
+            ..member("0.0.0.0:6001")
+        };
+        let tls = load(&secured).unwrap().cluster().unwrap().unwrap().tls;
+        assert_eq!(tls.unwrap().key, PathBuf::from("node.key"));
     }
 
     #[test]

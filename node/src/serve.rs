@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_api::{App, maintenance, router};
+use berth_api::{App, maintenance, proxy, router};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use berth_blobstore::{BlobStore, Disk, FsDisk, ShardClient, ShardService, StoreConfig};
+use berth_consensus::grpc::tls::ClusterTls;
 use berth_consensus::{ClusterInit, Metadata, RaftTuning};
 use berth_types::NodeId;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,65 @@ const NODE_FILE_FORMAT: u32 = 1;
 struct NodeFile {
     format: u32,
     node_id: u64,
+    /// The cluster this data folder belongs to (32 hex digits), recorded once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_id: Option<String>,
+}
+
+fn read_node_file(path: &Path) -> anyhow::Result<NodeFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: NodeFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(
+        file.format == NODE_FILE_FORMAT,
+        "{} has format {}, this berth reads {NODE_FILE_FORMAT}",
+        path.display(),
+        file.format
+    );
+    Ok(file)
+}
+
+/// Writes `<data>/node.json` durably (temporary file, fsync, rename, fsync the folder).
+fn write_node_file(data: &Path, file: &NodeFile) -> anyhow::Result<()> {
+    let path = data.join("node.json");
+    let tmp = data.join("node.json.tmp");
+    let body = serde_json::to_vec_pretty(file)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data)?.sync_all()?;
+    Ok(())
+}
+
+/// The cluster id recorded in `<data>/node.json`, if any.
+fn recorded_cluster_id(data: &Path) -> anyhow::Result<Option<String>> {
+    Ok(read_node_file(&data.join("node.json"))?.cluster_id)
+}
+
+/// Checks the metadata's cluster id against the one this data folder recorded, and
+/// records it on first sight. A mismatch means the folder holds another cluster's
+/// state: refuse to serve rather than mix them.
+fn record_cluster_id(data: &Path, node: NodeId, id: u128) -> anyhow::Result<()> {
+    let id = format!("{id:032x}");
+    let mut file = read_node_file(&data.join("node.json"))?;
+    match &file.cluster_id {
+        Some(known) if *known == id => Ok(()),
+        Some(known) => anyhow::bail!(
+            "{} belongs to cluster {known}, but the metadata names cluster {id}",
+            data.display()
+        ),
+        None => {
+            file.cluster_id = Some(id.clone());
+            write_node_file(data, &file)?;
+            tracing::info!(%node, cluster = id, "recorded the cluster id");
+            Ok(())
+        }
+    }
 }
 
 /// Reads the node id from `<data>/node.json`, creating it on first start (with the
@@ -35,16 +95,7 @@ struct NodeFile {
 fn node_identity(data: &Path, configured: Option<u64>) -> anyhow::Result<NodeId> {
     let path = data.join("node.json");
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let file: NodeFile =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        anyhow::ensure!(
-            file.format == NODE_FILE_FORMAT,
-            "{} has format {}, this berth reads {NODE_FILE_FORMAT}",
-            path.display(),
-            file.format
-        );
+        let file = read_node_file(&path)?;
         if let Some(c) = configured {
             anyhow::ensure!(
                 c == file.node_id,
@@ -57,19 +108,14 @@ fn node_identity(data: &Path, configured: Option<u64>) -> anyhow::Result<NodeId>
     }
     // Ids stay below 2^53 so they survive JSON tooling that reads numbers as doubles.
     let id = configured.unwrap_or_else(|| rand::random::<u64>() % (1 << 53) + 1);
-    let tmp = data.join("node.json.tmp");
-    let body = serde_json::to_vec_pretty(&NodeFile {
-        format: NODE_FILE_FORMAT,
-        node_id: id,
-    })?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data)?.sync_all()?;
+    write_node_file(
+        data,
+        &NodeFile {
+            format: NODE_FILE_FORMAT,
+            node_id: id,
+            cluster_id: None,
+        },
+    )?;
     Ok(NodeId(id))
 }
 
@@ -97,14 +143,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     )
     .context("opening blob store")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (meta, store, grpc) = match &cluster {
+    let (meta, app, grpc) = match &cluster {
         None => {
             let meta = Metadata::open_single(&cfg.data.join("meta"), node)
                 .await
                 .context("opening metadata")?;
-            (meta, store, None)
+            (meta.clone(), App::new(node, meta, store), None)
         }
         Some(c) => {
+            // Before anything dials a peer: every peer channel picks TLS up when made.
+            let server_tls = match &c.tls {
+                Some(files) => {
+                    let read = |p: &Path| {
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                    };
+                    let tls = ClusterTls {
+                        ca_pem: read(&files.ca)?,
+                        cert_pem: read(&files.cert)?,
+                        key_pem: read(&files.key)?,
+                    };
+                    tracing::info!("mutual TLS between nodes");
+                    Some(tls.install().context("setting up cluster TLS")?)
+                }
+                None => None,
+            };
             let (meta, raft) = Metadata::open_cluster(
                 &cfg.data.join("meta"),
                 node,
@@ -124,31 +186,42 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("opening clustered metadata")?;
             let store = store.with_peers(peer_resolver(meta.clone()));
+            let app = App::new(node, meta.clone(), store.clone());
             let listener = tokio::net::TcpListener::bind(c.grpc_listen)
                 .await
                 .with_context(|| format!("binding gRPC {}", c.grpc_listen))?;
             let mut stop = stop_rx.clone();
-            let server = tonic::transport::Server::builder()
+            // One HTTP/2 listener for the cluster: Raft, shards, and upload-session
+            // requests other nodes pass on to this one.
+            let routes = tonic::service::Routes::from(proxy::internal_router(app.clone()))
                 .add_service(raft.into_server())
-                .add_service(ShardService::new(&store).into_server())
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                );
+                .add_service(ShardService::new(&store).into_server());
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(server_tls) = server_tls {
+                builder = builder
+                    .tls_config(server_tls)
+                    .context("setting up the cluster listener's TLS")?;
+            }
+            let server = builder.add_routes(routes).serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            );
             tracing::info!(grpc = %c.grpc_listen, "internal gRPC listening");
             let task = tokio::spawn(server);
             if let Some(url) = &c.join {
-                ask_to_join(url, node, &c.grpc_listen.to_string()).await?;
+                let known = recorded_cluster_id(&cfg.data)?;
+                ask_to_join(url, node, &c.grpc_listen.to_string(), known).await?;
             }
             meta.wait_for_leader(Duration::from_secs(60))
                 .await
                 .context("waiting for a metadata leader")?;
-            (meta, store, Some(task))
+            (meta, app, Some(task))
         }
     };
-    let app = App::new(node, meta.clone(), store);
+    let cluster_id = meta.cluster_id().await.context("reading the cluster id")?;
+    record_cluster_id(&cfg.data, node, cluster_id)?;
     maintenance::recover(&app)
         .await
         .map_err(|e| anyhow::anyhow!("recovering uploads: {}", e.message))?;
@@ -189,7 +262,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Asks the member at `url` to admit this node. Retries while the member is not
 /// reachable yet, for at most `JOIN_WAIT`.
-async fn ask_to_join(url: &str, node: NodeId, grpc_addr: &str) -> anyhow::Result<()> {
+async fn ask_to_join(
+    url: &str,
+    node: NodeId,
+    grpc_addr: &str,
+    cluster_id: Option<String>,
+) -> anyhow::Result<()> {
     const JOIN_WAIT: Duration = Duration::from_secs(60);
     let endpoint = format!("{}/api/v1/cluster/members", url.trim_end_matches('/'));
     let client = reqwest::Client::builder()
@@ -199,7 +277,7 @@ async fn ask_to_join(url: &str, node: NodeId, grpc_addr: &str) -> anyhow::Result
     loop {
         let sent = client
             .post(&endpoint)
-            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr }))
+            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr, "cluster_id": cluster_id }))
             .send()
             .await;
         match sent {
@@ -237,9 +315,10 @@ fn peer_resolver(meta: Metadata) -> impl Fn(NodeId) -> Option<ShardClient> + Sen
         {
             return Some(client.clone());
         }
-        let client = ShardClient::connect_lazy(peer, &addr)
+        let endpoint = berth_consensus::grpc::peer_endpoint(&addr)
             .inspect_err(|e| tracing::warn!(%peer, addr, error = %e, "shard client"))
             .ok()?;
+        let client = ShardClient::from_endpoint(peer, endpoint);
         clients.insert(peer, (addr, client.clone()));
         Some(client)
     }

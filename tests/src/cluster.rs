@@ -37,11 +37,18 @@ pub struct Cluster {
     http_base: u16,
     grpc_base: u16,
     nodes: u16,
+    /// Extra environment for cluster.sh (e.g. `BERTH_CLUSTER_TLS_DIR`).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
     /// `cluster.sh up nodes DIR` on free ports.
     pub fn up(nodes: u16) -> Result<Cluster> {
+        Cluster::up_with_env(nodes, Vec::new())
+    }
+
+    /// `cluster.sh up nodes DIR` with extra environment for cluster.sh.
+    pub fn up_with_env(nodes: u16, env: Vec<(String, String)>) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("berth-cluster-")
             .tempdir()?;
@@ -53,6 +60,7 @@ impl Cluster {
             .env("BERTH_BIN", berth_binary()?)
             .env("BERTH_HTTP_BASE", http_base.to_string())
             .env("BERTH_GRPC_BASE", grpc_base.to_string())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .context("running cluster.sh up")?;
         let cluster = Cluster {
@@ -60,6 +68,7 @@ impl Cluster {
             http_base,
             grpc_base,
             nodes,
+            env,
         };
         ensure!(
             out.status.success(),
@@ -75,6 +84,16 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The data folder of `node`.
+    pub fn data_dir(&self, node: u16) -> PathBuf {
+        self.dir.path().join(format!("node-{node}"))
+    }
+
+    /// The gRPC (cluster listener) address of `node`.
+    pub fn grpc_addr(&self, node: u16) -> String {
+        format!("127.0.0.1:{}", self.grpc_base + node)
+    }
+
     /// `cluster.sh add DIR id`: one more node (or a stopped one again) that joins
     /// through node 1.
     pub fn add(&self, id: u16) -> Result<()> {
@@ -86,6 +105,7 @@ impl Cluster {
             .env("BERTH_BIN", berth_binary()?)
             .env("BERTH_HTTP_BASE", self.http_base.to_string())
             .env("BERTH_GRPC_BASE", self.grpc_base.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()?;
         ensure!(
             out.status.success(),

@@ -167,3 +167,221 @@ async fn a_node_joins_a_running_cluster_and_is_removed() {
         panic!("{e:#}\n{}", cluster.logs());
     }
 }
+
+/// `location` (an absolute URL on some node) as the same path on node `node`.
+fn on_node(cluster: &Cluster, location: &str, node: u16) -> String {
+    let path = location.find("/v2/").map_or(location, |at| &location[at..]);
+    format!("{}{path}", cluster.url(node))
+}
+
+/// `PATCH` of `piece` at `offset` to the session at `url`; returns the next location
+/// (absolute on the answering node).
+async fn patch(oci: &Oci, url: &str, offset: usize, piece: &[u8]) -> Result<String> {
+    let end = offset + piece.len() - 1;
+    let resp = oci
+        .http()
+        .patch(url)
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Range", format!("{offset}-{end}"))
+        .body(piece.to_vec())
+        .send()
+        .await?;
+    let range = berth_tests::oci::header(resp.headers(), "range");
+    let next = berth_tests::oci::upload_location(
+        oci,
+        resp,
+        reqwest::StatusCode::ACCEPTED,
+        &format!("PATCH {offset}-{end} via {}", oci.base()),
+    )
+    .await?;
+    ensure!(
+        range == format!("0-{end}"),
+        "Range {range:?} after PATCH to {end}"
+    );
+    Ok(next)
+}
+
+// Proves that an upload session works through every node (requests for it that reach
+// another node are passed on to the node that owns it), and that a session dies with
+// its owner: BLOB_UPLOAD_UNKNOWN, never a 5xx or a false success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_session_is_served_through_every_node() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up(NODES).unwrap_or_else(|e| panic!("{e:#}"));
+    let result: Result<()> = async {
+        let repo = "team/proxied";
+        let nodes: Vec<Oci> = (1..=NODES).map(|i| Oci::new(&cluster.url(i))).collect();
+        let data = random_bytes(5 * 1024 * 1024 + 3);
+        let digest = sha256_digest(&data);
+        let (first, second) = data.split_at(3 * 1024 * 1024);
+        // Created on node 1, filled through nodes 2 and 3, closed through node 2.
+        let location = nodes[0].start_upload(repo).await?;
+        let location = patch(&nodes[1], &on_node(&cluster, &location, 2), 0, first).await?;
+        let location = patch(
+            &nodes[2],
+            &on_node(&cluster, &location, 3),
+            first.len(),
+            second,
+        )
+        .await?;
+        let status = nodes[1]
+            .http()
+            .get(on_node(&cluster, &location, 2))
+            .send()
+            .await?;
+        ensure!(
+            status.status() == 204,
+            "upload status via node 2: {}",
+            status.status()
+        );
+        let range = berth_tests::oci::header(status.headers(), "range");
+        ensure!(
+            range == format!("0-{}", data.len() - 1),
+            "status Range {range:?}"
+        );
+        let closed = nodes[1]
+            .http()
+            .put(berth_tests::oci::with_query(
+                &on_node(&cluster, &location, 2),
+                "digest",
+                &digest,
+            ))
+            .header("Content-Length", "0")
+            .send()
+            .await?;
+        berth_tests::oci::expect_created(closed, "closing PUT via node 2").await?;
+        for oci in &nodes {
+            ensure!(
+                pull(oci, repo, &digest).await? == data,
+                "proxied upload differs via {}",
+                oci.base()
+            );
+        }
+
+        // Cancelled through another node than its owner.
+        let doomed = nodes[2].start_upload(repo).await?;
+        let cancel = nodes[0]
+            .http()
+            .delete(on_node(&cluster, &doomed, 1))
+            .send()
+            .await?;
+        ensure!(
+            cancel.status() == 204,
+            "cancel via node 1: {}",
+            cancel.status()
+        );
+        berth_tests::oci::expect_error_for(
+            "PATCH of a cancelled session via its owner",
+            nodes[2]
+                .http()
+                .patch(on_node(&cluster, &doomed, 3))
+                .header("Content-Range", "0-0")
+                .body(vec![1u8]),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .await?;
+
+        // The owner dies: its sessions are gone, and other nodes say so.
+        let orphan = nodes[2].start_upload(repo).await?;
+        let orphan = patch(&nodes[0], &on_node(&cluster, &orphan, 1), 0, b"abc").await?;
+        Command::new("kill")
+            .args(["-9", &cluster.pid(3)?.to_string()])
+            .status()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        berth_tests::oci::expect_error_for(
+            "PATCH of a session whose owner died",
+            nodes[0]
+                .http()
+                .patch(on_node(&cluster, &orphan, 1))
+                .header("Content-Range", "3-5")
+                .body(b"def".to_vec()),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        )
+        .await?;
+        // The survivors still take new uploads.
+        let after = random_bytes(100_000);
+        let after_digest = nodes[1].push_blob(repo, &after).await?;
+        ensure!(pull(&nodes[0], repo, &after_digest).await? == after);
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", cluster.logs());
+    }
+}
+
+// Proves that a node whose data folder belongs to another cluster is refused when it
+// asks to join, and that the cluster it asked is unchanged. (Its node id even equals
+// a member's: without the cluster id check it would pass as that member.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_cannot_join() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up(NODES).unwrap_or_else(|e| panic!("{e:#}"));
+    let other = Cluster::up(1).unwrap_or_else(|e| panic!("{e:#}"));
+    let result: Result<()> = async {
+        let ours = status_cluster_id(&cluster.url(1)).await?;
+        let theirs = status_cluster_id(&other.url(1)).await?;
+        ensure!(ours != theirs, "two clusters share the id {ours}");
+        for n in 2..=NODES {
+            ensure!(
+                status_cluster_id(&cluster.url(n)).await? == ours,
+                "node {n} names another cluster"
+            );
+        }
+        other.signal(1, "-9")?;
+        other.forget(1)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let http = berth_tests::server::free_port()?;
+        let grpc = berth_tests::server::free_port()?;
+        let out = tokio::time::timeout(
+            Duration::from_secs(90),
+            tokio::process::Command::new(berth_binary()?)
+                .args(["serve", "--node-id", "1", "--log-format", "text"])
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{http}"))
+                .arg("--grpc-listen")
+                .arg(format!("127.0.0.1:{grpc}"))
+                .arg("--join")
+                .arg(cluster.url(1))
+                .arg("--data")
+                .arg(other.data_dir(1))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await??;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(!out.status.success(), "the stranger started: {text}");
+        ensure!(
+            text.contains("belongs to cluster"),
+            "the refusal does not say why: {text}"
+        );
+        ensure!(cluster.voters(1).await? == vec![1, 2, 3]);
+        let data = random_bytes(400);
+        let digest = Oci::new(&cluster.url(1))
+            .push_blob("team/still", &data)
+            .await?;
+        ensure!(pull(&Oci::new(&cluster.url(2)), "team/still", &digest).await? == data);
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", cluster.logs());
+    }
+}
+
+async fn status_cluster_id(url: &str) -> Result<String> {
+    let status: serde_json::Value = reqwest::get(format!("{url}/api/v1/cluster/status"))
+        .await?
+        .json()
+        .await?;
+    status["cluster_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no cluster_id in {status}"))
+}

@@ -28,6 +28,10 @@ pub async fn dispatch(State(app): State<AppState>, req: Request<Body>) -> Respon
         .or_else(|| (path == "/v2").then_some(""))
         .unwrap_or(path);
     let (route, result) = match Endpoint::parse(rest) {
+        Ok(Endpoint::Upload(_, id)) if id.owner() != app.node => {
+            let proxy = app.proxy.clone();
+            ("upload", proxy.forward(&app, id, req).await)
+        }
         Ok(endpoint) => {
             let route = endpoint.route();
             (route, handlers::handle(app, endpoint, req).await)

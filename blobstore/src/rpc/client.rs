@@ -139,19 +139,26 @@ impl ShardClient {
                 source,
             }
         })?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .connect_lazy();
-        Ok(ShardClient {
+        Ok(ShardClient::from_endpoint(
             node,
-            client: ShardsClient::new(channel)
+            endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true),
+        ))
+    }
+
+    /// A client for `node` over `endpoint` (built by the caller with its connection
+    /// settings, e.g. cluster TLS), connected on first use.
+    pub fn from_endpoint(node: NodeId, endpoint: Endpoint) -> ShardClient {
+        ShardClient {
+            node,
+            client: ShardsClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
-        })
+        }
     }
 
     /// The node this client calls.

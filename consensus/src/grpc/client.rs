@@ -36,14 +36,20 @@ use crate::error::ConsensusError;
 use crate::state_machine::SnapshotData;
 use crate::type_config::{Peer, TypeConfig, Vote};
 
-/// The gRPC endpoint of a peer address `host:port`, with berth's connection settings.
-pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, ConsensusError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
-        ConsensusError::PeerAddress {
-            addr: addr.to_owned(),
-            source,
-        }
-    })?;
+/// The gRPC endpoint of a peer address `host:port`, with berth's connection settings
+/// and, when set up, cluster TLS. Every connection between nodes (Raft, shards,
+/// passed-on uploads) starts here.
+pub fn peer_endpoint(addr: &str) -> Result<Endpoint, ConsensusError> {
+    let invalid = |source| ConsensusError::PeerAddress {
+        addr: addr.to_owned(),
+        source,
+    };
+    let tls = super::tls::client();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(invalid)?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.clone()).map_err(invalid)?;
+    }
     Ok(endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -107,7 +113,7 @@ impl GrpcNetwork {
         {
             return Ok(c.client.clone());
         }
-        let client = RaftClient::new(endpoint(addr)?.connect_lazy())
+        let client = RaftClient::new(peer_endpoint(addr)?.connect_lazy())
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX);
         // Replaces the channel of a previous address of this peer, if any: the map holds

@@ -8,7 +8,8 @@ use berth_types::Digest;
 
 use super::{TestDb, inline, repo, sha, tag, upload};
 use crate::model::{
-    BlobRecord, Command, ManifestRecord, Outcome, ReferrerRecord, Rejection, UploadRecord,
+    BlobRecord, Command, ManifestRecord, Outcome, REQUEST_RETENTION_MS, ReferrerRecord, Rejection,
+    RequestId, UploadRecord, VersionedCommand,
 };
 
 fn create(id: u128, r: &str, at_ms: u64) -> Command {
@@ -477,4 +478,73 @@ fn a_repository_exists_while_it_holds_a_link_manifest_or_tag() {
     // The blob record stays for GC, which now sees it unlinked.
     assert_eq!(v.blob(&sha(1)).unwrap(), Some(blob_record(1, 1)));
     assert_eq!(v.unlinked_blobs(10).unwrap(), vec![sha(1)]);
+}
+
+fn tracked(id: u128, at_ms: u64, command: Command) -> VersionedCommand {
+    VersionedCommand::Tracked {
+        request: RequestId(id),
+        at_ms,
+        command,
+    }
+}
+
+#[test]
+fn a_retried_request_applies_once_and_answers_the_first_outcome() {
+    let db = TestDb::new();
+    db.apply(&commit("a", 1, 1, None));
+    let unlink = || Command::UnlinkBlob {
+        repo: repo("a"),
+        digest: sha(1),
+    };
+    assert_eq!(
+        db.apply_entry(tracked(7, 1_000, unlink())),
+        Outcome::BlobUnlinked
+    );
+    // Relink, then retry the unlink: a second apply would unlink again.
+    db.apply(&commit("a", 1, 1, None));
+    let before = db.view().state_digest().unwrap();
+    assert_eq!(
+        db.apply_entry(tracked(7, 1_000, unlink())),
+        Outcome::BlobUnlinked
+    );
+    assert_eq!(db.view().state_digest().unwrap(), before);
+    assert!(db.view().blob_linked(&repo("a"), &sha(1)).unwrap());
+    // Another id is another request.
+    assert_eq!(
+        db.apply_entry(tracked(8, 1_001, unlink())),
+        Outcome::BlobUnlinked
+    );
+    assert!(!db.view().blob_linked(&repo("a"), &sha(1)).unwrap());
+    // An untracked command is applied every time.
+    assert_eq!(
+        db.apply_entry(VersionedCommand::V1(unlink())),
+        Outcome::NotFound
+    );
+}
+
+#[test]
+fn request_ids_are_forgotten_after_the_retention() {
+    let db = TestDb::new();
+    let cancel = |n| Command::CancelUpload { id: upload(n) };
+    db.apply(&create(1, "a", 0));
+    assert_eq!(
+        db.apply_entry(tracked(1, 1_000, cancel(1))),
+        Outcome::UploadCancelled
+    );
+    db.apply(&create(1, "a", 0));
+    // Within the retention the repeat is answered from memory.
+    let late = 1_000 + REQUEST_RETENTION_MS;
+    db.apply_entry(tracked(2, late, cancel(99)));
+    assert_eq!(
+        db.apply_entry(tracked(1, 1_000, cancel(1))),
+        Outcome::UploadCancelled
+    );
+    assert!(db.view().upload(&upload(1)).unwrap().is_some());
+    // Past it, the id is forgotten and the same id applies as new.
+    db.apply_entry(tracked(3, late + 1, cancel(99)));
+    assert_eq!(
+        db.apply_entry(tracked(1, 1_000, cancel(1))),
+        Outcome::UploadCancelled
+    );
+    assert!(db.view().upload(&upload(1)).unwrap().is_none());
 }

@@ -17,7 +17,7 @@ use redb::{Database, Durability, ReadableDatabase};
 use tempfile::TempDir;
 
 use crate::db;
-use crate::model::{Command, Outcome};
+use crate::model::{Command, Outcome, VersionedCommand};
 use crate::state::StateTables;
 use crate::view::StateView;
 
@@ -58,6 +58,14 @@ impl TestDb {
     pub(crate) fn apply(&self, cmd: &Command) -> Outcome {
         let txn = db::write(&self.db, Durability::None).unwrap();
         let outcome = StateTables::open(&txn).unwrap().apply(cmd).unwrap();
+        txn.commit().unwrap();
+        outcome
+    }
+
+    /// Applies one log entry's command (tracked or not) in its own transaction.
+    pub(crate) fn apply_entry(&self, cmd: VersionedCommand) -> Outcome {
+        let txn = db::write(&self.db, Durability::None).unwrap();
+        let outcome = StateTables::open(&txn).unwrap().apply_entry(cmd).unwrap();
         txn.commit().unwrap();
         outcome
     }

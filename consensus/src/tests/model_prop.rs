@@ -25,6 +25,7 @@ struct Model {
     manifests: BTreeMap<(String, String), ManifestRecord>,
     tags: BTreeMap<(String, String), TagRecord>,
     uploads: BTreeMap<String, UploadRecord>,
+    cluster_id: Option<u128>,
 }
 
 impl Model {
@@ -179,6 +180,7 @@ impl Model {
                     Outcome::BlobRecordDeleted(self.blobs.remove(&d).unwrap())
                 }
             }
+            Command::SetClusterId { id } => Outcome::ClusterId(*self.cluster_id.get_or_insert(id)),
         }
     }
 
@@ -323,6 +325,7 @@ fn command_strategy() -> impl Strategy<Value = Command> {
             .prop_map(|(repo, digest)| Command::UnlinkBlob { repo, digest }),
         (0..25u64).prop_map(|before_ms| Command::ExpireUploads { before_ms }),
         digest_strategy().prop_map(|digest| Command::DeleteBlobRecord { digest }),
+        (1u128..4).prop_map(|id| Command::SetClusterId { id }),
     ]
 }
 
