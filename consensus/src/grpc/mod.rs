@@ -14,7 +14,7 @@ mod limits;
 mod server;
 mod wire;
 
-pub(crate) use client::{GrpcNetwork, endpoint};
+pub(crate) use client::{Dialer, GrpcNetwork, endpoint};
 pub(crate) use limits::{APPEND_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES_DEFAULT};
 pub use server::RaftGrpcService;
 

@@ -1,0 +1,163 @@
+//! Committed entries are never lost: every proposal the cluster acknowledged is, after
+//! the faults healed, in every node's Raft log at the same position with the same
+//! content, at or below what that node applied, and its effect is in every node's
+//! registry state; and the state machines converged to identical state.
+
+use std::collections::BTreeSet;
+
+use openraft::EntryPayload;
+
+use super::history::{Ack, NodeFinal, upload_of};
+use crate::model::VersionedCommand;
+
+/// Checks the acknowledged proposals of one run against every node's final state.
+pub(super) fn check(acks: &[Ack], finals: &[NodeFinal]) -> Result<(), String> {
+    let Some(first) = finals.first() else {
+        return Err("no node's final state to check".to_owned());
+    };
+    for f in finals {
+        if f.applied_index() != first.applied_index() || f.state_digest != first.state_digest {
+            return Err(format!(
+                "state machines differ after healing: node {} applied {:?} (state {}), node {} \
+                 applied {:?} (state {})",
+                first.node,
+                first.last_applied,
+                short(&first.state_digest),
+                f.node,
+                f.last_applied,
+                short(&f.state_digest)
+            ));
+        }
+    }
+    for ack in acks {
+        let wanted = VersionedCommand::from(ack.cmd.clone());
+        let mut positions: Option<(u64, BTreeSet<u64>)> = None;
+        for f in finals {
+            let applied = f.applied_index().unwrap_or(0);
+            let here: BTreeSet<u64> = f
+                .log
+                .iter()
+                .filter(|(_, e)| matches!(&e.payload, EntryPayload::Normal(c) if *c == wanted))
+                .map(|(index, _)| *index)
+                .filter(|index| *index <= applied)
+                .collect();
+            if here.is_empty() {
+                return Err(format!(
+                    "`{}` acknowledged at {} ms through node {} is not in node {}'s log up to \
+                     its applied index {applied}: a committed entry was lost",
+                    wanted, ack.at_ms, ack.via, f.node
+                ));
+            }
+            match &positions {
+                None => positions = Some((f.node, here)),
+                Some((other, at)) if *at != here => {
+                    return Err(format!(
+                        "`{}` is at log index {at:?} on node {other} but at {here:?} on node {}",
+                        wanted, f.node
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(record) = upload_of(&ack.cmd)
+                && !f.uploads.contains(&record)
+            {
+                return Err(format!(
+                    "`{}` acknowledged at {} ms is in node {}'s log but its upload is not in its \
+                     state",
+                    wanted, ack.at_ms, f.node
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn short(digest: &[u8; 32]) -> String {
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{ack, final_state, log_id};
+    use super::*;
+    use crate::type_config::Entry;
+    use openraft::entry::RaftEntry;
+
+    #[test]
+    fn a_lost_committed_entry_is_caught() {
+        let a = ack(1);
+        let b = ack(2);
+        let with_both = final_state(
+            1,
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), a.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), b.cmd.clone().into()),
+            ],
+            &[&a, &b],
+        );
+        check(
+            &[a.clone(), b.clone()],
+            &[with_both.clone(), with_both.clone()],
+        )
+        .unwrap();
+
+        // Node 2 has the same applied index and state, but entry 2 was replaced by
+        // another leader's: the acknowledged `b` is gone from its log.
+        let mut lost = with_both.clone();
+        lost.node = 2;
+        lost.log.insert(2, Entry::new_blank(log_id(2, 2, 2)));
+        let err = check(&[a.clone(), b.clone()], &[with_both.clone(), lost]).unwrap_err();
+        assert!(err.contains("is not in node 2's log"), "{err}");
+
+        // Node 2 holds `b` in its log but never applied it.
+        let mut unapplied = final_state(
+            2,
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), a.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), b.cmd.clone().into()),
+            ],
+            &[&a],
+        );
+        unapplied.last_applied = Some(log_id(1, 1, 1));
+        let err = check(&[a.clone(), b.clone()], &[with_both.clone(), unapplied]).unwrap_err();
+        assert!(err.contains("state machines differ"), "{err}");
+
+        // Same log on both, but node 2's state lacks the upload `b` created.
+        let mut no_effect = final_state(
+            2,
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), a.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), b.cmd.clone().into()),
+            ],
+            &[&a],
+        );
+        no_effect.state_digest = with_both.state_digest;
+        let err = check(&[a, b], &[with_both, no_effect]).unwrap_err();
+        assert!(err.contains("its upload is not in its state"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_at_different_positions_is_caught() {
+        let a = ack(1);
+        let b = ack(2);
+        let one = final_state(
+            1,
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), a.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), b.cmd.clone().into()),
+            ],
+            &[&a, &b],
+        );
+        let mut two = final_state(
+            2,
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), b.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), a.cmd.clone().into()),
+            ],
+            &[&a, &b],
+        );
+        two.state_digest = one.state_digest;
+        let err = check(&[a], &[one, two]).unwrap_err();
+        assert!(err.contains("at log index"), "{err}");
+    }
+}
