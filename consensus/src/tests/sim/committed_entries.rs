@@ -1,7 +1,8 @@
 //! Committed entries are never lost: every proposal the cluster acknowledged is, after
 //! the faults healed, in every node's Raft log at the same position with the same
-//! content, at or below what that node applied, and its effect is in every node's
-//! registry state; and the state machines converged to identical state.
+//! content, at or below what that node applied (unless compaction removed that part of
+//! the log, after a snapshot covered it), and its effect is in every node's registry
+//! state; and the state machines converged to identical state.
 
 use std::collections::BTreeSet;
 
@@ -31,41 +32,68 @@ pub(super) fn check(acks: &[Ack], finals: &[NodeFinal]) -> Result<(), String> {
     }
     for ack in acks {
         let wanted = VersionedCommand::from(ack.cmd.clone());
-        let mut positions: Option<(u64, BTreeSet<u64>)> = None;
-        for f in finals {
-            let applied = f.applied_index().unwrap_or(0);
-            let here: BTreeSet<u64> = f
-                .log
-                .iter()
-                .filter(|(_, e)| matches!(&e.payload, EntryPayload::Normal(c) if *c == wanted))
-                .map(|(index, _)| *index)
-                .filter(|index| *index <= applied)
-                .collect();
-            if here.is_empty() {
+        // Where each node's log holds the command, at or below what it applied.
+        let found: Vec<(&NodeFinal, BTreeSet<u64>)> = finals
+            .iter()
+            .map(|f| {
+                let applied = f.applied_index().unwrap_or(0);
+                let at = f
+                    .log
+                    .iter()
+                    .filter(|(index, e)| {
+                        **index <= applied
+                            && matches!(&e.payload, EntryPayload::Normal(c) if *c == wanted)
+                    })
+                    .map(|(index, _)| *index)
+                    .collect();
+                (f, at)
+            })
+            .collect();
+        for (f, at) in &found {
+            // Absent from a log is fine only where compaction removed the entry: the
+            // node purged past an index where another node still holds it, or every
+            // node purged it.
+            let compacted = f.last_purged.is_some_and(|purged| {
+                found.iter().all(|(_, other)| other.is_empty())
+                    || found
+                        .iter()
+                        .any(|(_, other)| other.first().is_some_and(|i| *i <= purged))
+            });
+            if at.is_empty() && !compacted {
                 return Err(format!(
-                    "`{}` acknowledged at {} ms through node {} is not in node {}'s log up to \
-                     its applied index {applied}: a committed entry was lost",
-                    wanted, ack.at_ms, ack.via, f.node
+                    "`{wanted}` acknowledged at {} ms through node {} is not in node {}'s log \
+                     up to its applied index {:?}: a committed entry was lost",
+                    ack.at_ms,
+                    ack.via,
+                    f.node,
+                    f.applied_index()
                 ));
-            }
-            match &positions {
-                None => positions = Some((f.node, here)),
-                Some((other, at)) if *at != here => {
-                    return Err(format!(
-                        "`{}` is at log index {at:?} on node {other} but at {here:?} on node {}",
-                        wanted, f.node
-                    ));
-                }
-                Some(_) => {}
             }
             if let Some(record) = upload_of(&ack.cmd)
                 && !f.uploads.contains(&record)
             {
                 return Err(format!(
-                    "`{}` acknowledged at {} ms is in node {}'s log but its upload is not in its \
-                     state",
-                    wanted, ack.at_ms, f.node
+                    "`{wanted}` acknowledged at {} ms is committed but its upload is not in \
+                     node {}'s state",
+                    ack.at_ms, f.node
                 ));
+            }
+        }
+        for (i, (a, at_a)) in found.iter().enumerate() {
+            for (b, at_b) in &found[i + 1..] {
+                // Compare only the part of the log both nodes still hold.
+                let kept = a.last_purged.max(b.last_purged);
+                let kept_a: BTreeSet<u64> =
+                    at_a.iter().filter(|i| Some(**i) > kept).copied().collect();
+                let kept_b: BTreeSet<u64> =
+                    at_b.iter().filter(|i| Some(**i) > kept).copied().collect();
+                if kept_a != kept_b {
+                    return Err(format!(
+                        "`{wanted}` is at log index {kept_a:?} on node {} but at {kept_b:?} on \
+                         node {}",
+                        a.node, b.node
+                    ));
+                }
             }
         }
     }
@@ -133,7 +161,33 @@ mod tests {
         );
         no_effect.state_digest = with_both.state_digest;
         let err = check(&[a, b], &[with_both, no_effect]).unwrap_err();
-        assert!(err.contains("its upload is not in its state"), "{err}");
+        assert!(err.contains("its upload is not in node 2's state"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_compacted_away_counts_only_with_its_effect_in_the_state() {
+        let a = ack(1);
+        let b = ack(2);
+        let entries = || {
+            vec![
+                Entry::new_normal(log_id(1, 1, 1), a.cmd.clone().into()),
+                Entry::new_normal(log_id(1, 1, 2), b.cmd.clone().into()),
+            ]
+        };
+        let full = final_state(1, entries(), &[&a, &b]);
+        // Node 2 took a snapshot covering index 1 and purged it from its log.
+        let mut compacted = final_state(2, entries(), &[&a, &b]);
+        compacted.log.remove(&1);
+        compacted.last_purged = Some(1);
+        check(&[a.clone(), b.clone()], &[full.clone(), compacted.clone()]).unwrap();
+
+        // The same, but its snapshot lacks the upload `a` created.
+        compacted
+            .uploads
+            .retain(|u| Some(u) != upload_of(&a.cmd).as_ref());
+        compacted.state_digest = full.state_digest;
+        let err = check(&[a, b], &[full, compacted]).unwrap_err();
+        assert!(err.contains("its upload is not in node 2's state"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::db;
 use crate::error::ConsensusError;
 use crate::model::{Command, UploadRecord};
 use crate::state::read_record;
-use crate::tables::{LAST_APPLIED, LOG, SM_META};
+use crate::tables::{LAST_APPLIED, LAST_PURGED, LOG, RAFT_META, SM_META};
 use crate::type_config::{Entry, LogId};
 use crate::view::StateView;
 
@@ -42,7 +42,9 @@ pub(super) struct Ack {
 pub(super) struct NodeFinal {
     pub node: u64,
     pub last_applied: Option<LogId>,
-    /// Every entry of its Raft log, by index.
+    /// The last log index removed by compaction (its snapshot covers it).
+    pub last_purged: Option<u64>,
+    /// Every entry of its Raft log that compaction kept, by index.
     pub log: BTreeMap<u64, Entry>,
     pub state_digest: [u8; 32],
     pub uploads: Vec<UploadRecord>,
@@ -60,10 +62,13 @@ impl NodeFinal {
             log.insert(index.value(), entry);
         }
         let last_applied = read_record(&txn.open_table(SM_META)?, "last applied", LAST_APPLIED)?;
+        let last_purged: Option<LogId> =
+            read_record(&txn.open_table(RAFT_META)?, "last purged", LAST_PURGED)?;
         let view = StateView::new(db.begin_read()?);
         Ok(NodeFinal {
             node,
             last_applied,
+            last_purged: last_purged.map(|l| l.index),
             log,
             state_digest: view.state_digest()?,
             uploads: view.uploads()?,

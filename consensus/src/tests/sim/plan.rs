@@ -54,6 +54,9 @@ pub(super) enum Event {
 #[derive(Debug, Clone)]
 pub(super) struct Plan {
     pub nodes: u64,
+    /// Snapshot and purge the log every few entries, so lagging and restarted nodes
+    /// catch up through streamed snapshots.
+    pub compaction: bool,
     pub max_latency_ms: u64,
     /// Events by simulated millisecond, in order.
     pub events: Vec<(u64, Event)>,
@@ -63,6 +66,7 @@ impl Plan {
     pub(super) fn new(seed: u64) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
         let nodes = if rng.random_bool(0.3) { 5 } else { 3 };
+        let compaction = rng.random_bool(0.5);
         let max_latency_ms = rng.random_range(2..30);
         let mut events = Vec::new();
         let mut at = 0;
@@ -108,6 +112,7 @@ impl Plan {
         events.sort_by_key(|(at, _)| *at);
         Plan {
             nodes,
+            compaction,
             max_latency_ms,
             events,
         }
