@@ -12,11 +12,12 @@
 //! [`committed_entries`] (nothing acknowledged is lost; the state machines agree).
 //!
 //! Seeds: `BERTH_SIM_SEEDS=N` runs seeds 1..=N (default [`CI_SEEDS`]);
-//! `BERTH_SIM_SEED=S` runs seed S alone. A failing seed panics with the command that
-//! replays it. The plan of a seed, turmoil's network and every timer are reproduced
-//! exactly; openraft draws its election timeouts from an unseeded thread RNG and redb
-//! runs on tokio's blocking pool, so a replay re-runs the same faults and workload
-//! but the interleaving inside them may differ.
+//! `BERTH_SIM_SEED=S` runs seed S alone, `BERTH_SIM_REPEAT=N` times (default once). A
+//! failing seed panics with the command that replays it. The plan of a seed, turmoil's
+//! network and every timer are reproduced exactly; openraft draws its election
+//! timeouts from an unseeded thread RNG and redb runs on tokio's blocking pool, so a
+//! replay re-runs the same faults and workload but the interleaving inside them may
+//! differ.
 
 mod committed_entries;
 mod election_safety;
@@ -40,14 +41,18 @@ fn seeds() -> Vec<u64> {
         })
     };
     match (var("BERTH_SIM_SEED"), var("BERTH_SIM_SEEDS")) {
-        (Some(seed), _) => vec![seed],
+        (Some(seed), _) => vec![seed; var("BERTH_SIM_REPEAT").unwrap_or(1) as usize],
         (None, Some(n)) => (1..=n).collect(),
         (None, None) => (1..=CI_SEEDS).collect(),
     }
 }
 
 fn replay(seed: u64) -> String {
-    format!("BERTH_SIM_SEED={seed} cargo test -p berth-consensus --lib tests::sim -- --nocapture")
+    format!(
+        "BERTH_SIM_SEED={seed} cargo test -p berth-consensus --lib tests::sim -- --nocapture \
+         (add BERTH_SIM_REPEAT=20 to run it 20 times: the faults replay exactly, Raft's \
+         interleaving may not)"
+    )
 }
 
 #[test]
