@@ -54,8 +54,8 @@ pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, ConsensusError> {
 }
 
 /// How a node opens its channels to peers. [`Dialer::default`] dials TCP, the only
-/// dialer berth runs with; the deterministic simulation of the consensus tests
-/// (`tests::sim`) dials over its simulated network instead, with the same endpoints.
+/// dialer berth runs with; the turmoil simulation of the consensus tests (`tests::sim`)
+/// dials over its simulated network instead, with the same endpoints.
 #[derive(Clone, Default)]
 pub(crate) struct Dialer {
     custom: Option<Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>>,
