@@ -20,7 +20,7 @@ use crate::cluster::{ClusterInit, ClusterMembership, RaftTuning};
 use crate::db::{self, blocking};
 use crate::error::{ConsensusError, Unavailability};
 use crate::grpc::forward::{ForwardReply, Forwarder, ReadIndexReply};
-use crate::grpc::{self, GrpcNetwork, RaftGrpcService};
+use crate::grpc::{self, Dialer, GrpcNetwork, RaftGrpcService};
 use crate::log_store::LogStore;
 use crate::model::{Command, Outcome, VersionedCommand};
 use crate::network::NoPeers;
@@ -99,7 +99,7 @@ impl Metadata {
             raft.shutdown().await.ok();
             return Err(e);
         }
-        Ok(Metadata::new(node, raft, db))
+        Ok(Metadata::new(node, raft, db, Dialer::default()))
     }
 
     /// Opens or creates the store in `dir` and starts Raft as node `node` of a cluster,
@@ -116,6 +116,18 @@ impl Metadata {
         init: ClusterInit,
         tuning: &RaftTuning,
     ) -> Result<(Metadata, RaftGrpcService), ConsensusError> {
+        Metadata::open_cluster_with(dir, node, addr, init, tuning, Dialer::default()).await
+    }
+
+    /// [`Metadata::open_cluster`] with the dialer that opens channels to peers.
+    pub(crate) async fn open_cluster_with(
+        dir: &Path,
+        node: NodeId,
+        addr: String,
+        init: ClusterInit,
+        tuning: &RaftTuning,
+        dialer: Dialer,
+    ) -> Result<(Metadata, RaftGrpcService), ConsensusError> {
         grpc::endpoint(&addr)?;
         if let ClusterInit::Bootstrap(members) = &init {
             if members.get(&node) != Some(&addr) {
@@ -126,7 +138,7 @@ impl Metadata {
             }
         }
         let config = tuning.config()?;
-        let (raft, db) = start(dir, node, GrpcNetwork::new(node.0), config).await?;
+        let (raft, db) = start(dir, node, GrpcNetwork::new(node.0, dialer.clone()), config).await?;
         if let ClusterInit::Bootstrap(members) = init {
             let members = members
                 .into_iter()
@@ -150,10 +162,15 @@ impl Metadata {
         }
         let service = RaftGrpcService::new(node.0, raft.clone());
         tracing::info!(%node, addr, "metadata cluster member started");
-        Ok((Metadata::new(node, raft, db), service))
+        Ok((Metadata::new(node, raft, db, dialer), service))
     }
 
-    fn new(node: NodeId, raft: Raft<TypeConfig, StateMachineStore>, db: Arc<Database>) -> Metadata {
+    fn new(
+        node: NodeId,
+        raft: Raft<TypeConfig, StateMachineStore>,
+        db: Arc<Database>,
+        dialer: Dialer,
+    ) -> Metadata {
         Metadata {
             inner: Arc::new(Inner {
                 node,
@@ -161,7 +178,7 @@ impl Metadata {
                 db,
                 closing: AtomicBool::new(false),
                 stopped: tokio::sync::Mutex::new(false),
-                forwarder: Forwarder::default(),
+                forwarder: Forwarder::new(dialer),
             }),
         }
     }

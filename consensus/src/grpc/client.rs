@@ -5,7 +5,8 @@
 //! replication, heartbeats and votes, and a second one per peer for snapshots so a
 //! long transfer never delays heartbeats. Channels are shared by every client openraft
 //! creates for that peer and redial by themselves after a failure; a peer whose address
-//! changes in the membership gets a new channel.
+//! changes in the membership gets a new channel. A [`Dialer`] turns an endpoint into a
+//! channel: over TCP in berth, over a simulated network in the consensus simulation.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -58,6 +59,32 @@ pub fn peer_endpoint(addr: &str) -> Result<Endpoint, ConsensusError> {
         .keep_alive_while_idle(true))
 }
 
+/// How a node opens its channels to peers. [`Dialer::default`] dials TCP, the only
+/// dialer berth runs with; the turmoil simulation of the consensus tests (`tests::sim`)
+/// dials over its simulated network instead, with the same endpoints.
+#[derive(Clone, Default)]
+pub(crate) struct Dialer {
+    custom: Option<Arc<dyn Fn(Endpoint) -> Channel + Send + Sync>>,
+}
+
+impl Dialer {
+    /// A dialer that builds each channel with `dial` instead of TCP.
+    #[cfg(test)]
+    pub(crate) fn custom(dial: impl Fn(Endpoint) -> Channel + Send + Sync + 'static) -> Dialer {
+        Dialer {
+            custom: Some(Arc::new(dial)),
+        }
+    }
+
+    /// A lazily connecting channel to `endpoint`.
+    pub(crate) fn channel(&self, endpoint: Endpoint) -> Channel {
+        match &self.custom {
+            Some(dial) => dial(endpoint),
+            None => endpoint.connect_lazy(),
+        }
+    }
+}
+
 /// Which connection to a peer a client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Lane {
@@ -75,14 +102,16 @@ struct PeerChannel {
 #[derive(Clone)]
 pub(crate) struct GrpcNetwork {
     node: u64,
+    dialer: Dialer,
     channels: Arc<Mutex<BTreeMap<(u64, Lane), PeerChannel>>>,
 }
 
 impl GrpcNetwork {
-    /// The transport of node `node`.
-    pub(crate) fn new(node: u64) -> GrpcNetwork {
+    /// The transport of node `node`, opening its channels with `dialer`.
+    pub(crate) fn new(node: u64, dialer: Dialer) -> GrpcNetwork {
         GrpcNetwork {
             node,
+            dialer,
             channels: Arc::default(),
         }
     }
@@ -113,7 +142,7 @@ impl GrpcNetwork {
         {
             return Ok(c.client.clone());
         }
-        let client = RaftClient::new(peer_endpoint(addr)?.connect_lazy())
+        let client = RaftClient::new(self.dialer.channel(peer_endpoint(addr)?))
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX);
         // Replaces the channel of a previous address of this peer, if any: the map holds

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
 use super::pb::raft_client::RaftClient;
-use super::{endpoint, wire};
+use super::{Dialer, endpoint, wire};
 use crate::error::{ConsensusError, Unavailability};
 use crate::model::{Outcome, VersionedCommand};
 
@@ -46,16 +46,25 @@ pub(crate) enum ReadIndexReply {
 /// Lazily connected channels to peers, by address.
 #[derive(Default)]
 pub(crate) struct Forwarder {
+    dialer: Dialer,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Forwarder {
+    /// A forwarder that opens its channels with `dialer`.
+    pub(crate) fn new(dialer: Dialer) -> Forwarder {
+        Forwarder {
+            dialer,
+            channels: Mutex::default(),
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<RaftClient<Channel>, ConsensusError> {
         let mut channels = self.channels.lock().expect("forwarder lock poisoned");
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = endpoint(addr)?.connect_lazy();
+                let c = self.dialer.channel(endpoint(addr)?);
                 channels.insert(addr.to_owned(), c.clone());
                 c
             }

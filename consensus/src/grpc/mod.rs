@@ -15,9 +15,9 @@ mod server;
 pub mod tls;
 mod wire;
 
-pub(crate) use client::GrpcNetwork;
 pub use client::peer_endpoint;
 pub(crate) use client::peer_endpoint as endpoint;
+pub(crate) use client::{Dialer, GrpcNetwork};
 pub(crate) use limits::{APPEND_ENTRIES_MAX, SNAPSHOT_CHUNK_BYTES_DEFAULT};
 pub use server::RaftGrpcService;
 

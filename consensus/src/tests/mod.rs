@@ -1,13 +1,15 @@
 //! Tests of the consensus crate: openraft's storage suite on our stores, the state
 //! machine against a BTreeMap model, per-command outcomes, restart through the public
-//! handle, decoding of checked-in bytes of format version 1, and clusters of nodes
-//! over the gRPC transport on loopback.
+//! handle, decoding of checked-in bytes of format version 1, clusters of nodes
+//! over the gRPC transport on loopback, and the seeded turmoil simulation of clusters
+//! under partitions, crashes and restarts (`sim`).
 
 mod cluster;
 mod commands;
 mod fixture;
 mod model_prop;
 mod restart;
+mod sim;
 mod storage_suite;
 
 use std::sync::Arc;
