@@ -319,6 +319,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
     let mut faults = Vec::new();
     let mut schedule = Schedule::new(s.seed, s.faults.clone(), s.shuffle, ms(s.hold));
     let mut topo_next = 0usize;
+    let mut probes = Vec::new();
     tokio::time::sleep(s.warmup).await;
     for _ in 0..FAULTS_MAX {
         let (planned, hold_ms) = match &driver {
@@ -382,6 +383,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             "berth-chaos: {} ms: {} ({})",
             record.inject_ms, record.kind, record.note
         );
+        probes.push(probe_minority(&work, &nodes, &record.minority, hold_ms));
         tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         match &driver {
             Driver::Local(lab) => heal_local(lab, &heal)?,
@@ -416,6 +418,10 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Every probe is recorded before the history is read (each request is bounded).
+    for p in probes {
+        let _ = p.await;
+    }
     let end_ms = rec.now_ms();
 
     if !wait_caught_up(&client, &nodes).await {
@@ -432,6 +438,39 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         notes,
     })
 }
+
+/// While a partition holds, sends a write to every cut-off node every half second
+/// (bounded by the hold; the task ends when every probe has been answered and
+/// recorded), so the minority checker sees more than the workers pinned
+/// to those nodes manage while each of their writes waits out the forwarding deadline.
+fn probe_minority(
+    work: &Arc<Workload>,
+    nodes: &[Endpoint],
+    minority: &[u64],
+    hold_ms: u64,
+) -> tokio::task::JoinHandle<()> {
+    let work = work.clone();
+    let targets: Vec<Endpoint> = nodes
+        .iter()
+        .filter(|n| minority.contains(&n.id))
+        .cloned()
+        .collect();
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for seq in 0..hold_ms / PROBE_INTERVAL_MS {
+            for n in &targets {
+                let (work, n) = (work.clone(), n.clone());
+                tasks.spawn(async move {
+                    work.probe_write(&n, seq).await;
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+        }
+        while tasks.join_next().await.is_some() {}
+    })
+}
+
+const PROBE_INTERVAL_MS: u64 = 500;
 
 fn heal_local_command(heal: &Heal) -> Result<()> {
     match heal {

@@ -58,6 +58,10 @@ impl Lab {
         anyhow::ensure!(berth.is_file(), "no berth binary at {}", berth.display());
         anyhow::ensure!((1..=9).contains(&nodes), "--nodes must be 1..9");
         let ids: Vec<u64> = (1..=nodes).collect();
+        // Data folders are per run, so two drills writing into one report folder never
+        // share a node's data.
+        let dir = &dir.join(format!("run-{suffix}"));
+        std::fs::create_dir_all(dir)?;
         let third = u8::from_str_radix(&suffix[..2], 16).unwrap_or(7);
         let (net, loopback_reason) = if loopback {
             (None, Some("asked for with --loopback".to_string()))
