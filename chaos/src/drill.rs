@@ -156,6 +156,7 @@ enum Heal {
 /// how to heal it, or a note when the fault could not be applied.
 async fn inject_local(
     lab: &Lab,
+    rec: &Recorder,
     client: &Client,
     nodes: &[Endpoint],
     p: &Planned,
@@ -165,14 +166,24 @@ async fn inject_local(
         return Ok(None);
     };
     let followers: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
-    let record = |targets: Vec<u64>, minority: Vec<u64>, note: String| FaultRecord {
-        kind: p.kind.name().into(),
-        targets,
-        minority,
-        inject_ms: 0,
-        heal_ms: None,
-        converged_ms: None,
-        note,
+    // The injection instant is taken right before the action, the in-place instant
+    // right after it (all signals sent, every iptables rule installed).
+    let timed = |action: &dyn Fn() -> Result<()>| -> Result<(u64, u64)> {
+        let at = rec.now_ms();
+        action()?;
+        Ok((at, rec.now_ms()))
+    };
+    let record = |(at, placed): (u64, u64), targets: Vec<u64>, minority: Vec<u64>, note: String| {
+        FaultRecord {
+            kind: p.kind.name().into(),
+            targets,
+            minority,
+            inject_ms: at,
+            in_place_ms: placed,
+            heal_ms: None,
+            converged_ms: None,
+            note,
+        }
     };
     let out = match p.kind {
         FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillRandom => {
@@ -182,10 +193,10 @@ async fn inject_local(
                 _ => p.choose(&ids),
             };
             let Some(t) = target else { return Ok(None) };
-            lab.kill(t)?;
+            let times = timed(&|| lab.kill(t))?;
             let role = if t == leader { "leader" } else { "follower" };
             (
-                record(vec![t], vec![], format!("SIGKILL node {t} ({role})")),
+                record(times, vec![t], vec![], format!("SIGKILL node {t} ({role})")),
                 Heal::Restart(t),
             )
         }
@@ -196,10 +207,10 @@ async fn inject_local(
                 p.choose(&followers)
             };
             let Some(t) = target else { return Ok(None) };
-            lab.pause(t)?;
+            let times = timed(&|| lab.pause(t))?;
             let role = if t == leader { "leader" } else { "follower" };
             (
-                record(vec![t], vec![], format!("SIGSTOP node {t} ({role})")),
+                record(times, vec![t], vec![], format!("SIGSTOP node {t} ({role})")),
                 Heal::Resume(t),
             )
         }
@@ -208,10 +219,11 @@ async fn inject_local(
                 return Ok(None);
             };
             let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != t).collect();
-            lab.split(&[t], &rest)?;
+            let times = timed(&|| lab.split(&[t], &rest))?;
             let role = if t == leader { "leader" } else { "follower" };
             (
                 record(
+                    times,
                     vec![t],
                     vec![t],
                     format!("node {t} ({role}) cut off from {rest:?}"),
@@ -235,9 +247,10 @@ async fn inject_local(
                 .copied()
                 .filter(|i| !minority.contains(i))
                 .collect();
-            lab.split(&minority, &majority)?;
+            let times = timed(&|| lab.split(&minority, &majority))?;
             (
                 record(
+                    times,
                     minority.clone(),
                     minority.clone(),
                     format!("minority {minority:?} (with leader {leader}) | majority {majority:?}"),
@@ -250,10 +263,11 @@ async fn inject_local(
                 return Ok(None);
             };
             let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != t).collect();
-            lab.cut_inbound(t, &rest)?;
+            let times = timed(&|| lab.cut_inbound(t, &rest))?;
             let role = if t == leader { "leader" } else { "follower" };
             (
                 record(
+                    times,
                     vec![t],
                     vec![t],
                     format!("node {t} ({role}) hears nothing from {rest:?} but can send"),
@@ -346,25 +360,21 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
                     ));
                     continue;
                 }
-                let at = rec.now_ms();
-                inject_local(lab, &client, &nodes, p)
-                    .await?
-                    .map(|(mut r, h)| {
-                        r.inject_ms = at;
-                        (r, h)
-                    })
+                inject_local(lab, &rec, &client, &nodes, p).await?
             }
             (Driver::Deployed(t), _) => {
                 let f = &t.faults[topo_next % t.faults.len()];
                 topo_next += 1;
                 let at = rec.now_ms();
                 run_shell(&f.inject).with_context(|| format!("injecting {:?}", f.name))?;
+                let placed = rec.now_ms();
                 Some((
                     FaultRecord {
                         kind: f.name.clone(),
                         targets: f.targets.clone(),
                         minority: f.minority.clone(),
                         inject_ms: at,
+                        in_place_ms: placed,
                         heal_ms: None,
                         converged_ms: None,
                         note: f.inject.clone(),
@@ -383,7 +393,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             "berth-chaos: {} ms: {} ({})",
             record.inject_ms, record.kind, record.note
         );
-        probes.push(probe_minority(&work, &nodes, &record.minority, hold_ms));
+        probes.push(probe(&work, &nodes, hold_ms));
         tokio::time::sleep(Duration::from_millis(hold_ms)).await;
         match &driver {
             Driver::Local(lab) => heal_local(lab, &heal)?,
@@ -439,22 +449,15 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
     })
 }
 
-/// While a partition holds, sends a write to every cut-off node every half second
-/// (bounded by the hold; the task ends when every probe has been answered and
-/// recorded), so the minority checker sees more than the workers pinned
-/// to those nodes manage while each of their writes waits out the forwarding deadline.
-fn probe_minority(
-    work: &Arc<Workload>,
-    nodes: &[Endpoint],
-    minority: &[u64],
-    hold_ms: u64,
-) -> tokio::task::JoinHandle<()> {
+/// While a fault holds, sends a write to every node every half second (bounded by
+/// the hold; the task ends when every probe has been answered and recorded). The
+/// workers are closed loops, so while their requests wait out a dead leader they
+/// invoke nothing new; these open-loop probes make the first acknowledged write after
+/// the injection (the recovery time) and the writes a cut-off node refuses visible
+/// whatever the workers are stuck on.
+fn probe(work: &Arc<Workload>, nodes: &[Endpoint], hold_ms: u64) -> tokio::task::JoinHandle<()> {
     let work = work.clone();
-    let targets: Vec<Endpoint> = nodes
-        .iter()
-        .filter(|n| minority.contains(&n.id))
-        .cloned()
-        .collect();
+    let targets = nodes.to_vec();
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         for seq in 0..hold_ms / PROBE_INTERVAL_MS {

@@ -135,7 +135,10 @@ pub struct FaultRecord {
     pub targets: Vec<u64>,
     /// Nodes cut off from the majority (partitions only): they must not acknowledge writes.
     pub minority: Vec<u64>,
+    /// The injection started (recovery time counts from here).
     pub inject_ms: u64,
+    /// The injection was complete: signal delivered, every drop rule installed.
+    pub in_place_ms: u64,
     pub heal_ms: Option<u64>,
     /// Every node answered again and caught up with the leader's commit index.
     pub converged_ms: Option<u64>,

@@ -359,6 +359,7 @@ mod tests {
             targets: vec![1],
             minority: vec![],
             inject_ms: 1_000,
+            in_place_ms: 1_000,
             heal_ms: Some(5_000),
             converged_ms: Some(6_000),
             note: String::new(),

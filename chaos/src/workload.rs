@@ -27,7 +27,7 @@ pub const TAGS_REPO: &str = "chaos/tags";
 pub const SCRATCH_REPO: &str = "chaos/scratch";
 /// Per-request timeout: above berth's 5 s forwarding deadline plus an RPC timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Worker id of the drill's probes of cut-off nodes.
+/// Worker id of the drill's probes while a fault holds.
 pub const PROBE_WORKER: u32 = u32::MAX - 1;
 /// Pause after a failed request, so a dead node does not turn a worker into a spin loop.
 const BACKOFF_AFTER_ERROR: Duration = Duration::from_millis(100);
@@ -334,8 +334,8 @@ impl Workload {
             .0
     }
 
-    /// One tag move sent to `node`, whatever worker it belongs to: the drill probes
-    /// nodes cut off from the majority with these.
+    /// One tag move sent to `node` on behalf of no worker: the drill's open-loop
+    /// probes while a fault holds.
     pub async fn probe_write(&self, node: &Endpoint, seq: u64) -> Outcome {
         let base = self.base.lock().unwrap().clone().expect("setup ran");
         let body = manifest(&base.config, &base.layer, &format!("probe {seq}"));

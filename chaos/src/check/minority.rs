@@ -1,5 +1,5 @@
 //! A node cut off from the majority never acknowledges a write: every write invoked on
-//! a minority node after the partition was in place and answered before it healed must
+//! a minority node after the partition was in place (every drop rule installed) and answered before it healed must
 //! fail (503 with Retry-After, or no answer), never succeed.
 
 use super::Verdict;
@@ -15,7 +15,7 @@ pub fn check(events: &[Event], faults: &[FaultRecord]) -> Verdict {
         for e in events.iter().filter(|e| {
             e.op.is_write()
                 && f.minority.contains(&e.node)
-                && e.invoke_ms >= f.inject_ms
+                && e.invoke_ms >= f.in_place_ms
                 && e.complete_ms < heal
         }) {
             v.checked += 1;
@@ -28,7 +28,7 @@ pub fn check(events: &[Event], faults: &[FaultRecord]) -> Verdict {
                     e.invoke_ms,
                     e.complete_ms,
                     f.kind,
-                    f.inject_ms,
+                    f.in_place_ms,
                     heal
                 ));
             }
