@@ -61,8 +61,10 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(250);
 /// Read-back requests in flight.
 const VERIFY_CONCURRENCY: usize = 16;
-/// Read-back attempts per item and node when the answer is not a success.
-const VERIFY_TRIES: u32 = 5;
+/// Read-back attempts per item and node while the answer is a 5xx or a timeout.
+const VERIFY_TRIES: u32 = 3;
+/// Bound on the whole read-back.
+const VERIFY_TIME_MAX: Duration = Duration::from_secs(20 * 60);
 /// Faults per drill, whatever the duration.
 const FAULTS_MAX: usize = 500;
 
@@ -438,7 +440,9 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         notes.push("the cluster did not converge after the drill".into());
     }
     let states = final_states(&client, &work, &nodes).await;
-    verify(&work, &rec, &nodes).await;
+    if let Some(note) = verify(&work, &rec, &nodes).await {
+        notes.push(note);
+    }
     Ok(Outcome {
         events: rec.events(),
         faults,
@@ -531,8 +535,11 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
 }
 
 /// Reads every acknowledged push and every acknowledged delete back through every
-/// node, retrying a failed read a few times.
-async fn verify(work: &Workload, rec: &Recorder, nodes: &[Endpoint]) {
+/// node. A 503, 5xx or timeout is retried a few times; a refused connection is not
+/// (the node is down, and the durability checker says so). The whole read-back is
+/// bounded by `VERIFY_TIME_MAX`; whatever was not read by then is reported as never
+/// read back.
+async fn verify(work: &Workload, rec: &Recorder, nodes: &[Endpoint]) -> Option<String> {
     let mut items: Vec<(String, String, bool)> = Vec::new();
     for e in rec
         .events()
@@ -554,20 +561,27 @@ async fn verify(work: &Workload, rec: &Recorder, nodes: &[Endpoint]) {
     let jobs = items
         .iter()
         .flat_map(|item| nodes.iter().map(move |n| (item, n)));
-    futures::stream::iter(jobs)
+    let all = futures::stream::iter(jobs)
         .map(|((repo, digest, blob), node)| async move {
             for _ in 0..VERIFY_TRIES {
                 let out = work
                     .pull(u32::MAX, Phase::Verify, node, repo, digest, *blob)
                     .await;
-                // A success or a 404 is a definite answer; anything else is retried.
-                if out.ok() || out.status == Some(404) {
+                let definite = out.ok()
+                    || out.status.is_some_and(|s| s < 500)
+                    || out.error.as_deref() == Some("connection failed");
+                if definite {
                     break;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
         .buffer_unordered(VERIFY_CONCURRENCY)
-        .collect::<Vec<()>>()
-        .await;
+        .collect::<Vec<()>>();
+    match tokio::time::timeout(VERIFY_TIME_MAX, all).await {
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "the read-back stopped after {VERIFY_TIME_MAX:?}; items not read count as never read back"
+        )),
+    }
 }

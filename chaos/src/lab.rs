@@ -66,9 +66,27 @@ impl Lab {
         let (net, loopback_reason) = if loopback {
             (None, Some("asked for with --loopback".to_string()))
         } else {
-            match Net::create(&ids, suffix, third) {
-                Ok(n) => (Some(n), None),
-                Err(e) => (None, Some(format!("network namespaces unavailable: {e:#}"))),
+            // Another drill may hold the subnet: try a few.
+            let mut last = None;
+            let mut net = None;
+            for k in 0..5u8 {
+                match Net::create(&ids, suffix, third.wrapping_add(k.wrapping_mul(37))) {
+                    Ok(n) => {
+                        net = Some(n);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            match (net, last) {
+                (Some(n), _) => (Some(n), None),
+                (None, e) => (
+                    None,
+                    Some(format!(
+                        "network namespaces unavailable: {:#}",
+                        e.expect("tried")
+                    )),
+                ),
             }
         };
         let specs = match &net {

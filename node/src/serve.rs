@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_api::oci::error::Code;
 use berth_api::{App, maintenance, router};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +22,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 
 const NODE_FILE_FORMAT: u32 = 1;
+/// Start-up upload recovery is retried this often while metadata is unavailable (each
+/// attempt waits up to the forwarding deadline).
+const RECOVER_ATTEMPTS_MAX: u32 = 12;
 
 /// The node's persisted identity.
 #[derive(Serialize, Deserialize)]
@@ -149,9 +153,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let app = App::new(node, meta.clone(), store);
-    maintenance::recover(&app)
-        .await
-        .map_err(|e| anyhow::anyhow!("recovering uploads: {}", e.message))?;
+    // Recovery reads and writes through Raft. Right after a restart the node may not
+    // reach a working leader yet (its last known leader was deposed, an election is
+    // under way): retry, bounded, instead of exiting.
+    let mut attempt = 0;
+    loop {
+        match maintenance::recover(&app).await {
+            Ok(()) => break,
+            Err(e) if e.code == Code::Unavailable && attempt < RECOVER_ATTEMPTS_MAX => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e.message, "recovering uploads: metadata unavailable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("recovering uploads: {}", e.message),
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
