@@ -255,7 +255,9 @@ async fn inject_local(
                     times,
                     minority.clone(),
                     minority.clone(),
-                    format!("minority {minority:?} (with leader {leader}) | majority {majority:?}"),
+                    format!(
+                        "minority {minority:?} (with leader {leader}) vs majority {majority:?}"
+                    ),
                 ),
                 Heal::Network,
             )

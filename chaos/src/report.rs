@@ -16,7 +16,8 @@ use crate::history::{Event, FaultRecord, Phase};
 pub struct FaultMetrics {
     #[serde(flatten)]
     pub fault: FaultRecord,
-    /// Injection to the first acknowledged write invoked at or after it.
+    /// Injection to the first acknowledged write invoked once the fault was in place
+    /// (a write that began while drop rules were still being installed proves nothing).
     pub recovery_ms: Option<u64>,
     /// Operations invoked while the fault held, and how many of them failed.
     pub ops_during: u64,
@@ -70,7 +71,7 @@ pub fn failed(e: &Event) -> bool {
 pub fn fault_metrics(events: &[Event], f: &FaultRecord) -> FaultMetrics {
     let recovery_ms = events
         .iter()
-        .filter(|e| e.phase == Phase::Workload && e.acked_write() && e.invoke_ms >= f.inject_ms)
+        .filter(|e| e.phase == Phase::Workload && e.acked_write() && e.invoke_ms >= f.in_place_ms)
         .map(|e| e.complete_ms - f.inject_ms)
         .min();
     let heal = f.heal_ms.unwrap_or(u64::MAX);
@@ -204,7 +205,7 @@ pub fn markdown(r: &Report) -> String {
             "| {} | {} | {} | {} | {} | {} | {:.1} % | {} |",
             fmt_ms(Some(f.fault.inject_ms)),
             f.fault.kind,
-            f.fault.note,
+            f.fault.note.replace('|', "\\|"),
             fmt_ms(held),
             fmt_ms(f.recovery_ms),
             f.ops_during,
@@ -353,13 +354,13 @@ mod tests {
     }
 
     #[test]
-    fn recovery_counts_from_injection_to_the_first_write_invoked_after_it() {
+    fn recovery_counts_from_injection_to_the_first_write_invoked_once_the_fault_is_in_place() {
         let fault = FaultRecord {
             kind: "kill-leader".into(),
             targets: vec![1],
             minority: vec![],
             inject_ms: 1_000,
-            in_place_ms: 1_000,
+            in_place_ms: 1_005,
             heal_ms: Some(5_000),
             converged_ms: Some(6_000),
             note: String::new(),
@@ -367,6 +368,8 @@ mod tests {
         let events = vec![
             // Invoked before the fault: does not count even though it ends after.
             ev(900, 1_100, Some(201)),
+            // Invoked while the fault was being put in place: does not count either.
+            ev(1_002, 1_030, Some(201)),
             ev(1_010, 1_020, None),
             ev(1_050, 3_400, Some(201)),
             ev(2_000, 2_900, Some(201)),
@@ -374,7 +377,7 @@ mod tests {
         ];
         let m = fault_metrics(&events, &fault);
         assert_eq!(m.recovery_ms, Some(1_900));
-        assert_eq!(m.ops_during, 4);
+        assert_eq!(m.ops_during, 5);
         assert_eq!(m.errors_during, 2);
         assert_eq!(m.heal_to_converged_ms, Some(1_000));
         let svg = svg(&events, &[fault], 7_000);
