@@ -2,9 +2,12 @@
 # Runs every check CI runs: formatting, clippy with warnings as errors, and the whole
 # workspace's tests (unit, property, OCI conformance, real clients, kill -9 loops).
 # Installs the external tools the integration tests drive when they are missing.
+# Ends with a two-minute failover drill (berth-chaos) on three nodes in network
+# namespaces, which needs root (or sudo) for `ip netns` and iptables.
 # Env: CARGO_TARGET_DIR (default $HOME/.cache/berth/target), BERTH_TEST_LONG=1 for the
 # long crash and 4 GiB memory tests, BERTH_TEST_REGISTRY=http://127.0.0.1:PORT to point
-# the conformance and client tests at another registry.
+# the conformance and client tests at another registry, BERTH_CHAOS_SEED (default 1)
+# for the drill's fault schedule.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -28,6 +31,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y \
         skopeo podman docker-registry python3 python3-pip tar gzip
 fi
+if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; then
+    echo "test.sh: installing iproute2 and iptables for the failover drill"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iptables
+fi
 if ! python3 -c 'import oras.provider' >/dev/null 2>&1; then
     echo "test.sh: installing oras-py"
     python3 -m pip install --quiet oras \
@@ -41,6 +49,16 @@ cargo build -p berth-node --bin berth
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
+# Failover drill: three nodes, each in its own network namespace, under a concurrent
+# workload; a leader kill, a follower pause and a one-node partition (real packet
+# drops). Fails on any violated invariant (lost acknowledged write, stale tag read,
+# bad digest, unexpected 5xx, a cut-off node acknowledging a write, no convergence).
+cargo build -p berth-chaos
+chaos_out="$(mktemp -d)"
+as_root "$CARGO_TARGET_DIR/debug/berth-chaos" --berth "$CARGO_TARGET_DIR/debug/berth" \
+    --nodes 3 --duration 2m --seed "${BERTH_CHAOS_SEED:-1}" \
+    --faults kill-leader,pause-follower,partition-one --out "$chaos_out" 2>&1 | tail -n 40
+echo "test.sh: failover drill passed; report in $chaos_out/report.md"
 # Benchmark smoke test: every scenario once, tiny sizes, berth beside Distribution.
 # It checks the bench and both servers work; it asserts no timing.
 cargo build -p berth-bench

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_api::oci::error::Code;
 use berth_api::{App, maintenance, proxy, router};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use berth_blobstore::{BlobStore, Disk, FsDisk, ShardClient, ShardService, StoreConfig};
 use berth_consensus::grpc::tls::ClusterTls;
-use berth_consensus::{ClusterInit, Metadata, RaftTuning};
+use berth_consensus::{ClusterInit, ConsensusError, Metadata, RaftTuning};
 use berth_types::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -22,6 +23,9 @@ use tokio::sync::watch;
 use crate::config::Config;
 
 const NODE_FILE_FORMAT: u32 = 1;
+/// Start-up upload recovery is retried this often while metadata is unavailable (each
+/// attempt waits up to the forwarding deadline).
+const RECOVER_ATTEMPTS_MAX: u32 = 12;
 
 /// The node's persisted identity.
 #[derive(Serialize, Deserialize)]
@@ -220,11 +224,38 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             (meta, app, Some(task))
         }
     };
-    let cluster_id = meta.cluster_id().await.context("reading the cluster id")?;
+    // Right after a restart the node may not reach a working leader yet (its last
+    // known leader was deposed, an election is under way): the first reads and writes
+    // through Raft are retried, bounded, instead of exiting.
+    let mut attempt = 0;
+    let cluster_id = loop {
+        match meta.cluster_id().await {
+            Ok(id) => break id,
+            Err(
+                e @ (ConsensusError::Unavailable { .. }
+                | ConsensusError::NotLeader { .. }
+                | ConsensusError::CommitUnknown { .. }),
+            ) if attempt < RECOVER_ATTEMPTS_MAX => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "reading the cluster id: metadata unavailable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).context("reading the cluster id"),
+        }
+    };
     record_cluster_id(&cfg.data, node, cluster_id)?;
-    maintenance::recover(&app)
-        .await
-        .map_err(|e| anyhow::anyhow!("recovering uploads: {}", e.message))?;
+    let mut attempt = 0;
+    loop {
+        match maintenance::recover(&app).await {
+            Ok(()) => break,
+            Err(e) if e.code == Code::Unavailable && attempt < RECOVER_ATTEMPTS_MAX => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e.message, "recovering uploads: metadata unavailable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("recovering uploads: {}", e.message),
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

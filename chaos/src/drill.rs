@@ -1,0 +1,589 @@
+//! One drill: wait for a leader, start the workload, inject faults on the seeded
+//! schedule (hold, heal, wait until the cluster has converged), stop the workload,
+//! wait for final convergence, read everything acknowledged back through every node,
+//! and hand the history to the checkers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use reqwest::Client;
+use serde::Deserialize;
+
+use crate::check::convergence::NodeState;
+use crate::fault::{FaultKind, Planned, Schedule};
+use crate::history::{Event, FaultRecord, Op, Phase, Recorder};
+use crate::lab::Lab;
+use crate::topology::{Topology, run_shell};
+use crate::workload::{Endpoint, TAGS_REPO, Workload};
+
+/// What the drill runs against.
+pub enum Driver<'a> {
+    /// Nodes this process started.
+    Local(&'a Lab),
+    /// A deployed cluster and its fault commands.
+    Deployed(&'a Topology),
+}
+
+/// Drill settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub seed: u64,
+    pub duration: Duration,
+    pub workers: u32,
+    pub faults: Vec<FaultKind>,
+    pub shuffle: bool,
+    pub hold: Duration,
+    pub gap: Duration,
+    pub warmup: Duration,
+    pub max_ops: u64,
+    pub hot_tags: usize,
+    pub max_blob: usize,
+}
+
+/// Everything a drill produced.
+pub struct Outcome {
+    pub events: Vec<Event>,
+    pub faults: Vec<FaultRecord>,
+    pub states: Vec<NodeState>,
+    pub nodes: Vec<u64>,
+    pub end_ms: u64,
+    pub notes: Vec<String>,
+}
+
+/// Bound on waiting for a leader or for convergence.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+const POLL: Duration = Duration::from_millis(250);
+/// Read-back requests in flight.
+const VERIFY_CONCURRENCY: usize = 16;
+/// Read-back attempts per item and node while the answer is a 5xx or a timeout.
+const VERIFY_TRIES: u32 = 3;
+/// Bound on the whole read-back.
+const VERIFY_TIME_MAX: Duration = Duration::from_secs(20 * 60);
+/// Faults per drill, whatever the duration.
+const FAULTS_MAX: usize = 500;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub leader: Option<u64>,
+    pub is_leader: bool,
+    pub term: u64,
+    pub committed: Option<u64>,
+    pub last_applied: Option<u64>,
+}
+
+pub async fn status(client: &Client, node: &Endpoint) -> Result<Status> {
+    let resp = client
+        .get(format!("{}/api/v1/cluster/status", node.url))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status().is_success(), "status {}", resp.status());
+    let body = resp.bytes().await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The node that claims leadership with the highest term, if any answers.
+async fn leader(client: &Client, nodes: &[Endpoint]) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for n in nodes {
+        if let Ok(s) = status(client, n).await
+            && s.is_leader
+            && best.is_none_or(|(t, _)| s.term > t)
+        {
+            best = Some((s.term, n.id));
+        }
+    }
+    best.map(|(_, id)| id)
+}
+
+async fn wait_leader(client: &Client, nodes: &[Endpoint]) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(l) = leader(client, nodes).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    bail!("no leader within {CONVERGE_TIMEOUT:?}")
+}
+
+/// Waits until every node answers, all agree on one leader, and every node has applied
+/// at least what the leader had committed one poll earlier. Bounded.
+async fn wait_caught_up(client: &Client, nodes: &[Endpoint]) -> bool {
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    let mut prev_commit: Option<u64> = None;
+    while tokio::time::Instant::now() < deadline {
+        let mut all = Vec::new();
+        for n in nodes {
+            match status(client, n).await {
+                Ok(s) => all.push(s),
+                Err(_) => break,
+            }
+        }
+        if all.len() == nodes.len() {
+            let leaders: Vec<Option<u64>> = all.iter().map(|s| s.leader).collect();
+            let agreed = leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0]);
+            let leader_commit = all.iter().find(|s| s.is_leader).and_then(|s| s.committed);
+            if agreed {
+                if let Some(c) = prev_commit
+                    && all.iter().all(|s| s.last_applied.unwrap_or(0) >= c)
+                {
+                    return true;
+                }
+                prev_commit = leader_commit.or(prev_commit);
+            }
+        } else {
+            prev_commit = None;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    false
+}
+
+/// What an injected fault needs to be healed.
+enum Heal {
+    Restart(u64),
+    Resume(u64),
+    Network,
+    Command(String),
+}
+
+/// Injects a planned fault on the local lab. Returns the record (without times) and
+/// how to heal it, or a note when the fault could not be applied.
+async fn inject_local(
+    lab: &Lab,
+    rec: &Recorder,
+    client: &Client,
+    nodes: &[Endpoint],
+    p: &Planned,
+) -> Result<Option<(FaultRecord, Heal)>> {
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    let Some(leader) = leader(client, nodes).await else {
+        return Ok(None);
+    };
+    let followers: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
+    // The injection instant is taken right before the action, the in-place instant
+    // right after it (all signals sent, every iptables rule installed).
+    let timed = |action: &dyn Fn() -> Result<()>| -> Result<(u64, u64)> {
+        let at = rec.now_ms();
+        action()?;
+        Ok((at, rec.now_ms()))
+    };
+    let record = |(at, placed): (u64, u64), targets: Vec<u64>, minority: Vec<u64>, note: String| {
+        FaultRecord {
+            kind: p.kind.name().into(),
+            targets,
+            minority,
+            inject_ms: at,
+            in_place_ms: placed,
+            heal_ms: None,
+            converged_ms: None,
+            note,
+        }
+    };
+    let out = match p.kind {
+        FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::KillRandom => {
+            let target = match p.kind {
+                FaultKind::KillLeader => Some(leader),
+                FaultKind::KillFollower => p.choose(&followers),
+                _ => p.choose(&ids),
+            };
+            let Some(t) = target else { return Ok(None) };
+            let times = timed(&|| lab.kill(t))?;
+            let role = if t == leader { "leader" } else { "follower" };
+            (
+                record(times, vec![t], vec![], format!("SIGKILL node {t} ({role})")),
+                Heal::Restart(t),
+            )
+        }
+        FaultKind::PauseLeader | FaultKind::PauseFollower => {
+            let target = if p.kind == FaultKind::PauseLeader {
+                Some(leader)
+            } else {
+                p.choose(&followers)
+            };
+            let Some(t) = target else { return Ok(None) };
+            let times = timed(&|| lab.pause(t))?;
+            let role = if t == leader { "leader" } else { "follower" };
+            (
+                record(times, vec![t], vec![], format!("SIGSTOP node {t} ({role})")),
+                Heal::Resume(t),
+            )
+        }
+        FaultKind::PartitionOne => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != t).collect();
+            let times = timed(&|| lab.split(&[t], &rest))?;
+            let role = if t == leader { "leader" } else { "follower" };
+            (
+                record(
+                    times,
+                    vec![t],
+                    vec![t],
+                    format!("node {t} ({role}) cut off from {rest:?}"),
+                ),
+                Heal::Network,
+            )
+        }
+        FaultKind::PartitionSplit => {
+            // The minority holds the leader, so the majority must elect a new one.
+            let size = (ids.len() - 1) / 2;
+            let mut minority = vec![leader];
+            let mut others = followers.clone();
+            let mut rng = StdRng::seed_from_u64(p.pick);
+            while minority.len() < size.max(1) && !others.is_empty() {
+                let i = rand::Rng::random_range(&mut rng, 0..others.len());
+                minority.push(others.swap_remove(i));
+            }
+            minority.sort_unstable();
+            let majority: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|i| !minority.contains(i))
+                .collect();
+            let times = timed(&|| lab.split(&minority, &majority))?;
+            (
+                record(
+                    times,
+                    minority.clone(),
+                    minority.clone(),
+                    format!(
+                        "minority {minority:?} (with leader {leader}) vs majority {majority:?}"
+                    ),
+                ),
+                Heal::Network,
+            )
+        }
+        FaultKind::OneWay => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let rest: Vec<u64> = ids.iter().copied().filter(|&i| i != t).collect();
+            let times = timed(&|| lab.cut_inbound(t, &rest))?;
+            let role = if t == leader { "leader" } else { "follower" };
+            (
+                record(
+                    times,
+                    vec![t],
+                    vec![t],
+                    format!("node {t} ({role}) hears nothing from {rest:?} but can send"),
+                ),
+                Heal::Network,
+            )
+        }
+    };
+    Ok(Some(out))
+}
+
+fn heal_local(lab: &Lab, heal: &Heal) -> Result<()> {
+    match heal {
+        Heal::Restart(id) => lab.restart(*id),
+        Heal::Resume(id) => lab.resume(*id),
+        Heal::Network => lab.heal_network(),
+        Heal::Command(cmd) => run_shell(cmd),
+    }
+}
+
+pub fn endpoints(driver: &Driver<'_>) -> Vec<Endpoint> {
+    match driver {
+        Driver::Local(lab) => lab
+            .specs
+            .iter()
+            .map(|s| Endpoint {
+                id: s.id,
+                url: s.url(),
+            })
+            .collect(),
+        Driver::Deployed(t) => t
+            .nodes
+            .iter()
+            .map(|n| Endpoint {
+                id: n.id,
+                url: n.url.trim_end_matches('/').to_string(),
+            })
+            .collect(),
+    }
+}
+
+pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
+    let nodes = endpoints(&driver);
+    let client = crate::workload::client()?;
+    let mut notes = Vec::new();
+    let first_leader = wait_leader(&client, &nodes).await?;
+    notes.push(format!("initial leader: node {first_leader}"));
+    let rec = Arc::new(Recorder::new(s.max_ops));
+    let work = Arc::new(Workload::new(
+        nodes.clone(),
+        rec.clone(),
+        s.hot_tags,
+        s.max_blob,
+    )?);
+    work.setup(&mut StdRng::seed_from_u64(s.seed)).await?;
+
+    let deadline_ms = rec.now_ms() + u64::try_from(s.duration.as_millis())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..s.workers)
+        .map(|w| tokio::spawn(work.clone().worker(w, s.seed, deadline_ms, stop.clone())))
+        .collect();
+
+    let mut faults = Vec::new();
+    let mut schedule = Schedule::new(s.seed, s.faults.clone(), s.shuffle, ms(s.hold));
+    let mut topo_next = 0usize;
+    let mut probes = Vec::new();
+    tokio::time::sleep(s.warmup).await;
+    for _ in 0..FAULTS_MAX {
+        let (planned, hold_ms) = match &driver {
+            Driver::Local(_) => {
+                let p = schedule.next_fault();
+                let h = p.hold_ms;
+                (Some(p), h)
+            }
+            Driver::Deployed(t) => match t.faults.get(topo_next % t.faults.len().max(1)) {
+                Some(f) => (None, f.hold_secs * 1000),
+                None => break,
+            },
+        };
+        // Leave room for the hold, the heal and a look at the healed cluster.
+        if rec.now_ms() + hold_ms + ms(s.gap) + 10_000 > deadline_ms {
+            break;
+        }
+        let injected = match (&driver, &planned) {
+            (Driver::Local(lab), Some(p)) => {
+                if p.kind.is_network() && !lab.has_namespaces() {
+                    notes.push(format!(
+                        "skipped {}: partitions need network namespaces",
+                        p.kind
+                    ));
+                    continue;
+                }
+                inject_local(lab, &rec, &client, &nodes, p).await?
+            }
+            (Driver::Deployed(t), _) => {
+                let f = &t.faults[topo_next % t.faults.len()];
+                topo_next += 1;
+                let at = rec.now_ms();
+                run_shell(&f.inject).with_context(|| format!("injecting {:?}", f.name))?;
+                let placed = rec.now_ms();
+                Some((
+                    FaultRecord {
+                        kind: f.name.clone(),
+                        targets: f.targets.clone(),
+                        minority: f.minority.clone(),
+                        inject_ms: at,
+                        in_place_ms: placed,
+                        heal_ms: None,
+                        converged_ms: None,
+                        note: f.inject.clone(),
+                    },
+                    Heal::Command(f.heal.clone()),
+                ))
+            }
+            _ => None,
+        };
+        let Some((mut record, heal)) = injected else {
+            notes.push("a fault was skipped: no leader to aim at".into());
+            tokio::time::sleep(s.gap).await;
+            continue;
+        };
+        eprintln!(
+            "berth-chaos: {} ms: {} ({})",
+            record.inject_ms, record.kind, record.note
+        );
+        probes.push(probe(&work, &nodes, hold_ms));
+        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        match &driver {
+            Driver::Local(lab) => heal_local(lab, &heal)?,
+            Driver::Deployed(_) => heal_local_command(&heal)?,
+        }
+        record.heal_ms = Some(rec.now_ms());
+        if wait_caught_up(&client, &nodes).await {
+            record.converged_ms = Some(rec.now_ms());
+        } else {
+            notes.push(format!(
+                "{} did not converge within {CONVERGE_TIMEOUT:?} after healing",
+                record.kind
+            ));
+        }
+        eprintln!(
+            "berth-chaos: healed at {:?} ms, converged at {:?} ms",
+            record.heal_ms, record.converged_ms
+        );
+        faults.push(record);
+        tokio::time::sleep(s.gap).await;
+    }
+
+    // Workers stop at the deadline; a request in flight ends within its timeout.
+    let stop_at = tokio::time::Instant::now()
+        + Duration::from_millis(deadline_ms.saturating_sub(rec.now_ms()))
+        + crate::workload::REQUEST_TIMEOUT * 4;
+    for w in workers {
+        let left = stop_at.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(left, w).await.is_err() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            notes.push("a worker overran its deadline and was abandoned".into());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Every probe is recorded before the history is read (each request is bounded).
+    for p in probes {
+        let _ = p.await;
+    }
+    let end_ms = rec.now_ms();
+
+    if !wait_caught_up(&client, &nodes).await {
+        notes.push("the cluster did not converge after the drill".into());
+    }
+    let states = final_states(&client, &work, &nodes).await;
+    if let Some(note) = verify(&work, &rec, &nodes).await {
+        notes.push(note);
+    }
+    Ok(Outcome {
+        events: rec.events(),
+        faults,
+        states,
+        nodes: nodes.iter().map(|n| n.id).collect(),
+        end_ms,
+        notes,
+    })
+}
+
+/// While a fault holds, sends a write to every node every half second (bounded by
+/// the hold; the task ends when every probe has been answered and recorded). The
+/// workers are closed loops, so while their requests wait out a dead leader they
+/// invoke nothing new; these open-loop probes make the first acknowledged write after
+/// the injection (the recovery time) and the writes a cut-off node refuses visible
+/// whatever the workers are stuck on.
+fn probe(work: &Arc<Workload>, nodes: &[Endpoint], hold_ms: u64) -> tokio::task::JoinHandle<()> {
+    let work = work.clone();
+    let targets = nodes.to_vec();
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for seq in 0..hold_ms / PROBE_INTERVAL_MS {
+            for n in &targets {
+                let (work, n) = (work.clone(), n.clone());
+                tasks.spawn(async move {
+                    work.probe_write(&n, seq).await;
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(PROBE_INTERVAL_MS)).await;
+        }
+        while tasks.join_next().await.is_some() {}
+    })
+}
+
+const PROBE_INTERVAL_MS: u64 = 500;
+
+fn heal_local_command(heal: &Heal) -> Result<()> {
+    match heal {
+        Heal::Command(cmd) => run_shell(cmd),
+        _ => bail!("a deployed cluster heals only with commands"),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Applied index and tag map of every node, once all applied indices agree (bounded).
+async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> Vec<NodeState> {
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    let mut states = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        states.clear();
+        for n in nodes {
+            let (applied, leader, error) = match status(client, n).await {
+                Ok(st) => (st.last_applied, st.leader, None),
+                Err(e) => (None, None, Some(format!("{e:#}"))),
+            };
+            states.push(NodeState {
+                node: n.id,
+                last_applied: applied,
+                leader,
+                tags: BTreeMap::new(),
+                error,
+            });
+        }
+        let first = states[0].last_applied;
+        if first.is_some()
+            && states
+                .iter()
+                .all(|s| s.last_applied == first && s.error.is_none())
+        {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    for (state, n) in states.iter_mut().zip(nodes) {
+        for tag in work.hot_tag_names() {
+            let out = work
+                .read_tag(u32::MAX, Phase::Verify, n, TAGS_REPO, &tag)
+                .await;
+            let value = match (out.status, out.body_digest) {
+                (Some(200), Some(d)) => d,
+                (status, _) => format!("status {status:?} {}", out.error.unwrap_or_default()),
+            };
+            state.tags.insert(format!("{TAGS_REPO}:{tag}"), value);
+        }
+    }
+    states
+}
+
+/// Reads every acknowledged push and every acknowledged delete back through every
+/// node. A 503, 5xx or timeout is retried a few times; a refused connection is not
+/// (the node is down, and the durability checker says so). The whole read-back is
+/// bounded by `VERIFY_TIME_MAX`; whatever was not read by then is reported as never
+/// read back.
+async fn verify(work: &Workload, rec: &Recorder, nodes: &[Endpoint]) -> Option<String> {
+    let mut items: Vec<(String, String, bool)> = Vec::new();
+    for e in rec
+        .events()
+        .iter()
+        .filter(|e| e.phase == Phase::Workload && e.outcome.ok())
+    {
+        match &e.op {
+            Op::PushBlob { repo, digest } => items.push((repo.clone(), digest.clone(), true)),
+            Op::PushManifest { repo, digest, .. }
+            | Op::MoveTag { repo, digest, .. }
+            | Op::DeleteManifest { repo, digest } => {
+                items.push((repo.clone(), digest.clone(), false))
+            }
+            _ => {}
+        }
+    }
+    items.sort();
+    items.dedup();
+    let jobs = items
+        .iter()
+        .flat_map(|item| nodes.iter().map(move |n| (item, n)));
+    let all = futures::stream::iter(jobs)
+        .map(|((repo, digest, blob), node)| async move {
+            for _ in 0..VERIFY_TRIES {
+                let out = work
+                    .pull(u32::MAX, Phase::Verify, node, repo, digest, *blob)
+                    .await;
+                let definite = out.ok()
+                    || out.status.is_some_and(|s| s < 500)
+                    || out.error.as_deref() == Some("connection failed");
+                if definite {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+        .buffer_unordered(VERIFY_CONCURRENCY)
+        .collect::<Vec<()>>();
+    match tokio::time::timeout(VERIFY_TIME_MAX, all).await {
+        Ok(_) => None,
+        Err(_) => Some(format!(
+            "the read-back stopped after {VERIFY_TIME_MAX:?}; items not read count as never read back"
+        )),
+    }
+}
