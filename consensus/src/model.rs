@@ -11,6 +11,8 @@ use std::fmt;
 use berth_types::{BlobLayout, Digest, RepoName, Tag, UploadId};
 use serde::{Deserialize, Serialize};
 
+use crate::tenancy::{TenancyCommand, TenancyOutcome};
+
 /// A stored manifest. `bytes` are kept byte-for-byte so the digest a client computes
 /// over a pulled manifest matches the one it pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +137,8 @@ pub enum CommandV1 {
     DeleteBlobRecord {
         digest: Digest,
     },
+    /// Projects, users, robots, role bindings, signing keys and the audit log.
+    Tenancy(TenancyCommand),
 }
 
 /// The command format current code proposes.
@@ -186,6 +190,7 @@ impl fmt::Display for VersionedCommand {
                 write!(f, "expire-uploads before {before_ms}")
             }
             CommandV1::DeleteBlobRecord { digest } => write!(f, "delete-blob-record {digest}"),
+            CommandV1::Tenancy(t) => write!(f, "tenancy {t}"),
         }
     }
 }
@@ -235,6 +240,8 @@ pub enum Outcome {
     /// The thing to remove does not exist.
     NotFound,
     Rejected(Rejection),
+    /// What a tenancy command did.
+    Tenancy(TenancyOutcome),
 }
 
 impl Outcome {

@@ -15,6 +15,7 @@ use crate::model::{
     UploadRecord,
 };
 use crate::tables::{self, key, prefix_range};
+use crate::tenancy_state::TenancyTables;
 
 /// A registry table opened for reading, in a read or a write transaction.
 pub(crate) trait BytesRead: ReadableTable<&'static [u8], &'static [u8]> {}
@@ -72,6 +73,7 @@ pub(crate) struct StateTables<'txn> {
     uploads: Table<'txn, &'static [u8], &'static [u8]>,
     uploads_by_start: Table<'txn, &'static [u8], &'static [u8]>,
     repos: Table<'txn, &'static [u8], &'static [u8]>,
+    tenancy: TenancyTables<'txn>,
 }
 
 impl<'txn> StateTables<'txn> {
@@ -86,6 +88,7 @@ impl<'txn> StateTables<'txn> {
             uploads: txn.open_table(tables::UPLOADS)?,
             uploads_by_start: txn.open_table(tables::UPLOADS_BY_START)?,
             repos: txn.open_table(tables::REPOS)?,
+            tenancy: TenancyTables::open(txn)?,
         })
     }
 
@@ -126,6 +129,7 @@ impl<'txn> StateTables<'txn> {
             Command::UnlinkBlob { repo, digest } => self.unlink_blob(repo, digest),
             Command::ExpireUploads { before_ms } => self.expire_uploads(*before_ms),
             Command::DeleteBlobRecord { digest } => self.delete_blob_record(digest),
+            Command::Tenancy(t) => Ok(Outcome::Tenancy(self.tenancy.apply(t, &self.repos)?)),
         }
     }
 

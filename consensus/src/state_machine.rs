@@ -95,7 +95,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let txn = db.begin_read()?;
             let (last_applied, last_membership) = applied_state_in(&txn)?;
             let mut content = SnapshotContent { tables: Vec::new() };
-            for (name, def) in tables::STATE_TABLES {
+            for (name, def) in tables::all_state_tables() {
                 let mut entries = Vec::new();
                 for item in txn.open_table(def)?.iter()? {
                     let (k, v) = item?;
@@ -206,17 +206,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(blocking(move || {
             let content: SnapshotContent = codec::decode("snapshot", &snapshot)?;
             let names: Vec<&str> = content.tables.iter().map(|t| t.name.as_str()).collect();
-            let expected: Vec<&str> = tables::STATE_TABLES.iter().map(|(n, _)| *n).collect();
-            if names != expected {
+            let expected: Vec<(&str, tables::BytesTable)> = tables::all_state_tables().collect();
+            // Snapshots of builds before the tenancy tables hold the registry tables
+            // only; the tenancy tables then start empty.
+            let known = names.len() == expected.len() || names.len() == tables::STATE_TABLES.len();
+            if !known || names.iter().zip(&expected).any(|(n, (e, _))| n != e) {
                 return Err(ConsensusError::Malformed { table: "snapshot" });
             }
             // Replacing the state, its last-applied id and the current snapshot in one
             // durable transaction: a crash leaves either the old state or the new one.
             let txn = db::write(&db, Durability::Immediate)?;
-            for ((_, def), table) in tables::STATE_TABLES.iter().zip(&content.tables) {
+            let empty = Vec::new();
+            for (i, (_, def)) in expected.iter().enumerate() {
                 let mut t = txn.open_table(*def)?;
                 t.retain(|_, _| false)?;
-                for (k, v) in &table.entries {
+                let entries = content.tables.get(i).map_or(&empty, |t| &t.entries);
+                for (k, v) in entries {
                     t.insert(k.as_slice(), v.as_slice())?;
                 }
             }

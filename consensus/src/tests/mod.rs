@@ -9,6 +9,7 @@ mod fixture;
 mod model_prop;
 mod restart;
 mod storage_suite;
+mod tenancy;
 
 use std::sync::Arc;
 
@@ -60,6 +61,10 @@ impl TestDb {
         let outcome = StateTables::open(&txn).unwrap().apply(cmd).unwrap();
         txn.commit().unwrap();
         outcome
+    }
+
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     pub(crate) fn view(&self) -> StateView {
