@@ -8,7 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use berth_api::{App, maintenance, router};
+use std::net::SocketAddr;
+
+use berth_api::auth::{AuthConfig, AuthMode, audit, password};
+use berth_api::{App, AppState, maintenance, router};
+use berth_consensus::tenancy::{TenancyCommand, TenancyOutcome, UserRecord};
+use berth_consensus::{CommandV1, Outcome};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -18,7 +23,12 @@ use berth_types::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{AuthSetting, Config};
+
+/// The bootstrap administrator's name.
+const ADMIN_USER: &str = "admin";
+/// Where a generated bootstrap password is written, inside the data folder.
+const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 const NODE_FILE_FORMAT: u32 = 1;
 
@@ -148,10 +158,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             (meta, store, Some(task))
         }
     };
-    let app = App::new(node, meta.clone(), store);
+    let setting = cfg.auth_setting()?;
+    let auth = AuthConfig {
+        mode: match setting {
+            AuthSetting::Open => AuthMode::Open,
+            AuthSetting::Enforced => AuthMode::Enforced,
+        },
+        token_ttl: Duration::from_secs(cfg.token_ttl_secs),
+        rate_limit_rps: cfg.rate_limit()?,
+        failed_logins_per_minute: cfg.failed_logins_per_minute,
+        audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
+        ..AuthConfig::open()
+    };
+    let app = App::new(node, meta.clone(), store, auth);
     maintenance::recover(&app)
         .await
         .map_err(|e| anyhow::anyhow!("recovering uploads: {}", e.message))?;
+    app.auth
+        .init_keys(&app.meta)
+        .await
+        .context("storing the token signing key")?;
+    match setting {
+        AuthSetting::Open => tracing::warn!(
+            "authentication is OFF (open mode): anyone who reaches {} may pull, push and delete; \
+             start with --auth enforced to require logins",
+            cfg.listen
+        ),
+        AuthSetting::Enforced => {
+            bootstrap_admin(&cfg.data, &app).await?;
+            tracing::info!("authentication enforced");
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -167,14 +204,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(maintenance::run(
         app.clone(),
         Duration::from_secs(cfg.upload_ttl_secs),
-        stop_rx,
+        stop_rx.clone(),
     ));
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
+    let served = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     tracing::info!("HTTP server stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
+    let _ = audit.await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),
@@ -187,6 +229,91 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     served.context("serving HTTP")
 }
 
+/// Creates the first administrator while there is no user at all. Its password is
+/// `BERTH_ADMIN_PASSWORD`, else generated and written once to `<data>/admin-password`
+/// (mode 0600) before it is proposed, so a crash in between loses nothing.
+async fn bootstrap_admin(data: &Path, app: &AppState) -> anyhow::Result<()> {
+    let has_users = app
+        .meta
+        .read(|v| Ok(!v.users()?.is_empty()))
+        .await
+        .context("reading users")?;
+    if has_users {
+        return Ok(());
+    }
+    let file = data.join(ADMIN_PASSWORD_FILE);
+    let (secret, from_file) = match std::env::var("BERTH_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ if file.exists() => (
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .trim()
+                .to_owned(),
+            true,
+        ),
+        _ => {
+            let p = hex::encode(rand::random::<[u8; 16]>());
+            write_secret_file(&file, &p)?;
+            (p, true)
+        }
+    };
+    let hash = password::hash(&secret)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    let outcome = app
+        .meta
+        .propose(CommandV1::Tenancy(TenancyCommand::BootstrapAdmin(
+            UserRecord {
+                name: ADMIN_USER.into(),
+                password_hash: hash,
+                admin: true,
+                created_at_ms: berth_api::uploads::now_ms(),
+            },
+        )))
+        .await
+        .context("creating the bootstrap administrator")?;
+    match outcome {
+        Outcome::Tenancy(TenancyOutcome::Done) if from_file => {
+            tracing::warn!(
+                user = ADMIN_USER,
+                file = %file.display(),
+                "bootstrap administrator created; its generated password is in the file (readable by its owner only)"
+            );
+            println!(
+                "bootstrap administrator {ADMIN_USER:?} created; password in {}",
+                file.display()
+            );
+        }
+        Outcome::Tenancy(TenancyOutcome::Done) => tracing::info!(
+            user = ADMIN_USER,
+            "bootstrap administrator created from BERTH_ADMIN_PASSWORD"
+        ),
+        // Another node created the first administrator meanwhile.
+        _ => {
+            if from_file {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `secret` to a new file readable and writable by its owner only.
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// Asks the member at `url` to admit this node. Retries while the member is not
 /// reachable yet, for at most `JOIN_WAIT`.
 async fn ask_to_join(url: &str, node: NodeId, grpc_addr: &str) -> anyhow::Result<()> {
@@ -197,11 +324,16 @@ async fn ask_to_join(url: &str, node: NodeId, grpc_addr: &str) -> anyhow::Result
         .build()?;
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     loop {
-        let sent = client
+        let mut request = client
             .post(&endpoint)
-            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr }))
-            .send()
-            .await;
+            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr }));
+        // An enforcing cluster admits nodes for its administrator only.
+        if let Ok(p) = std::env::var("BERTH_ADMIN_PASSWORD")
+            && !p.is_empty()
+        {
+            request = request.basic_auth(ADMIN_USER, Some(p));
+        }
+        let sent = request.send().await;
         match sent {
             Ok(resp) if resp.status().is_success() => {
                 tracing::info!(%node, via = url, "joined the cluster");
