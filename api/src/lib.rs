@@ -1,12 +1,16 @@
 //! The HTTP side of berth: the OCI Distribution API under `/v2/`, the operational
-//! endpoints (`/healthz`, `/readyz`, `/metrics`), the management API (`/api/v1/`),
+//! endpoints (`/healthz`, `/readyz`, `/metrics`), the token service (`/token`) and
+//! authorization (`auth`), the management API (`/api/v1/`: `admin` for the cluster,
+//! `manage` for projects, users, robots and the audit log),
 //! and the registry use cases they call
 //! (uploads, manifest validation, maintenance). Only this crate knows HTTP; it talks
 //! to metadata through `berth_consensus::Metadata` and to bytes through
 //! `berth_blobstore::BlobStore`.
 
 pub mod admin;
+pub mod auth;
 pub mod maintenance;
+pub mod manage;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
@@ -17,7 +21,7 @@ pub mod uploads;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get, post, put};
 use berth_blobstore::BlobStore;
 use berth_consensus::Metadata;
 use berth_types::NodeId;
@@ -31,12 +35,13 @@ pub struct App {
     pub metrics: metrics::Metrics,
     /// Passes requests for upload sessions other nodes own on to them.
     pub proxy: proxy::UploadProxy,
+    pub auth: auth::Auth,
 }
 
 pub type AppState = Arc<App>;
 
 impl App {
-    pub fn new(node: NodeId, meta: Metadata, store: BlobStore) -> AppState {
+    pub fn new(node: NodeId, meta: Metadata, store: BlobStore, auth: auth::AuthConfig) -> AppState {
         Arc::new(App {
             node,
             uploads: uploads::Uploads::new(node, meta.clone(), store.clone()),
@@ -44,12 +49,22 @@ impl App {
             store,
             metrics: metrics::Metrics::new(),
             proxy: proxy::UploadProxy::default(),
+            auth: auth::Auth::new(auth),
         })
     }
 }
 
 /// Builds the whole HTTP router. Tests call this without a socket.
 pub fn router(app: AppState) -> Router {
+    // The cluster endpoints admit and remove nodes: administrators only when enforced.
+    let cluster = Router::new()
+        .route("/api/v1/cluster/status", get(admin::cluster_status))
+        .route("/api/v1/cluster/members", post(admin::join))
+        .route("/api/v1/cluster/members/{id}", delete(admin::remove))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            manage::admin_only,
+        ));
     Router::new()
         .route("/v2", any(oci::dispatch))
         .route("/v2/", any(oci::dispatch))
@@ -57,12 +72,35 @@ pub fn router(app: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .route("/api/v1/cluster/status", get(admin::cluster_status))
-        .route("/api/v1/cluster/members", axum::routing::post(admin::join))
+        .route("/token", get(auth::token::token).post(auth::token::token))
+        .merge(cluster)
         .route(
-            "/api/v1/cluster/members/{id}",
-            axum::routing::delete(admin::remove),
+            "/api/v1/projects",
+            get(manage::list_projects).post(manage::create_project),
         )
+        .route(
+            "/api/v1/projects/{name}",
+            get(manage::get_project)
+                .patch(manage::update_project)
+                .delete(manage::delete_project),
+        )
+        .route("/api/v1/projects/{name}/members", get(manage::list_members))
+        .route(
+            "/api/v1/projects/{name}/members/{user}",
+            put(manage::set_member).delete(manage::remove_member),
+        )
+        .route(
+            "/api/v1/users",
+            get(manage::list_users).post(manage::create_user),
+        )
+        .route("/api/v1/users/{name}", delete(manage::delete_user))
+        .route("/api/v1/users/{name}/password", put(manage::set_password))
+        .route(
+            "/api/v1/robots",
+            get(manage::list_robots).post(manage::create_robot),
+        )
+        .route("/api/v1/robots/{name}", delete(manage::delete_robot))
+        .route("/api/v1/audit", get(manage::audit_log))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,

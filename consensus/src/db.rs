@@ -29,7 +29,7 @@ pub(crate) fn open_blocking(dir: &Path) -> Result<Arc<Database>, ConsensusError>
     for def in [tables::RAFT_META, tables::SM_META, tables::SNAPSHOT] {
         txn.open_table(def)?;
     }
-    for (_, def) in tables::STATE_TABLES {
+    for (_, def) in tables::all_state_tables() {
         txn.open_table(def)?;
     }
     txn.commit()?;

@@ -7,6 +7,8 @@
 //! - [`model`]: records, commands ([`VersionedCommand`] on the wire), outcomes.
 //! - `state`: the deterministic apply logic over the redb tables of `tables`.
 //! - [`view`]: the queries ([`StateView`]) over one read transaction.
+//! - [`tenancy`]: projects, users, robots, role bindings, signing keys, audit log and
+//!   their commands; `tenancy_state`: their tables, apply and queries.
 //! - `log_store`, `state_machine`: openraft's storage traits over redb.
 //! - [`network`]: the transport seam and the transport of a single voter.
 //! - [`grpc`]: the Raft transport between nodes over tonic gRPC (`proto/raft.proto`).
@@ -30,6 +32,8 @@ pub mod network;
 mod state;
 mod state_machine;
 mod tables;
+pub mod tenancy;
+mod tenancy_state;
 mod type_config;
 pub mod view;
 
@@ -42,6 +46,7 @@ pub use model::{
     BlobRecord, Command, CommandV1, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
     UploadRecord, VersionedCommand,
 };
+pub use tenancy_state::AuditQuery;
 pub use type_config::{Peer, TypeConfig};
 pub use view::StateView;
 

@@ -11,6 +11,8 @@ use std::fmt;
 use berth_types::{BlobLayout, Digest, RepoName, Tag, UploadId};
 use serde::{Deserialize, Serialize};
 
+use crate::tenancy::{TenancyCommand, TenancyOutcome};
+
 /// A stored manifest. `bytes` are kept byte-for-byte so the digest a client computes
 /// over a pulled manifest matches the one it pushed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +141,8 @@ pub enum CommandV1 {
     SetClusterId {
         id: u128,
     },
+    /// Projects, users, robots, role bindings, signing keys and the audit log.
+    Tenancy(TenancyCommand),
 }
 
 /// The command format current code proposes.
@@ -252,6 +256,7 @@ impl fmt::Display for VersionedCommand {
             }
             CommandV1::DeleteBlobRecord { digest } => write!(f, "delete-blob-record {digest}"),
             CommandV1::SetClusterId { id } => write!(f, "set-cluster-id {id:032x}"),
+            CommandV1::Tenancy(t) => write!(f, "tenancy {t}"),
         }
     }
 }
@@ -303,6 +308,8 @@ pub enum Outcome {
     /// The thing to remove does not exist.
     NotFound,
     Rejected(Rejection),
+    /// What a tenancy command did.
+    Tenancy(TenancyOutcome),
 }
 
 impl Outcome {

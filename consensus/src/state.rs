@@ -16,6 +16,7 @@ use crate::model::{
     TagRecord, UploadRecord, VersionedCommand,
 };
 use crate::tables::{self, key, prefix_range};
+use crate::tenancy_state::TenancyTables;
 
 /// A registry table opened for reading, in a read or a write transaction.
 pub(crate) trait BytesRead: ReadableTable<&'static [u8], &'static [u8]> {}
@@ -84,6 +85,7 @@ pub(crate) struct StateTables<'txn> {
     requests: Table<'txn, &'static [u8], &'static [u8]>,
     requests_by_time: Table<'txn, &'static [u8], &'static [u8]>,
     cluster: Table<'txn, &'static [u8], &'static [u8]>,
+    tenancy: TenancyTables<'txn>,
 }
 
 /// What the state machine remembers of a tracked proposal.
@@ -112,6 +114,7 @@ impl<'txn> StateTables<'txn> {
             requests: txn.open_table(tables::REQUESTS)?,
             requests_by_time: txn.open_table(tables::REQUESTS_BY_TIME)?,
             cluster: txn.open_table(tables::CLUSTER)?,
+            tenancy: TenancyTables::open(txn)?,
         })
     }
 
@@ -206,6 +209,7 @@ impl<'txn> StateTables<'txn> {
                     .insert(tables::CLUSTER_ID, &id.to_be_bytes()[..])?;
                 Ok(Outcome::ClusterId(*id))
             }
+            Command::Tenancy(t) => Ok(Outcome::Tenancy(self.tenancy.apply(t, &self.repos)?)),
         }
     }
 

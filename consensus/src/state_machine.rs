@@ -96,7 +96,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             let txn = db.begin_read()?;
             let (last_applied, last_membership) = applied_state_in(&txn)?;
             let mut content = SnapshotContent { tables: Vec::new() };
-            for (name, def) in tables::STATE_TABLES {
+            for (name, def) in tables::all_state_tables() {
                 let mut entries = Vec::new();
                 for item in txn.open_table(def)?.iter()? {
                     let (k, v) = item?;
@@ -211,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // would be silently dropped state, so it refuses.
             let mut by_name: BTreeMap<&str, &SnapshotTable> = BTreeMap::new();
             for t in &content.tables {
-                let known = tables::STATE_TABLES.iter().any(|(n, _)| *n == t.name);
+                let known = tables::all_state_tables().any(|(n, _)| n == t.name);
                 if !known || by_name.insert(t.name.as_str(), t).is_some() {
                     return Err(ConsensusError::Malformed { table: "snapshot" });
                 }
@@ -219,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Replacing the state, its last-applied id and the current snapshot in one
             // durable transaction: a crash leaves either the old state or the new one.
             let txn = db::write(&db, Durability::Immediate)?;
-            for (name, def) in tables::STATE_TABLES {
+            for (name, def) in tables::all_state_tables() {
                 let mut t = txn.open_table(def)?;
                 t.retain(|_, _| false)?;
                 for (k, v) in by_name.get(name).map_or(&[][..], |t| &t.entries[..]) {

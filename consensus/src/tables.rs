@@ -83,6 +83,13 @@ pub(crate) const STATE_TABLES: [(&str, BytesTable); 12] = [
     ("cluster", CLUSTER),
 ];
 
+/// Every replicated table: the registry tables, then the tenancy tables.
+pub(crate) fn all_state_tables() -> impl Iterator<Item = (&'static str, BytesTable)> {
+    STATE_TABLES
+        .into_iter()
+        .chain(crate::tenancy_state::TENANCY_TABLES)
+}
+
 /// Joins key parts with `\0`.
 pub(crate) fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());

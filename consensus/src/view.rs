@@ -26,7 +26,7 @@ impl StateView {
         StateView { txn }
     }
 
-    fn table(
+    pub(crate) fn table(
         &self,
         def: BytesTable,
     ) -> Result<ReadOnlyTable<&'static [u8], &'static [u8]>, ConsensusError> {
@@ -205,7 +205,7 @@ impl StateView {
     /// nodes that applied the same log prefix have the same digest.
     pub fn state_digest(&self) -> Result<[u8; 32], ConsensusError> {
         let mut hasher = Sha256::new();
-        for (name, def) in tables::STATE_TABLES {
+        for (name, def) in tables::all_state_tables() {
             let table = self.table(def)?;
             hasher.update((name.len() as u64).to_be_bytes());
             hasher.update(name.as_bytes());

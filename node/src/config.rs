@@ -87,6 +87,39 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_insecure_cluster: bool,
+    /// Authentication: `open` (anonymous full access; the default on loopback) or
+    /// `enforced` (every request authenticated and authorized).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+    /// Serve in open mode (anonymous full access) on a non-loopback address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_open_access: bool,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_ttl_secs: Option<u64>,
+    /// Requests per second per client address and per identity (bursts of twice
+    /// that); 0 turns the limit off. Default: off in open mode, 1000 when enforced.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
+    /// Failed logins per minute per client address and per account before 429.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_logins_per_minute: Option<u32>,
+    /// Days audit entries are kept.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_retention_days: Option<u64>,
+}
+
+/// Whether requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthSetting {
+    Open,
+    Enforced,
 }
 
 /// The resolved configuration.
@@ -108,7 +141,16 @@ pub struct Config {
     pub cluster_cert: Option<PathBuf>,
     pub cluster_key: Option<PathBuf>,
     pub allow_insecure_cluster: bool,
+    pub auth: Option<String>,
+    pub allow_open_access: bool,
+    pub token_ttl_secs: u64,
+    pub rate_limit_rps: Option<u32>,
+    pub failed_logins_per_minute: u32,
+    pub audit_retention_days: u64,
 }
+
+/// Enforced mode's request limit per address and identity when none is configured.
+pub const RATE_LIMIT_RPS_ENFORCED_DEFAULT: u32 = 1000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -129,7 +171,44 @@ impl Default for Config {
             cluster_cert: None,
             cluster_key: None,
             allow_insecure_cluster: false,
+            auth: None,
+            allow_open_access: false,
+            token_ttl_secs: 300,
+            rate_limit_rps: None,
+            failed_logins_per_minute: 10,
+            audit_retention_days: 90,
         }
+    }
+}
+
+impl Config {
+    /// The authentication mode: as configured, else open on loopback. Open mode on a
+    /// non-loopback address is refused unless `allow_open_access` says so.
+    pub fn auth_setting(&self) -> anyhow::Result<AuthSetting> {
+        let setting = match self.auth.as_deref() {
+            Some("enforced") => AuthSetting::Enforced,
+            Some("open") | None => AuthSetting::Open,
+            Some(other) => anyhow::bail!("auth must be open or enforced, not {other:?}"),
+        };
+        anyhow::ensure!(
+            setting == AuthSetting::Enforced
+                || self.listen.ip().is_loopback()
+                || self.allow_open_access,
+            "refusing to serve without authentication on {}: pass --auth enforced, or \
+             --allow-open-access to give everyone who reaches it full access",
+            self.listen
+        );
+        Ok(setting)
+    }
+
+    /// The request limit in force; `None`: unlimited.
+    pub fn rate_limit(&self) -> anyhow::Result<Option<u32>> {
+        Ok(match (self.rate_limit_rps, self.auth_setting()?) {
+            (Some(0), _) => None,
+            (Some(n), _) => Some(n),
+            (None, AuthSetting::Open) => None,
+            (None, AuthSetting::Enforced) => Some(RATE_LIMIT_RPS_ENFORCED_DEFAULT),
+        })
     }
 }
 
@@ -294,6 +373,8 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         "refusing to serve plain HTTP on {}: bind to a loopback address or pass --allow-insecure-http",
         cfg.listen
     );
+    cfg.auth_setting()?;
+    anyhow::ensure!(cfg.token_ttl_secs >= 1, "token_ttl_secs must be at least 1");
     Ok(cfg)
 }
 
@@ -413,5 +494,45 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&odd).is_err());
+        let bogus = ServeArgs {
+            auth: Some("maybe".into()),
+            ..ServeArgs::default()
+        };
+        assert!(load(&bogus).is_err());
+    }
+
+    #[test]
+    fn auth_is_open_on_loopback_only() {
+        let cfg = load(&ServeArgs::default()).unwrap();
+        assert_eq!(cfg.auth_setting().unwrap(), AuthSetting::Open);
+        assert_eq!(cfg.rate_limit().unwrap(), None);
+        let wide = |auth: Option<&str>, allow_open_access: bool| ServeArgs {
+            listen: Some("0.0.0.0:5000".parse().unwrap()),
+            allow_insecure_http: true,
+            auth: auth.map(String::from),
+            allow_open_access,
+            ..ServeArgs::default()
+        };
+        let refused = load(&wide(None, false)).unwrap_err().to_string();
+        assert!(refused.contains("without authentication"), "{refused}");
+        assert!(load(&wide(Some("open"), false)).is_err());
+        assert_eq!(
+            load(&wide(None, true)).unwrap().auth_setting().unwrap(),
+            AuthSetting::Open
+        );
+        let enforced = load(&wide(Some("enforced"), false)).unwrap();
+        assert_eq!(enforced.auth_setting().unwrap(), AuthSetting::Enforced);
+        assert_eq!(
+            enforced.rate_limit().unwrap(),
+            Some(RATE_LIMIT_RPS_ENFORCED_DEFAULT)
+        );
+        let loopback = ServeArgs {
+            auth: Some("enforced".into()),
+            rate_limit_rps: Some(0),
+            ..ServeArgs::default()
+        };
+        let cfg = load(&loopback).unwrap();
+        assert_eq!(cfg.auth_setting().unwrap(), AuthSetting::Enforced);
+        assert_eq!(cfg.rate_limit().unwrap(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The `berth` binary: parses the command line, reads configuration, and runs the
 //! chosen subcommand. The only crate that reads the environment and config files.
 
+mod admin_cli;
 mod cluster_cli;
 mod config;
 mod serve;
@@ -22,6 +23,8 @@ enum Command {
     /// Inspect a cluster.
     #[command(subcommand)]
     Cluster(cluster_cli::ClusterCommand),
+    /// Manage projects, members, users and robots; read the audit log.
+    Admin(admin_cli::AdminArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,12 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(cluster_cli::run(cmd))
+        }
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(admin_cli::run(args))
         }
     }
 }

@@ -8,8 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use std::net::SocketAddr;
+
+use berth_api::auth::{AuthConfig, AuthMode, audit, password};
 use berth_api::oci::error::Code;
-use berth_api::{App, maintenance, proxy, router};
+use berth_api::{App, AppState, maintenance, proxy, router};
+use berth_consensus::tenancy::{TenancyCommand, TenancyOutcome, UserRecord};
+use berth_consensus::{CommandV1, Outcome};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -20,7 +25,12 @@ use berth_types::NodeId;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{AuthSetting, Config};
+
+/// The bootstrap administrator's name.
+const ADMIN_USER: &str = "admin";
+/// Where a generated bootstrap password is written, inside the data folder.
+const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 const NODE_FILE_FORMAT: u32 = 1;
 /// Start-up upload recovery is retried this often while metadata is unavailable (each
@@ -146,13 +156,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
     )
     .context("opening blob store")?;
+    let setting = cfg.auth_setting()?;
+    let auth = AuthConfig {
+        mode: match setting {
+            AuthSetting::Open => AuthMode::Open,
+            AuthSetting::Enforced => AuthMode::Enforced,
+        },
+        token_ttl: Duration::from_secs(cfg.token_ttl_secs),
+        rate_limit_rps: cfg.rate_limit()?,
+        failed_logins_per_minute: cfg.failed_logins_per_minute,
+        audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
+        ..AuthConfig::open()
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (meta, app, grpc) = match &cluster {
         None => {
             let meta = Metadata::open_single(&cfg.data.join("meta"), node)
                 .await
                 .context("opening metadata")?;
-            (meta.clone(), App::new(node, meta, store), None)
+            (meta.clone(), App::new(node, meta, store, auth), None)
         }
         Some(c) => {
             // Before anything dials a peer: every peer channel picks TLS up when made.
@@ -190,7 +212,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("opening clustered metadata")?;
             let store = store.with_peers(peer_resolver(meta.clone()));
-            let app = App::new(node, meta.clone(), store.clone());
+            let app = App::new(node, meta.clone(), store.clone(), auth);
             let listener = tokio::net::TcpListener::bind(c.grpc_listen)
                 .await
                 .with_context(|| format!("binding gRPC {}", c.grpc_listen))?;
@@ -256,6 +278,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("recovering uploads: {}", e.message),
         }
     }
+    app.auth
+        .init_keys(&app.meta)
+        .await
+        .context("storing the token signing key")?;
+    match setting {
+        AuthSetting::Open => tracing::warn!(
+            "authentication is OFF (open mode): anyone who reaches {} may pull, push and delete; \
+             start with --auth enforced to require logins",
+            cfg.listen
+        ),
+        AuthSetting::Enforced => {
+            bootstrap_admin(&cfg.data, &app).await?;
+            tracing::info!("authentication enforced");
+        }
+    }
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -271,14 +308,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let upkeep = tokio::spawn(maintenance::run(
         app.clone(),
         Duration::from_secs(cfg.upload_ttl_secs),
-        stop_rx,
+        stop_rx.clone(),
     ));
-    let served = axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
+    let served = axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await;
     tracing::info!("HTTP server stopped; shutting down");
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
+    let _ = audit.await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),
@@ -289,6 +331,91 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     meta.shutdown().await.context("stopping metadata")?;
     tracing::info!("shutdown complete");
     served.context("serving HTTP")
+}
+
+/// Creates the first administrator while there is no user at all. Its password is
+/// `BERTH_ADMIN_PASSWORD`, else generated and written once to `<data>/admin-password`
+/// (mode 0600) before it is proposed, so a crash in between loses nothing.
+async fn bootstrap_admin(data: &Path, app: &AppState) -> anyhow::Result<()> {
+    let has_users = app
+        .meta
+        .read(|v| Ok(!v.users()?.is_empty()))
+        .await
+        .context("reading users")?;
+    if has_users {
+        return Ok(());
+    }
+    let file = data.join(ADMIN_PASSWORD_FILE);
+    let (secret, from_file) = match std::env::var("BERTH_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ if file.exists() => (
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .trim()
+                .to_owned(),
+            true,
+        ),
+        _ => {
+            let p = hex::encode(rand::random::<[u8; 16]>());
+            write_secret_file(&file, &p)?;
+            (p, true)
+        }
+    };
+    let hash = password::hash(&secret)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the admin password: {e}"))?;
+    let outcome = app
+        .meta
+        .propose(CommandV1::Tenancy(TenancyCommand::BootstrapAdmin(
+            UserRecord {
+                name: ADMIN_USER.into(),
+                password_hash: hash,
+                admin: true,
+                created_at_ms: berth_api::uploads::now_ms(),
+            },
+        )))
+        .await
+        .context("creating the bootstrap administrator")?;
+    match outcome {
+        Outcome::Tenancy(TenancyOutcome::Done) if from_file => {
+            tracing::warn!(
+                user = ADMIN_USER,
+                file = %file.display(),
+                "bootstrap administrator created; its generated password is in the file (readable by its owner only)"
+            );
+            println!(
+                "bootstrap administrator {ADMIN_USER:?} created; password in {}",
+                file.display()
+            );
+        }
+        Outcome::Tenancy(TenancyOutcome::Done) => tracing::info!(
+            user = ADMIN_USER,
+            "bootstrap administrator created from BERTH_ADMIN_PASSWORD"
+        ),
+        // Another node created the first administrator meanwhile.
+        _ => {
+            if from_file {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `secret` to a new file readable and writable by its owner only.
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Asks the member at `url` to admit this node. Retries while the member is not
@@ -306,11 +433,16 @@ async fn ask_to_join(
         .build()?;
     let deadline = tokio::time::Instant::now() + JOIN_WAIT;
     loop {
-        let sent = client
-            .post(&endpoint)
-            .json(&serde_json::json!({ "id": node.0, "addr": grpc_addr, "cluster_id": cluster_id }))
-            .send()
-            .await;
+        let mut request = client.post(&endpoint).json(
+            &serde_json::json!({ "id": node.0, "addr": grpc_addr, "cluster_id": cluster_id }),
+        );
+        // An enforcing cluster admits nodes for its administrator only.
+        if let Ok(p) = std::env::var("BERTH_ADMIN_PASSWORD")
+            && !p.is_empty()
+        {
+            request = request.basic_auth(ADMIN_USER, Some(p));
+        }
+        let sent = request.send().await;
         match sent {
             Ok(resp) if resp.status().is_success() => {
                 tracing::info!(%node, via = url, "joined the cluster");

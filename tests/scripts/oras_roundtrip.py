@@ -10,6 +10,7 @@
 
 Prints one JSON line {"a1": {...}, "a2": {...}} on success; exits non-zero with a message
 on any mismatch. Usage: oras_roundtrip.py HOST:PORT REPOSITORY WORKDIR
+Credentials, if the registry needs them: ORAS_USER and ORAS_PASSWORD.
 """
 
 import hashlib
@@ -167,6 +168,10 @@ def main():
         fail("usage: oras_roundtrip.py HOST:PORT REPOSITORY WORKDIR")
     host, repo, workdir = sys.argv[1:]
     reg = oras.provider.Registry(hostname=host, insecure=True)
+    # With credentials in the environment, oras-py follows the registry's Bearer
+    # challenges to its token service with them.
+    if os.environ.get("ORAS_USER"):
+        reg.auth.set_basic_auth(os.environ["ORAS_USER"], os.environ["ORAS_PASSWORD"])
     a1, a1_manifest, a1_size = push_a1(reg, host, repo, workdir)
     a2 = push_a2(reg, host, repo, workdir, a1.digest, a1_size)
     fetched = reg.get_manifest(reg.get_container(f"{host}/{repo}:a1"))

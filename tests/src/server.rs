@@ -41,8 +41,24 @@ pub struct ServerOptions {
     pub profile: Option<String>,
     /// Extra environment for the server process.
     pub env: Vec<(String, String)>,
+    /// Extra `berth serve` arguments.
+    pub args: Vec<String>,
     /// How the server is stopped on drop.
     pub stop: StopSignal,
+}
+
+impl ServerOptions {
+    /// Enforced authentication with the bootstrap administrator `admin` whose
+    /// password is `admin_password`, plus `extra` serve arguments.
+    pub fn enforced(admin_password: &str, extra: &[&str]) -> ServerOptions {
+        let mut args = vec!["--auth".to_owned(), "enforced".to_owned()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        ServerOptions {
+            env: vec![("BERTH_ADMIN_PASSWORD".into(), admin_password.into())],
+            args,
+            ..ServerOptions::default()
+        }
+    }
 }
 
 /// A running (or killed, awaiting restart) berth process.
@@ -223,6 +239,7 @@ impl Server {
         if let Some(profile) = &self.opts.profile {
             cmd.arg("--profile").arg(profile);
         }
+        cmd.args(&self.opts.args);
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }

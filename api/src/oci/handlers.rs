@@ -17,8 +17,12 @@ use super::error::{Code, OciError, OciResult};
 use super::ranges::{ByteRange, parse_content_range, parse_range, upload_range};
 use super::unsupported;
 use crate::AppState;
+use crate::auth::Caller;
 use crate::manifest::{self, ManifestError, OCI_INDEX};
 use crate::uploads::now_ms;
+
+/// Most listing pages the catalog scans to fill one filtered page.
+const CATALOG_SCAN_PAGES_MAX: usize = 100;
 
 pub async fn handle(app: AppState, endpoint: Endpoint, req: Request<Body>) -> OciResult<Response> {
     let method = req.method().clone();
@@ -136,9 +140,35 @@ fn listing(
 
 async fn catalog(app: AppState, req: Request<Body>) -> OciResult<Response> {
     let (n, last) = page(&req)?;
+    let caller = Caller::of(&req);
     let repos = app
         .meta
-        .read(move |v| v.repositories(last.as_deref(), n + 1))
+        .read(move |v| {
+            if caller.open {
+                return v.repositories(last.as_deref(), n + 1);
+            }
+            // Only what the caller may pull, paging through the rest.
+            let mut out = Vec::new();
+            let mut after = last;
+            for _ in 0..CATALOG_SCAN_PAGES_MAX {
+                let batch = v.repositories(after.as_deref(), LIST_PAGE_ENTRIES_MAX)?;
+                let Some(tail) = batch.last() else { break };
+                after = Some(tail.as_str().to_owned());
+                let done = batch.len() < LIST_PAGE_ENTRIES_MAX;
+                for r in batch {
+                    if out.len() > n {
+                        break;
+                    }
+                    if caller.actions(v, &r)?.pull {
+                        out.push(r);
+                    }
+                }
+                if done || out.len() > n {
+                    break;
+                }
+            }
+            Ok(out)
+        })
         .await?;
     let names = repos.into_iter().map(String::from).collect();
     Ok(listing("/v2/_catalog", n, names, "repositories", None))
@@ -428,7 +458,16 @@ async fn start_upload(app: AppState, repo: RepoName, req: Request<Body>) -> OciR
         let digest = parse_digest_param(&mount)?;
         // A mount without a readable source falls back to a normal upload (202),
         // which reveals nothing about whether the blob exists elsewhere.
-        if let Some(from) = query_param(&req, "from").and_then(|f| f.parse::<RepoName>().ok()) {
+        let from = query_param(&req, "from").and_then(|f| f.parse::<RepoName>().ok());
+        let caller = Caller::of(&req);
+        let readable = match &from {
+            Some(f) if !caller.open => {
+                let (c, f) = (caller.clone(), f.clone());
+                app.meta.read(move |v| Ok(c.actions(v, &f)?.pull)).await?
+            }
+            _ => true,
+        };
+        if let Some(from) = from.filter(|_| readable) {
             let outcome = app
                 .meta
                 .propose(CommandV1::MountBlob {

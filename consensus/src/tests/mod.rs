@@ -11,6 +11,7 @@ mod model_prop;
 mod restart;
 mod sim;
 mod storage_suite;
+mod tenancy;
 
 use std::sync::Arc;
 
@@ -70,6 +71,10 @@ impl TestDb {
         let outcome = StateTables::open(&txn).unwrap().apply_entry(cmd).unwrap();
         txn.commit().unwrap();
         outcome
+    }
+
+    pub(crate) fn db(&self) -> Arc<Database> {
+        self.db.clone()
     }
 
     pub(crate) fn view(&self) -> StateView {

@@ -35,6 +35,7 @@ impl Model {
 
     fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd.clone() {
+            Command::Tenancy(_) => unreachable!("the registry model generates no tenancy commands"),
             Command::CreateUpload { id, repo, at_ms } => {
                 self.uploads.entry(id.to_string()).or_insert(UploadRecord {
                     id,

@@ -1,0 +1,508 @@
+//! Authentication and authorization: who is calling ([`Caller`], from Basic
+//! credentials or a bearer token), what they may do ([`policy`], decided once per
+//! request from the parsed endpoint), the Docker token service ([`token`]), password
+//! hashing ([`password`]), the audit log ([`audit`]) and rate limits ([`ratelimit`]).
+//!
+//! In [`AuthMode::Open`] every request is allowed as an anonymous administrator (the
+//! embedded loopback default); in [`AuthMode::Enforced`] every request is checked.
+
+pub mod audit;
+pub mod password;
+pub mod policy;
+pub mod ratelimit;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use berth_consensus::tenancy::{
+    AuditOutcome, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
+    UserRecord,
+};
+use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
+use berth_types::RepoName;
+use sha2::{Digest as _, Sha256};
+
+use crate::oci::error::{Code, OciError};
+use crate::uploads::now_ms;
+use policy::{Actions, Facts};
+use token::{AccessClaim, Keys};
+
+/// The name of the caller without credentials (no user may take it).
+pub const ANONYMOUS: &str = "anonymous";
+/// The token service name in challenges and tokens.
+pub const SERVICE: &str = "berth";
+/// How long a verified password stays cached (so a pull of many layers with Basic
+/// auth does not pay one argon2 verification per request).
+const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most cached credential verifications.
+const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// Whether requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anonymous full access.
+    Open,
+    /// Every request authenticated and authorized.
+    Enforced,
+}
+
+/// Settings of the auth subsystem.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Lifetime of an access token.
+    pub token_ttl: Duration,
+    /// Lifetime of a refresh token.
+    pub refresh_ttl: Duration,
+    /// Requests per second per client address and per identity; `None`: unlimited.
+    pub rate_limit_rps: Option<u32>,
+    /// Failed logins per minute per address and per account before 429.
+    pub failed_logins_per_minute: u32,
+    /// Audit entries older than this are pruned.
+    pub audit_retention: Duration,
+}
+
+impl AuthConfig {
+    pub fn open() -> AuthConfig {
+        AuthConfig {
+            mode: AuthMode::Open,
+            token_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(30 * 86_400),
+            rate_limit_rps: None,
+            failed_logins_per_minute: 10,
+            audit_retention: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+/// The account behind a request.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Anonymous,
+    User(UserRecord),
+    Robot(RobotRecord),
+}
+
+/// Who is calling, and how.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The access claims of the bearer token the caller presented, if any.
+    pub token: Option<Vec<AccessClaim>>,
+    /// The client's address.
+    pub client: String,
+    /// Open mode: everything is allowed.
+    pub open: bool,
+}
+
+impl Caller {
+    pub fn anonymous(client: String, open: bool) -> Caller {
+        Caller {
+            principal: Principal::Anonymous,
+            token: None,
+            client,
+            open,
+        }
+    }
+
+    /// The account name for audit and tokens: user or robot name, or `anonymous`.
+    pub fn name(&self) -> &str {
+        match &self.principal {
+            Principal::Anonymous => ANONYMOUS,
+            Principal::User(u) => &u.name,
+            Principal::Robot(r) => &r.name,
+        }
+    }
+
+    pub fn is_anonymous(&self) -> bool {
+        matches!(self.principal, Principal::Anonymous)
+    }
+
+    /// A system administrator (everyone is one in open mode).
+    pub fn is_admin(&self) -> bool {
+        self.open || matches!(&self.principal, Principal::User(u) if u.admin)
+    }
+
+    /// The facts the policy needs about this caller and `repo`.
+    pub fn facts(&self, v: &StateView, repo: &RepoName) -> Result<Facts, ConsensusError> {
+        let project = ProjectName::of(repo);
+        let record = v.project(&project)?;
+        let mut facts = Facts {
+            admin: self.is_admin(),
+            project_public: record.map(|p| p.public),
+            ..Facts::default()
+        };
+        match &self.principal {
+            Principal::Anonymous => {}
+            Principal::User(u) => facts.role = v.role(&project, &u.name)?,
+            Principal::Robot(r) => {
+                if !r.expired(now_ms()) {
+                    for g in r.grants.iter().filter(|g| g.covers(repo)) {
+                        facts.robot = facts.robot.union(Actions::of_robot(g.actions));
+                    }
+                }
+            }
+        }
+        Ok(facts)
+    }
+
+    /// What the caller may do in `repo` (intersected with its token's claims).
+    pub fn actions(&self, v: &StateView, repo: &RepoName) -> Result<Actions, ConsensusError> {
+        if self.open {
+            return Ok(Actions::ALL);
+        }
+        let held = policy::allowed(&self.facts(v, repo)?);
+        Ok(match &self.token {
+            Some(claims) => held.intersect(token::claimed(claims, repo)),
+            None => held,
+        })
+    }
+
+    /// The caller of a request as the OCI dispatcher put it there; a request that
+    /// did not pass it is anonymous (deny by default).
+    pub fn of(req: &Request<Body>) -> Caller {
+        req.extensions()
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| Caller::anonymous(client_addr(req), false))
+    }
+}
+
+/// The client's address (`ConnectInfo` when served from a socket).
+pub fn client_addr<B>(req: &Request<B>) -> String {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Why a request could not be authenticated.
+#[derive(Debug)]
+pub enum AuthFailure {
+    /// Wrong, unknown, expired or malformed credentials.
+    BadCredentials,
+    /// Too many failed logins, or too many requests.
+    Throttled {
+        retry_after: Duration,
+    },
+    Metadata(ConsensusError),
+}
+
+impl From<ConsensusError> for AuthFailure {
+    fn from(e: ConsensusError) -> AuthFailure {
+        AuthFailure::Metadata(e)
+    }
+}
+
+/// The auth subsystem of one node.
+pub struct Auth {
+    pub config: AuthConfig,
+    keys: RwLock<Option<Keys>>,
+    verified: Mutex<HashMap<[u8; 32], Instant>>,
+    pub limits: ratelimit::Limits,
+    pub audit: audit::AuditLog,
+}
+
+impl Auth {
+    pub fn new(config: AuthConfig) -> Auth {
+        Auth {
+            limits: ratelimit::Limits::new(config.rate_limit_rps, config.failed_logins_per_minute),
+            audit: audit::AuditLog::new(),
+            keys: RwLock::new(None),
+            verified: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.config.mode == AuthMode::Open
+    }
+
+    /// Makes sure a signing key is in Raft (proposing a fresh one if there is none;
+    /// the first one applied cluster-wide wins) and loads it.
+    pub async fn init_keys(&self, meta: &Metadata) -> Result<(), ConsensusError> {
+        let existing = meta.read(|v| v.signing_keys()).await?;
+        let record = match existing.into_iter().next() {
+            Some(k) => k,
+            None => {
+                let fresh = token::generate_key(now_ms());
+                match meta
+                    .propose(CommandV1::Tenancy(TenancyCommand::InitSigningKey(fresh)))
+                    .await?
+                {
+                    Outcome::Tenancy(TenancyOutcome::SigningKey(k)) => k,
+                    other => {
+                        return Err(ConsensusError::Malformed {
+                            table: if matches!(other, Outcome::Tenancy(_)) {
+                                "signing_keys"
+                            } else {
+                                "outcome"
+                            },
+                        });
+                    }
+                }
+            }
+        };
+        self.load_keys(&[record]);
+        Ok(())
+    }
+
+    fn load_keys(&self, records: &[SigningKeyRecord]) {
+        match Keys::from_records(records) {
+            Ok(k) => *self.keys.write().expect("keys lock poisoned") = Some(k),
+            Err(e) => tracing::error!(error = %e, "signing key in metadata is unusable"),
+        }
+    }
+
+    /// The keys, loading them from metadata on first use (a node that started
+    /// before another node stored the key).
+    pub async fn keys(&self, meta: &Metadata) -> Result<Keys, ConsensusError> {
+        if let Some(k) = self.keys.read().expect("keys lock poisoned").clone() {
+            return Ok(k);
+        }
+        let records = meta.read(|v| v.signing_keys()).await?;
+        self.load_keys(&records);
+        self.keys
+            .read()
+            .expect("keys lock poisoned")
+            .clone()
+            .ok_or(ConsensusError::Malformed {
+                table: "signing_keys",
+            })
+    }
+
+    /// Identifies the caller from the `Authorization` header. No header: anonymous.
+    pub async fn identify(
+        &self,
+        meta: &Metadata,
+        headers: &HeaderMap,
+        client: String,
+    ) -> Result<Caller, AuthFailure> {
+        let open = self.is_open();
+        let Some(value) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(Caller::anonymous(client, open));
+        };
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let caller = if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = parse_basic(rest.trim()).ok_or(AuthFailure::BadCredentials)?;
+            let principal = self.login(meta, &user, &password, &client).await?;
+            Caller {
+                principal,
+                token: None,
+                client,
+                open,
+            }
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let keys = self.keys(meta).await?;
+            let claims = keys
+                .verify(rest.trim(), token::TokenUse::Access)
+                .map_err(|_| AuthFailure::BadCredentials)?;
+            let principal = if claims.sub == ANONYMOUS {
+                Principal::Anonymous
+            } else {
+                self.principal(meta, &claims.sub).await?
+            };
+            Caller {
+                principal,
+                token: Some(claims.access),
+                client,
+                open,
+            }
+        } else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        if let Some(wait) = self.limits.identity(caller.name()) {
+            return Err(AuthFailure::Throttled { retry_after: wait });
+        }
+        Ok(caller)
+    }
+
+    /// The account named `name` as it is now; gone or expired accounts fail.
+    pub async fn principal(&self, meta: &Metadata, name: &str) -> Result<Principal, AuthFailure> {
+        let n = name.to_owned();
+        let found = meta
+            .read(move |v| {
+                Ok(if n.starts_with("robot$") {
+                    v.robot(&n)?.map(Principal::Robot)
+                } else {
+                    v.user(&n)?.map(Principal::User)
+                })
+            })
+            .await?;
+        match found {
+            Some(Principal::Robot(r)) if r.expired(now_ms()) => Err(AuthFailure::BadCredentials),
+            Some(p) => Ok(p),
+            None => Err(AuthFailure::BadCredentials),
+        }
+    }
+
+    /// Checks a user name and password (or robot name and secret), throttling
+    /// repeated failures per client address and per account.
+    pub async fn login(
+        &self,
+        meta: &Metadata,
+        name: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<Principal, AuthFailure> {
+        if let Some(wait) = self.limits.login_blocked(client, name) {
+            return Err(AuthFailure::Throttled { retry_after: wait });
+        }
+        let principal = match self.principal(meta, name).await {
+            Ok(p) => Some(p),
+            Err(AuthFailure::BadCredentials) => None,
+            Err(e) => return Err(e),
+        };
+        let hash = match &principal {
+            Some(Principal::User(u)) => Some(u.password_hash.clone()),
+            Some(Principal::Robot(r)) => Some(r.secret_hash.clone()),
+            _ => None,
+        };
+        let ok = match hash {
+            Some(hash) => self.verify_cached(name, password, hash).await,
+            None => {
+                // Unknown accounts cost the same as known ones.
+                password::burn(password).await;
+                false
+            }
+        };
+        match (ok, principal) {
+            (true, Some(p)) => Ok(p),
+            _ => {
+                self.limits.login_failed(client, name);
+                self.audit.record(audit::entry(
+                    name,
+                    client,
+                    "auth-failure",
+                    "login",
+                    None,
+                    AuditOutcome::Denied,
+                ));
+                Err(AuthFailure::BadCredentials)
+            }
+        }
+    }
+
+    async fn verify_cached(&self, name: &str, password: &str, hash: String) -> bool {
+        let mut h = Sha256::new();
+        for part in [name.as_bytes(), password.as_bytes(), hash.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        {
+            let cache = self.verified.lock().expect("credential cache poisoned");
+            if cache
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < CREDENTIAL_CACHE_TTL)
+            {
+                return true;
+            }
+        }
+        let ok = password::verify(password, &hash).await;
+        if ok {
+            let mut cache = self.verified.lock().expect("credential cache poisoned");
+            if cache.len() >= CREDENTIAL_CACHE_ENTRIES_MAX {
+                cache.retain(|_, t| t.elapsed() < CREDENTIAL_CACHE_TTL);
+                if cache.len() >= CREDENTIAL_CACHE_ENTRIES_MAX {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, Instant::now());
+        }
+        ok
+    }
+}
+
+/// Decodes `base64(user:password)`.
+pub fn parse_basic(b64: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_owned(), p.to_owned()))
+}
+
+/// The externally visible base URL of this request (`http://host`).
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let proto = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    format!("{proto}://{host}")
+}
+
+/// The `WWW-Authenticate` Bearer challenge, with a scope when the request names a
+/// repository.
+pub fn challenge(
+    headers: &HeaderMap,
+    scope: Option<(&RepoName, Actions)>,
+    error: bool,
+) -> HeaderValue {
+    let mut v = format!(
+        "Bearer realm=\"{}/token\",service=\"{SERVICE}\"",
+        base_url(headers)
+    );
+    if let Some((repo, actions)) = scope {
+        // Pushers ask for pull too: a push reads blobs and manifests back.
+        let mut words = actions.scope_list();
+        if actions.push && !actions.pull {
+            words.insert(0, "pull");
+        }
+        v.push_str(&format!(",scope=\"repository:{repo}:{}\"", words.join(",")));
+    }
+    if error {
+        v.push_str(",error=\"insufficient_scope\"");
+    }
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+/// The 401 an OCI client gets: UNAUTHORIZED with the challenge.
+pub fn unauthorized(
+    headers: &HeaderMap,
+    scope: Option<(&RepoName, Actions)>,
+    message: &str,
+    insufficient: bool,
+) -> OciError {
+    OciError::new(Code::Unauthorized, message).with_header(
+        header::WWW_AUTHENTICATE,
+        challenge(headers, scope, insufficient),
+    )
+}
+
+impl AuthFailure {
+    /// The OCI response for a failed authentication.
+    pub fn into_oci(self, headers: &HeaderMap) -> OciError {
+        match self {
+            AuthFailure::BadCredentials => unauthorized(
+                headers,
+                None,
+                "authentication required: invalid credentials",
+                false,
+            ),
+            AuthFailure::Throttled { retry_after } => ratelimit::too_many(retry_after),
+            AuthFailure::Metadata(e) => OciError::from(e),
+        }
+    }
+}
+
+impl IntoResponse for AuthFailure {
+    fn into_response(self) -> Response {
+        self.into_oci(&HeaderMap::new()).into_response()
+    }
+}

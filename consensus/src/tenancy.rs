@@ -1,0 +1,419 @@
+//! The tenancy model: projects (the tenant unit, the first path component of a
+//! repository), local users, project role bindings, robot accounts, the token signing
+//! keys and the audit log, with the versioned [`TenancyCommand`]s that change them and
+//! the [`TenancyOutcome`] they return. Secrets never appear here in the clear: the
+//! proposer hashes passwords and robot secrets before it proposes, so the log and the
+//! state hold only hashes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use berth_types::RepoName;
+use serde::{Deserialize, Serialize};
+
+/// Longest user or robot name, in bytes.
+pub const ACCOUNT_NAME_BYTES_MAX: usize = 128;
+/// Most audit entries one command may carry.
+pub const AUDIT_BATCH_ENTRIES_MAX: usize = 1_000;
+/// Most grants one robot may hold.
+pub const ROBOT_GRANTS_MAX: usize = 100;
+
+/// A project name: one repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProjectName(String);
+
+/// Why a project, user or robot name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenancyNameError {
+    #[error("a project name is one repository path component ([a-z0-9]+ joined by . _ __ or -)")]
+    Project,
+    #[error(
+        "an account name is 1 to {ACCOUNT_NAME_BYTES_MAX} characters of a-z, A-Z, 0-9, . _ - @ and is not anonymous or robot$..."
+    )]
+    Account,
+}
+
+impl ProjectName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The project a repository belongs to.
+    pub fn of(repo: &RepoName) -> ProjectName {
+        ProjectName(repo.project().to_owned())
+    }
+}
+
+impl FromStr for ProjectName {
+    type Err = TenancyNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains('/') || s.parse::<RepoName>().is_err() {
+            return Err(TenancyNameError::Project);
+        }
+        Ok(ProjectName(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ProjectName {
+    type Error = TenancyNameError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ProjectName> for String {
+    fn from(p: ProjectName) -> String {
+        p.0
+    }
+}
+
+impl fmt::Display for ProjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ProjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Whether `name` is a valid local user name (robots are named by the server).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= ACCOUNT_NAME_BYTES_MAX
+        && !name.starts_with("robot$")
+        && name != "anonymous"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+}
+
+/// A role in a project. Ordered by power: every role holds what the ones before it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectRole {
+    /// Pull.
+    Reader,
+    /// Pull and push.
+    Developer,
+    /// Pull, push and delete.
+    Maintainer,
+    /// Everything in the project, including its members and robots.
+    Owner,
+}
+
+impl FromStr for ProjectRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "reader" => Ok(ProjectRole::Reader),
+            "developer" => Ok(ProjectRole::Developer),
+            "maintainer" => Ok(ProjectRole::Maintainer),
+            "owner" => Ok(ProjectRole::Owner),
+            _ => Err(format!(
+                "unknown role {s:?}: use owner, maintainer, developer or reader"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub name: ProjectName,
+    /// Anyone, also anonymous, may pull from a public project.
+    pub public: bool,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
+    /// A system administrator may do everything.
+    pub admin: bool,
+    pub created_at_ms: u64,
+}
+
+/// What a robot grant allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotActions {
+    pub pull: bool,
+    pub push: bool,
+    pub delete: bool,
+}
+
+/// One permission of a robot: `actions` on the repositories of `project` whose path
+/// below the project matches `repositories` (`*` for all, `app` for exactly
+/// `project/app`, `app/*` for every repository under `project/app/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotGrant {
+    pub project: ProjectName,
+    pub repositories: String,
+    pub actions: RobotActions,
+}
+
+impl RobotGrant {
+    /// Whether the grant covers `repo`.
+    pub fn covers(&self, repo: &RepoName) -> bool {
+        if repo.project() != self.project.as_str() {
+            return false;
+        }
+        let below = repo
+            .as_str()
+            .strip_prefix(self.project.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or("");
+        pattern_matches(&self.repositories, below)
+    }
+}
+
+/// `*` matches everything; a trailing `/*` matches the prefix and everything under it;
+/// anything else matches exactly.
+fn pattern_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix("/*") {
+        return path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|r| r.starts_with('/'));
+    }
+    pattern == path
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotRecord {
+    /// `robot$<project>+<name>` for a project robot, `robot$<name>` for a system robot.
+    pub name: String,
+    /// The owning project; `None` for a system robot (created by an administrator).
+    pub project: Option<ProjectName>,
+    /// PHC string of an argon2id hash of the secret.
+    pub secret_hash: String,
+    pub grants: Vec<RobotGrant>,
+    /// After this instant the robot authenticates nothing.
+    pub expires_at_ms: Option<u64>,
+    pub created_at_ms: u64,
+    pub created_by: String,
+}
+
+impl RobotRecord {
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|e| now_ms >= e)
+    }
+}
+
+/// A token signing key (ECDSA P-256). The private key is in Raft so every node signs
+/// and verifies with the same key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKeyRecord {
+    pub kid: String,
+    /// PKCS#8 DER of the private key.
+    pub pkcs8_der: Vec<u8>,
+    pub created_at_ms: u64,
+}
+
+/// Never prints key material.
+impl fmt::Debug for SigningKeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKeyRecord")
+            .field("kid", &self.kid)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How an audited action ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditOutcome {
+    Success,
+    Denied,
+    Failure,
+}
+
+/// One audited action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub at_ms: u64,
+    /// User or robot name, or `anonymous`.
+    pub identity: String,
+    pub client: String,
+    /// `push`, `delete`, `tag`, `pull`, `login`, `auth-failure`, `policy`, ...
+    pub action: String,
+    /// The repository, `repo:tag`, `repo@digest`, or a management path.
+    pub resource: String,
+    /// The project the resource belongs to, if any.
+    pub project: Option<String>,
+    pub outcome: AuditOutcome,
+    /// How many identical events this entry stands for (pulls are batched).
+    pub count: u32,
+}
+
+/// Format 1 of the tenancy commands. Times are stamped by the proposer.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TenancyCommand {
+    /// Creates a project; `Exists` if there is one by that name.
+    CreateProject(ProjectRecord),
+    SetProjectPublic {
+        name: ProjectName,
+        public: bool,
+    },
+    /// Deletes a project with its role bindings and robots. Refused while the project
+    /// holds repositories.
+    DeleteProject {
+        name: ProjectName,
+    },
+    /// Creates a user; `Exists` if there is one by that name.
+    CreateUser(UserRecord),
+    /// Creates the first administrator, only while there is no user at all.
+    BootstrapAdmin(UserRecord),
+    SetPassword {
+        name: String,
+        password_hash: String,
+    },
+    SetAdmin {
+        name: String,
+        admin: bool,
+    },
+    /// Deletes a user and its role bindings.
+    DeleteUser {
+        name: String,
+    },
+    /// Binds `user` to `role` in `project`, or unbinds with `None`.
+    SetMember {
+        project: ProjectName,
+        user: String,
+        role: Option<ProjectRole>,
+    },
+    CreateRobot(RobotRecord),
+    DeleteRobot {
+        name: String,
+    },
+    /// Stores the signing key unless one is stored already; the outcome names the key
+    /// in force. Every node may propose its own at start; the first one applied wins.
+    InitSigningKey(SigningKeyRecord),
+    /// Appends audit entries.
+    Audit(Vec<AuditRecord>),
+    /// Removes audit entries older than `before_ms`.
+    PruneAudit {
+        before_ms: u64,
+    },
+}
+
+/// A short summary for logs; never prints hashes or keys.
+impl fmt::Display for TenancyCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TenancyCommand::CreateProject(p) => write!(f, "create-project {}", p.name),
+            TenancyCommand::SetProjectPublic { name, public } => {
+                write!(f, "set-project-public {name} {public}")
+            }
+            TenancyCommand::DeleteProject { name } => write!(f, "delete-project {name}"),
+            TenancyCommand::CreateUser(u) => write!(f, "create-user {}", u.name),
+            TenancyCommand::BootstrapAdmin(u) => write!(f, "bootstrap-admin {}", u.name),
+            TenancyCommand::SetPassword { name, .. } => write!(f, "set-password {name}"),
+            TenancyCommand::SetAdmin { name, admin } => write!(f, "set-admin {name} {admin}"),
+            TenancyCommand::DeleteUser { name } => write!(f, "delete-user {name}"),
+            TenancyCommand::SetMember {
+                project,
+                user,
+                role,
+            } => write!(f, "set-member {project} {user} {role:?}"),
+            TenancyCommand::CreateRobot(r) => write!(f, "create-robot {}", r.name),
+            TenancyCommand::DeleteRobot { name } => write!(f, "delete-robot {name}"),
+            TenancyCommand::InitSigningKey(k) => write!(f, "init-signing-key {}", k.kid),
+            TenancyCommand::Audit(entries) => write!(f, "audit {} entries", entries.len()),
+            TenancyCommand::PruneAudit { before_ms } => write!(f, "prune-audit {before_ms}"),
+        }
+    }
+}
+
+impl fmt::Debug for TenancyCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Why a tenancy command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TenancyRejection {
+    /// The project still holds repositories.
+    ProjectNotEmpty,
+    /// A role binding or robot names a project that does not exist.
+    ProjectUnknown,
+    /// A role binding names a user that does not exist.
+    UserUnknown,
+    /// A project robot holds a grant on another project.
+    GrantOutsideProject,
+    /// Too many entries in one command.
+    TooLarge,
+}
+
+/// What applying a tenancy command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TenancyOutcome {
+    Done,
+    /// Something by that name exists already; nothing changed.
+    Exists,
+    NotFound,
+    Rejected(TenancyRejection),
+    /// The signing key in force.
+    SigningKey(SigningKeyRecord),
+    /// Audit entries appended or pruned.
+    Audited(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(s: &str) -> RepoName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn grant_patterns() {
+        let grant = |pattern: &str| RobotGrant {
+            project: "team".parse().unwrap(),
+            repositories: pattern.into(),
+            actions: RobotActions::default(),
+        };
+        let table = [
+            ("*", "team/app", true),
+            ("*", "team", true),
+            ("*", "other/app", false),
+            ("app", "team/app", true),
+            ("app", "team/app/sub", false),
+            ("app", "team/apps", false),
+            ("app/*", "team/app", true),
+            ("app/*", "team/app/sub", true),
+            ("app/*", "team/apps", false),
+            ("app", "teams/app", false),
+        ];
+        for (pattern, r, want) in table {
+            assert_eq!(grant(pattern).covers(&repo(r)), want, "{pattern} {r}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!("team-a".parse::<ProjectName>().is_ok());
+        assert!("team/a".parse::<ProjectName>().is_err());
+        assert!("Team".parse::<ProjectName>().is_err());
+        assert!("".parse::<ProjectName>().is_err());
+        assert!(valid_user_name("alice@example.com"));
+        assert!(!valid_user_name("robot$x"));
+        assert!(!valid_user_name("anonymous"));
+        assert!(!valid_user_name("a b"));
+        assert!(!valid_user_name(""));
+        assert!(ProjectRole::Owner > ProjectRole::Maintainer);
+        assert!(ProjectRole::Developer > ProjectRole::Reader);
+    }
+}

@@ -1,0 +1,466 @@
+//! The tenancy tables and the deterministic apply of [`TenancyCommand`]s, plus the
+//! tenancy queries of [`StateView`]. Ordered tables only, time only from commands.
+
+use std::ops::Bound;
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::codec;
+use crate::error::ConsensusError;
+use crate::state::{BytesRead, contains, read_record};
+use crate::tables::{BytesTable, key, prefix_range};
+use crate::tenancy::{
+    AUDIT_BATCH_ENTRIES_MAX, AuditRecord, ProjectName, ProjectRecord, ProjectRole,
+    ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
+    TenancyRejection, UserRecord,
+};
+use crate::view::StateView;
+
+/// `project` -> `ProjectRecord`.
+pub(crate) const PROJECTS: BytesTable = TableDefinition::new("projects");
+/// `user` -> `UserRecord`.
+pub(crate) const USERS: BytesTable = TableDefinition::new("users");
+/// `project\0user` -> `ProjectRole`.
+pub(crate) const MEMBERS: BytesTable = TableDefinition::new("members");
+/// `robot name` -> `RobotRecord`.
+pub(crate) const ROBOTS: BytesTable = TableDefinition::new("robots");
+/// `kid` -> `SigningKeyRecord`.
+pub(crate) const SIGNING_KEYS: BytesTable = TableDefinition::new("signing_keys");
+/// `at_ms (8 bytes BE) ++ sequence (8 bytes BE)` -> `AuditRecord`.
+pub(crate) const AUDIT: BytesTable = TableDefinition::new("audit");
+/// [`AUDIT_SEQ`] -> next audit sequence number (8 bytes BE).
+pub(crate) const TENANCY_META: BytesTable = TableDefinition::new("tenancy_meta");
+const AUDIT_SEQ: &[u8] = b"audit_seq";
+
+/// The tenancy tables, in the fixed order snapshots and the state digest use after
+/// the registry tables.
+pub(crate) const TENANCY_TABLES: [(&str, BytesTable); 7] = [
+    ("projects", PROJECTS),
+    ("users", USERS),
+    ("members", MEMBERS),
+    ("robots", ROBOTS),
+    ("signing_keys", SIGNING_KEYS),
+    ("audit", AUDIT),
+    ("tenancy_meta", TENANCY_META),
+];
+
+type BytesTableMut<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
+
+/// The tenancy tables opened for writing in an apply transaction.
+pub(crate) struct TenancyTables<'txn> {
+    projects: BytesTableMut<'txn>,
+    users: BytesTableMut<'txn>,
+    members: BytesTableMut<'txn>,
+    robots: BytesTableMut<'txn>,
+    keys: BytesTableMut<'txn>,
+    audit: BytesTableMut<'txn>,
+    meta: BytesTableMut<'txn>,
+}
+
+fn robot_prefix(project: &ProjectName) -> String {
+    format!("robot${project}+")
+}
+
+impl<'txn> TenancyTables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<TenancyTables<'txn>, ConsensusError> {
+        Ok(TenancyTables {
+            projects: txn.open_table(PROJECTS)?,
+            users: txn.open_table(USERS)?,
+            members: txn.open_table(MEMBERS)?,
+            robots: txn.open_table(ROBOTS)?,
+            keys: txn.open_table(SIGNING_KEYS)?,
+            audit: txn.open_table(AUDIT)?,
+            meta: txn.open_table(TENANCY_META)?,
+        })
+    }
+
+    /// Applies one tenancy command. `repos` is the registry's repository table, read to
+    /// refuse deleting a project that still holds repositories. Every check runs before
+    /// the first write.
+    pub(crate) fn apply(
+        &mut self,
+        cmd: &TenancyCommand,
+        repos: &impl BytesRead,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        use TenancyOutcome::{Done, Exists, NotFound, Rejected};
+        Ok(match cmd {
+            TenancyCommand::CreateProject(p) => {
+                let k = p.name.as_str().as_bytes();
+                if contains(&self.projects, k)? {
+                    Exists
+                } else {
+                    self.projects.insert(k, codec::encode(p).as_slice())?;
+                    Done
+                }
+            }
+            TenancyCommand::SetProjectPublic { name, public } => {
+                let k = name.as_str().as_bytes();
+                match read_record::<ProjectRecord>(&self.projects, "project record", k)? {
+                    None => NotFound,
+                    Some(mut p) => {
+                        p.public = *public;
+                        self.projects.insert(k, codec::encode(&p).as_slice())?;
+                        Done
+                    }
+                }
+            }
+            TenancyCommand::DeleteProject { name } => self.delete_project(name, repos)?,
+            TenancyCommand::CreateUser(u) => {
+                if contains(&self.users, u.name.as_bytes())? {
+                    Exists
+                } else {
+                    self.users
+                        .insert(u.name.as_bytes(), codec::encode(u).as_slice())?;
+                    Done
+                }
+            }
+            TenancyCommand::BootstrapAdmin(u) => {
+                if self.users.iter()?.next().transpose()?.is_some() {
+                    Exists
+                } else {
+                    self.users
+                        .insert(u.name.as_bytes(), codec::encode(u).as_slice())?;
+                    Done
+                }
+            }
+            TenancyCommand::SetPassword {
+                name,
+                password_hash,
+            } => self.update_user(name, |u| u.password_hash = password_hash.clone())?,
+            TenancyCommand::SetAdmin { name, admin } => {
+                self.update_user(name, |u| u.admin = *admin)?
+            }
+            TenancyCommand::DeleteUser { name } => {
+                if self.users.remove(name.as_bytes())?.is_none() {
+                    NotFound
+                } else {
+                    let mut doomed = Vec::new();
+                    for entry in self.members.iter()? {
+                        let (k, _) = entry?;
+                        let k = k.value();
+                        if k.split(|b| *b == 0).nth(1) == Some(name.as_bytes()) {
+                            doomed.push(k.to_vec());
+                        }
+                    }
+                    for k in doomed {
+                        self.members.remove(k.as_slice())?;
+                    }
+                    Done
+                }
+            }
+            TenancyCommand::SetMember {
+                project,
+                user,
+                role,
+            } => {
+                if !contains(&self.projects, project.as_str().as_bytes())? {
+                    Rejected(TenancyRejection::ProjectUnknown)
+                } else if !contains(&self.users, user.as_bytes())? {
+                    Rejected(TenancyRejection::UserUnknown)
+                } else {
+                    let k = key(&[project.as_str().as_bytes(), user.as_bytes()]);
+                    match role {
+                        Some(r) => {
+                            self.members
+                                .insert(k.as_slice(), codec::encode(r).as_slice())?;
+                            Done
+                        }
+                        None => match self.members.remove(k.as_slice())? {
+                            Some(_) => Done,
+                            None => NotFound,
+                        },
+                    }
+                }
+            }
+            TenancyCommand::CreateRobot(r) => self.create_robot(r)?,
+            TenancyCommand::DeleteRobot { name } => match self.robots.remove(name.as_bytes())? {
+                Some(_) => Done,
+                None => NotFound,
+            },
+            TenancyCommand::InitSigningKey(k) => {
+                let first = self
+                    .keys
+                    .iter()?
+                    .next()
+                    .transpose()?
+                    .map(|(_, v)| v.value().to_vec());
+                match first {
+                    Some(v) => TenancyOutcome::SigningKey(codec::decode("signing key record", &v)?),
+                    None => {
+                        self.keys
+                            .insert(k.kid.as_bytes(), codec::encode(k).as_slice())?;
+                        TenancyOutcome::SigningKey(k.clone())
+                    }
+                }
+            }
+            TenancyCommand::Audit(entries) => {
+                if entries.len() > AUDIT_BATCH_ENTRIES_MAX {
+                    Rejected(TenancyRejection::TooLarge)
+                } else {
+                    let mut seq = self.audit_seq()?;
+                    for e in entries {
+                        let mut k = e.at_ms.to_be_bytes().to_vec();
+                        k.extend_from_slice(&seq.to_be_bytes());
+                        self.audit
+                            .insert(k.as_slice(), codec::encode(e).as_slice())?;
+                        seq += 1;
+                    }
+                    self.meta.insert(AUDIT_SEQ, &seq.to_be_bytes()[..])?;
+                    TenancyOutcome::Audited(entries.len() as u64)
+                }
+            }
+            TenancyCommand::PruneAudit { before_ms } => {
+                let end = before_ms.to_be_bytes();
+                let mut doomed = Vec::new();
+                for entry in self.audit.range::<&[u8]>(..&end[..])? {
+                    doomed.push(entry?.0.value().to_vec());
+                }
+                for k in &doomed {
+                    self.audit.remove(k.as_slice())?;
+                }
+                TenancyOutcome::Audited(doomed.len() as u64)
+            }
+        })
+    }
+
+    fn create_robot(&mut self, r: &RobotRecord) -> Result<TenancyOutcome, ConsensusError> {
+        use TenancyOutcome::Rejected;
+        if r.grants.len() > ROBOT_GRANTS_MAX {
+            return Ok(Rejected(TenancyRejection::TooLarge));
+        }
+        if let Some(own) = &r.project
+            && r.grants.iter().any(|g| g.project != *own)
+        {
+            return Ok(Rejected(TenancyRejection::GrantOutsideProject));
+        }
+        for p in r
+            .grants
+            .iter()
+            .map(|g| &g.project)
+            .chain(r.project.as_ref())
+        {
+            if !contains(&self.projects, p.as_str().as_bytes())? {
+                return Ok(Rejected(TenancyRejection::ProjectUnknown));
+            }
+        }
+        if contains(&self.robots, r.name.as_bytes())? {
+            return Ok(TenancyOutcome::Exists);
+        }
+        self.robots
+            .insert(r.name.as_bytes(), codec::encode(r).as_slice())?;
+        Ok(TenancyOutcome::Done)
+    }
+
+    fn audit_seq(&self) -> Result<u64, ConsensusError> {
+        match self.meta.get(AUDIT_SEQ)? {
+            None => Ok(0),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| ConsensusError::Malformed {
+                        table: "tenancy_meta",
+                    })?;
+                Ok(u64::from_be_bytes(b))
+            }
+        }
+    }
+
+    fn update_user(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut UserRecord),
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        match read_record::<UserRecord>(&self.users, "user record", name.as_bytes())? {
+            None => Ok(TenancyOutcome::NotFound),
+            Some(mut u) => {
+                change(&mut u);
+                self.users
+                    .insert(name.as_bytes(), codec::encode(&u).as_slice())?;
+                Ok(TenancyOutcome::Done)
+            }
+        }
+    }
+
+    fn delete_project(
+        &mut self,
+        name: &ProjectName,
+        repos: &impl BytesRead,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        let n = name.as_str().as_bytes();
+        if !contains(&self.projects, n)? {
+            return Ok(TenancyOutcome::NotFound);
+        }
+        // Repositories of the project: `name` itself and everything under `name/`
+        // (`/` + 1 is `0`).
+        let mut below = n.to_vec();
+        below.push(b'/');
+        let mut end = n.to_vec();
+        end.push(b'0');
+        let holds = contains(repos, n)?
+            || repos
+                .range::<&[u8]>(below.as_slice()..end.as_slice())?
+                .next()
+                .transpose()?
+                .is_some();
+        if holds {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty));
+        }
+        self.projects.remove(n)?;
+        let (start, stop) = prefix_range(&[n]);
+        let mut doomed = Vec::new();
+        for entry in self
+            .members
+            .range::<&[u8]>(start.as_slice()..stop.as_slice())?
+        {
+            doomed.push(entry?.0.value().to_vec());
+        }
+        for k in doomed {
+            self.members.remove(k.as_slice())?;
+        }
+        let prefix = robot_prefix(name);
+        let mut robots = Vec::new();
+        for entry in self.robots.range::<&[u8]>(prefix.as_bytes()..)? {
+            let (k, _) = entry?;
+            if !k.value().starts_with(prefix.as_bytes()) {
+                break;
+            }
+            robots.push(k.value().to_vec());
+        }
+        for k in robots {
+            self.robots.remove(k.as_slice())?;
+        }
+        Ok(TenancyOutcome::Done)
+    }
+}
+
+/// Filters of an audit query.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub identity: Option<String>,
+    pub project: Option<String>,
+    pub action: Option<String>,
+    pub limit: usize,
+}
+
+/// The tenancy queries.
+impl StateView {
+    pub fn project(&self, name: &ProjectName) -> Result<Option<ProjectRecord>, ConsensusError> {
+        read_record(
+            &self.table(PROJECTS)?,
+            "project record",
+            name.as_str().as_bytes(),
+        )
+    }
+
+    /// Every project, by name.
+    pub fn projects(&self) -> Result<Vec<ProjectRecord>, ConsensusError> {
+        self.all(PROJECTS, "project record")
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, ConsensusError> {
+        read_record(&self.table(USERS)?, "user record", name.as_bytes())
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<UserRecord>, ConsensusError> {
+        self.all(USERS, "user record")
+    }
+
+    /// The role of `user` in `project`.
+    pub fn role(
+        &self,
+        project: &ProjectName,
+        user: &str,
+    ) -> Result<Option<ProjectRole>, ConsensusError> {
+        let k = key(&[project.as_str().as_bytes(), user.as_bytes()]);
+        read_record(&self.table(MEMBERS)?, "role binding", &k)
+    }
+
+    /// The members of `project` with their roles, by user name.
+    pub fn members(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Vec<(String, ProjectRole)>, ConsensusError> {
+        let (start, end) = prefix_range(&[project.as_str().as_bytes()]);
+        let table = self.table(MEMBERS)?;
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            let (k, v) = entry?;
+            let user = crate::state::key_suffix(k.value(), &start, "members")?.to_owned();
+            out.push((user, codec::decode("role binding", v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn robot(&self, name: &str) -> Result<Option<RobotRecord>, ConsensusError> {
+        read_record(&self.table(ROBOTS)?, "robot record", name.as_bytes())
+    }
+
+    /// Robots of `project` (`None`: every robot), by name.
+    pub fn robots(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<RobotRecord>, ConsensusError> {
+        let all: Vec<RobotRecord> = self.all(ROBOTS, "robot record")?;
+        Ok(match project {
+            None => all,
+            Some(p) => all
+                .into_iter()
+                .filter(|r| r.project.as_ref() == Some(p))
+                .collect(),
+        })
+    }
+
+    /// The signing keys, by key id.
+    pub fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, ConsensusError> {
+        self.all(SIGNING_KEYS, "signing key record")
+    }
+
+    /// Audit entries in time order that pass `q`, at most `q.limit`.
+    pub fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, ConsensusError> {
+        let start = q.since_ms.unwrap_or(0).to_be_bytes();
+        let upper = match q.until_ms {
+            Some(u) => Bound::Excluded(u.to_be_bytes()),
+            None => Bound::Unbounded,
+        };
+        let upper_ref = match &upper {
+            Bound::Excluded(u) => Bound::Excluded(&u[..]),
+            _ => Bound::Unbounded,
+        };
+        let table = self.table(AUDIT)?;
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8]>((Bound::Included(&start[..]), upper_ref))? {
+            if out.len() >= q.limit {
+                break;
+            }
+            let (_, v) = entry?;
+            let r: AuditRecord = codec::decode("audit record", v.value())?;
+            if q.identity.as_ref().is_some_and(|i| *i != r.identity)
+                || q.project
+                    .as_ref()
+                    .is_some_and(|p| Some(p) != r.project.as_ref())
+                || q.action.as_ref().is_some_and(|a| *a != r.action)
+            {
+                continue;
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    fn all<R: serde::de::DeserializeOwned>(
+        &self,
+        def: BytesTable,
+        what: &'static str,
+    ) -> Result<Vec<R>, ConsensusError> {
+        let table = self.table(def)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(codec::decode(what, entry?.1.value())?);
+        }
+        Ok(out)
+    }
+}

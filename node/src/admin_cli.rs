@@ -1,0 +1,408 @@
+//! `berth admin ...`: tenancy management against a running node's `/api/v1/` with
+//! Basic credentials: projects, members, users, robots, the audit log, and a
+//! Kubernetes `dockerconfigjson` pull secret for a robot.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// The node's HTTP URL.
+    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:5000")]
+    pub url: String,
+    /// User name to authenticate as.
+    #[arg(long, env = "BERTH_USER", default_value = "admin")]
+    pub user: String,
+    /// Password (or robot secret) to authenticate with.
+    #[arg(long, env = "BERTH_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum AdminCommand {
+    /// Projects: the first path component of a repository.
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Project members and their roles.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Local users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Robot accounts.
+    #[command(subcommand)]
+    Robot(RobotCommand),
+    /// Audit entries (JSON lines, or CSV with --csv).
+    Audit {
+        /// Milliseconds since the epoch.
+        #[arg(long)]
+        since: Option<u64>,
+        #[arg(long)]
+        until: Option<u64>,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ProjectCommand {
+    Create {
+        name: String,
+        /// Anyone, also anonymous clients, may pull.
+        #[arg(long)]
+        public: bool,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum MemberCommand {
+    /// Bind USER to ROLE (owner, maintainer, developer, reader) in PROJECT.
+    Set {
+        project: String,
+        user: String,
+        role: String,
+    },
+    Remove {
+        project: String,
+        user: String,
+    },
+    List {
+        project: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum UserCommand {
+    Create {
+        name: String,
+        /// The new user's password (at least 8 characters).
+        #[arg(long, env = "BERTH_NEW_PASSWORD", hide_env_values = true)]
+        new_password: String,
+        /// A system administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    List,
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum RobotCommand {
+    /// Create a robot; prints its name and secret (shown only once).
+    Create {
+        name: String,
+        /// The owning project (omit for a system robot).
+        #[arg(long)]
+        project: Option<String>,
+        /// `PROJECT:PATTERN:ACTIONS`, e.g. `team:app:pull,push` or `team:*:pull`;
+        /// repeat for several.
+        #[arg(long = "grant", required = true)]
+        grants: Vec<String>,
+        /// Days until the robot expires.
+        #[arg(long)]
+        expires_in_days: Option<u64>,
+    },
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    Delete {
+        name: String,
+    },
+    /// Print a Kubernetes Secret of type kubernetes.io/dockerconfigjson for a robot.
+    PullSecret {
+        /// The robot's full name, e.g. `robot$team+ci`.
+        robot: String,
+        /// The robot's secret.
+        #[arg(long, env = "BERTH_ROBOT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The registry host as pods name it (default: the host of --url).
+        #[arg(long)]
+        server: Option<String>,
+        /// The Secret's name.
+        #[arg(long, default_value = "berth-pull-secret")]
+        secret_name: String,
+    },
+}
+
+/// Parses `PROJECT:PATTERN:ACTIONS`.
+pub fn parse_grant(s: &str) -> anyhow::Result<Value> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(project), Some(pattern), Some(actions)) = (parts.next(), parts.next(), parts.next())
+    else {
+        anyhow::bail!("grant {s:?} is not PROJECT:PATTERN:ACTIONS");
+    };
+    let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+    anyhow::ensure!(!actions.is_empty(), "grant {s:?} names no action");
+    Ok(json!({ "project": project, "repositories": pattern, "actions": actions }))
+}
+
+/// The Kubernetes Secret for `server` with `user`/`secret`.
+pub fn pull_secret(name: &str, server: &str, user: &str, secret: &str) -> Value {
+    let auth = B64.encode(format!("{user}:{secret}"));
+    let config =
+        json!({ "auths": { server: { "username": user, "password": secret, "auth": auth } } });
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": { ".dockerconfigjson": B64.encode(config.to_string()) },
+    })
+}
+
+struct Api {
+    base: String,
+    user: String,
+    password: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<String> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(p) = &self.password {
+            req = req.basic_auth(&self.user, Some(p));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        anyhow::ensure!(status.is_success(), "{url}: {status} {text}");
+        Ok(text)
+    }
+}
+
+fn print_json(text: &str) {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default()),
+        Err(_) => print!("{text}"),
+    }
+}
+
+pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let api = Api {
+        base: args.url.trim_end_matches('/').to_owned(),
+        user: args.user,
+        password: args.password,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?,
+    };
+    match args.command {
+        AdminCommand::Project(c) => match c {
+            ProjectCommand::Create { name, public } => print_json(
+                &api.call(
+                    Method::POST,
+                    "/api/v1/projects",
+                    Some(json!({ "name": name, "public": public })),
+                )
+                .await?,
+            ),
+            ProjectCommand::List => {
+                print_json(&api.call(Method::GET, "/api/v1/projects", None).await?)
+            }
+            ProjectCommand::Delete { name } => {
+                api.call(Method::DELETE, &format!("/api/v1/projects/{name}"), None)
+                    .await?;
+                println!("project {name} deleted");
+            }
+        },
+        AdminCommand::Member(c) => match c {
+            MemberCommand::Set {
+                project,
+                user,
+                role,
+            } => {
+                api.call(
+                    Method::PUT,
+                    &format!("/api/v1/projects/{project}/members/{user}"),
+                    Some(json!({ "role": role })),
+                )
+                .await?;
+                println!("{user} is {role} in {project}");
+            }
+            MemberCommand::Remove { project, user } => {
+                api.call(
+                    Method::DELETE,
+                    &format!("/api/v1/projects/{project}/members/{user}"),
+                    None,
+                )
+                .await?;
+                println!("{user} removed from {project}");
+            }
+            MemberCommand::List { project } => print_json(
+                &api.call(
+                    Method::GET,
+                    &format!("/api/v1/projects/{project}/members"),
+                    None,
+                )
+                .await?,
+            ),
+        },
+        AdminCommand::User(c) => match c {
+            UserCommand::Create {
+                name,
+                new_password,
+                admin,
+            } => print_json(
+                &api.call(
+                    Method::POST,
+                    "/api/v1/users",
+                    Some(json!({ "name": name, "password": new_password, "admin": admin })),
+                )
+                .await?,
+            ),
+            UserCommand::List => print_json(&api.call(Method::GET, "/api/v1/users", None).await?),
+            UserCommand::Delete { name } => {
+                api.call(Method::DELETE, &format!("/api/v1/users/{name}"), None)
+                    .await?;
+                println!("user {name} deleted");
+            }
+        },
+        AdminCommand::Robot(c) => match c {
+            RobotCommand::Create {
+                name,
+                project,
+                grants,
+                expires_in_days,
+            } => {
+                let grants = grants
+                    .iter()
+                    .map(|g| parse_grant(g))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                print_json(
+                    &api.call(
+                        Method::POST,
+                        "/api/v1/robots",
+                        Some(json!({
+                            "name": name,
+                            "project": project,
+                            "grants": grants,
+                            "expires_in_secs": expires_in_days.map(|d| d * 86_400),
+                        })),
+                    )
+                    .await?,
+                );
+            }
+            RobotCommand::List { project } => {
+                let path = match project {
+                    Some(p) => format!("/api/v1/robots?project={p}"),
+                    None => "/api/v1/robots".into(),
+                };
+                print_json(&api.call(Method::GET, &path, None).await?);
+            }
+            RobotCommand::Delete { name } => {
+                let encoded = name.replace('$', "%24").replace('+', "%2B");
+                api.call(Method::DELETE, &format!("/api/v1/robots/{encoded}"), None)
+                    .await?;
+                println!("robot {name} deleted");
+            }
+            RobotCommand::PullSecret {
+                robot,
+                secret,
+                server,
+                secret_name,
+            } => {
+                let server = match server {
+                    Some(s) => s,
+                    None => reqwest::Url::parse(&api.base)
+                        .ok()
+                        .and_then(|u| {
+                            u.host_str().map(|h| match u.port() {
+                                Some(p) => format!("{h}:{p}"),
+                                None => h.to_owned(),
+                            })
+                        })
+                        .context("--url has no host; pass --server")?,
+                };
+                let s = pull_secret(&secret_name, &server, &robot, &secret);
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            }
+        },
+        AdminCommand::Audit {
+            since,
+            until,
+            identity,
+            project,
+            action,
+            csv,
+        } => {
+            let mut q = Vec::new();
+            if let Some(v) = since {
+                q.push(format!("since={v}"));
+            }
+            if let Some(v) = until {
+                q.push(format!("until={v}"));
+            }
+            for (k, v) in [
+                ("identity", identity),
+                ("project", project),
+                ("action", action),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", v.replace('$', "%24").replace('+', "%2B")));
+                }
+            }
+            if csv {
+                q.push("format=csv".into());
+            }
+            let path = format!("/api/v1/audit?{}", q.join("&"));
+            print!("{}", api.call(Method::GET, &path, None).await?);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_and_pull_secrets() {
+        let g = parse_grant("team:app/*:pull,push").unwrap();
+        assert_eq!(g["repositories"], "app/*");
+        assert_eq!(g["actions"], json!(["pull", "push"]));
+        assert!(parse_grant("team:app").is_err());
+        assert!(parse_grant("team:app:").is_err());
+        let s = pull_secret("x", "reg:5000", "robot$team+ci", "s3cret");
+        assert_eq!(s["type"], "kubernetes.io/dockerconfigjson");
+        let inner = B64
+            .decode(s["data"][".dockerconfigjson"].as_str().unwrap())
+            .unwrap();
+        let v: Value = serde_json::from_slice(&inner).unwrap();
+        assert_eq!(v["auths"]["reg:5000"]["username"], "robot$team+ci");
+        assert_eq!(
+            B64.decode(v["auths"]["reg:5000"]["auth"].as_str().unwrap())
+                .unwrap(),
+            b"robot$team+ci:s3cret"
+        );
+    }
+}

@@ -1,0 +1,1185 @@
+//! Tenancy and access control against a real berth in enforced mode: the Docker token
+//! flow with skopeo and oras-py using credentials, anonymous pulls on public and
+//! private projects, roles, robots limited to one repository, cross-project mounts
+//! that reveal nothing, expired and tampered tokens, the audit log, rate limits and
+//! failed-login throttling, the bootstrap administrator, and `berth admin`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_tests::oci::{OCI_CONFIG, OCI_MANIFEST, expect_error, header, manifest_bytes};
+use berth_tests::server::berth_binary;
+use berth_tests::{Server, ServerOptions, random_bytes, sha256_digest};
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+
+const ADMIN_PASSWORD: &str = "admin-secret-1";
+/// How long an audit entry may take to be flushed through Raft.
+const AUDIT_WAIT: Duration = Duration::from_secs(10);
+
+/// Credentials: user (or robot) name and password (or secret).
+#[derive(Clone)]
+struct Creds(String, String);
+
+impl Creds {
+    fn new(u: &str, p: &str) -> Creds {
+        Creds(u.to_owned(), p.to_owned())
+    }
+    fn admin() -> Creds {
+        Creds::new("admin", ADMIN_PASSWORD)
+    }
+}
+
+/// An enforcing berth and an HTTP client.
+struct Registry {
+    server: Server,
+    http: Client,
+}
+
+impl Registry {
+    async fn start(extra: &[&str]) -> Registry {
+        let server = Server::start(ServerOptions::enforced(ADMIN_PASSWORD, extra))
+            .await
+            .unwrap_or_else(|e| panic!("could not start berth: {e:#}"));
+        Registry {
+            server,
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("reqwest client"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.url())
+    }
+
+    fn req(&self, method: Method, path: &str, who: Option<&Creds>) -> RequestBuilder {
+        let r = self.http.request(method, self.url(path));
+        match who {
+            Some(c) => r.basic_auth(&c.0, Some(&c.1)),
+            None => r,
+        }
+    }
+
+    /// A management call as `who`; returns status and JSON body (`Null` if none).
+    async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        who: &Creds,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut r = self.req(method, path, Some(who));
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, v) = self
+            .api(method.clone(), path, &Creds::admin(), body)
+            .await?;
+        ensure!(status.is_success(), "{method} {path}: {status} {v}");
+        Ok(v)
+    }
+
+    async fn project(&self, name: &str, public: bool) -> Result<()> {
+        self.ok(
+            Method::POST,
+            "/api/v1/projects",
+            Some(json!({ "name": name, "public": public })),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn user(&self, name: &str, project: &str, role: &str) -> Result<Creds> {
+        let password = format!("{name}-password");
+        self.ok(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({ "name": name, "password": password })),
+        )
+        .await?;
+        self.ok(
+            Method::PUT,
+            &format!("/api/v1/projects/{project}/members/{name}"),
+            Some(json!({ "role": role })),
+        )
+        .await?;
+        Ok(Creds::new(name, &password))
+    }
+
+    async fn robot(
+        &self,
+        name: &str,
+        project: &str,
+        grants: Value,
+        expires: Option<u64>,
+    ) -> Result<Creds> {
+        let v = self
+            .ok(
+                Method::POST,
+                "/api/v1/robots",
+                Some(json!({ "name": name, "project": project, "grants": grants, "expires_in_secs": expires })),
+            )
+            .await?;
+        Ok(Creds::new(
+            v["name"].as_str().context("robot name")?,
+            v["secret"].as_str().context("robot secret")?,
+        ))
+    }
+
+    /// Pushes one blob with a single `POST ?digest=` as `who`; returns the status.
+    async fn push_blob(&self, who: Option<&Creds>, repo: &str, data: &[u8]) -> Result<StatusCode> {
+        let d = sha256_digest(data);
+        Ok(self
+            .req(
+                Method::POST,
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                who,
+            )
+            .body(data.to_vec())
+            .send()
+            .await?
+            .status())
+    }
+
+    /// Pushes a one-layer image tagged `tag` as `who` with Basic auth on /v2/.
+    async fn push_image(&self, who: &Creds, repo: &str, tag: &str) -> Result<(String, String)> {
+        let layer = random_bytes(2048);
+        let config = serde_json::to_vec(
+            &json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] } }),
+        )?;
+        for data in [&layer, &config] {
+            let s = self.push_blob(Some(who), repo, data).await?;
+            ensure!(s == StatusCode::CREATED, "push blob to {repo}: {s}");
+        }
+        let manifest = manifest_bytes(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": OCI_CONFIG, "digest": sha256_digest(&config), "size": config.len() },
+            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len() }],
+        }));
+        let resp = self
+            .req(
+                Method::PUT,
+                &format!("/v2/{repo}/manifests/{tag}"),
+                Some(who),
+            )
+            .header("content-type", OCI_MANIFEST)
+            .body(manifest.clone())
+            .send()
+            .await?;
+        ensure!(
+            resp.status() == StatusCode::CREATED,
+            "push manifest {repo}:{tag}: {}",
+            resp.status()
+        );
+        Ok((sha256_digest(&manifest), sha256_digest(&layer)))
+    }
+
+    /// A token from `GET /token` for `scope`.
+    async fn token(&self, who: Option<&Creds>, scope: &str) -> Result<String> {
+        let resp = self
+            .req(
+                Method::GET,
+                &format!("/token?service=berth&scope={scope}"),
+                who,
+            )
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await?;
+        ensure!(status == StatusCode::OK, "token: {status} {v}");
+        Ok(v["token"].as_str().context("token in answer")?.to_owned())
+    }
+
+    /// The audit entries, waiting until `want` holds.
+    async fn audit_until(
+        &self,
+        query: &str,
+        want: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + AUDIT_WAIT;
+        loop {
+            let resp = self
+                .req(
+                    Method::GET,
+                    &format!("/api/v1/audit?{query}"),
+                    Some(&Creds::admin()),
+                )
+                .send()
+                .await?;
+            ensure!(resp.status() == StatusCode::OK, "audit: {}", resp.status());
+            let text = resp.text().await?;
+            let entries: Vec<Value> = text
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()
+                .context("audit lines are JSON")?;
+            if want(&entries) {
+                return Ok(entries);
+            }
+            if Instant::now() > deadline {
+                bail!("audit entries for {query:?} never matched: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn has(entries: &[Value], action: &str, identity: &str, outcome: &str) -> bool {
+    entries
+        .iter()
+        .any(|e| e["action"] == action && e["identity"] == identity && e["outcome"] == outcome)
+}
+
+fn require_tool(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| {
+            panic!("required tool `{tool}` is not on PATH (./scripts/test.sh installs it)")
+        })
+}
+
+fn run(program: &Path, args: &[&str], env: &[(&str, &str)], what: &str) -> Result<Output> {
+    let output = Command::new("timeout")
+        .arg("300")
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: could not run {}", program.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// An OCI layout with one image tagged `v1`; returns its manifest digest.
+fn oci_layout(dir: &Path) -> Result<String> {
+    let layer = random_bytes(300 * 1024);
+    let config = serde_json::to_vec(
+        &json!({ "architecture": "amd64", "os": "linux", "rootfs": { "type": "layers", "diff_ids": [sha256_digest(&layer)] } }),
+    )?;
+    let manifest = manifest_bytes(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": sha256_digest(&config), "size": config.len() },
+        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256_digest(&layer), "size": layer.len() }],
+    }));
+    let blobs = dir.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)?;
+    for data in [&layer, &config, &manifest] {
+        let d = sha256_digest(data);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), data)?;
+    }
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let digest = sha256_digest(&manifest);
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "manifests": [{ "mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len(),
+                            "annotations": { "org.opencontainers.image.ref.name": "v1" } }],
+        }))?,
+    )?;
+    Ok(digest)
+}
+
+#[tokio::test]
+async fn skopeo_and_oras_push_and_pull_through_the_token_flow() {
+    // Proves: skopeo (--dest-creds/--src-creds) and oras-py (Basic credentials) follow
+    // the Bearer challenge to /token and push and pull with the tokens; without
+    // credentials skopeo's push is refused.
+    let skopeo = require_tool("skopeo");
+    let python = require_tool("python3");
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let digest = oci_layout(&src).unwrap();
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let policy = policy.to_string_lossy().into_owned();
+    let remote = format!("docker://{}/team/app:v1", r.server.addr());
+    let src_ref = format!("oci:{}:v1", src.display());
+    let creds = format!("{}:{}", dev.0, dev.1);
+    let refused = run(
+        &skopeo,
+        &[
+            "--policy",
+            &policy,
+            "copy",
+            "--dest-tls-verify=false",
+            &src_ref,
+            &remote,
+        ],
+        &[],
+        "anonymous skopeo copy",
+    );
+    assert!(refused.is_err(), "an anonymous push succeeded");
+    run(
+        &skopeo,
+        &[
+            "--policy",
+            &policy,
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &src_ref,
+            &remote,
+        ],
+        &[],
+        "skopeo copy with --dest-creds",
+    )
+    .unwrap();
+    let dst = work.path().join("dst");
+    let dst_ref = format!("oci:{}:v1", dst.display());
+    run(
+        &skopeo,
+        &[
+            "--policy",
+            &policy,
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &creds,
+            &remote,
+            &dst_ref,
+        ],
+        &[],
+        "skopeo copy with --src-creds",
+    )
+    .unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dst.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join("oras_roundtrip.py");
+    let script = script.to_string_lossy().into_owned();
+    let out = run(
+        &python,
+        &[
+            &script,
+            &r.server.addr(),
+            "team/oras",
+            &work.path().to_string_lossy(),
+        ],
+        &[("ORAS_USER", &dev.0), ("ORAS_PASSWORD", &dev.1)],
+        "oras_roundtrip.py with credentials",
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["a2"]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+
+    // The token service was used (not Basic on /v2/): logins are audited.
+    r.audit_until("action=login", |e| has(e, "login", "dev", "success"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn anonymous_pulls_public_projects_only_and_learns_nothing_else() {
+    // Proves: anonymous clients pull from a public project without logging in; a
+    // private project, an unknown repository in it and an unknown project all answer
+    // the same 401 with a Bearer challenge naming the scope; an authenticated user
+    // without rights gets 403 DENIED for existing and missing repositories alike; the
+    // catalog shows each caller only what it may pull.
+    let r = Registry::start(&[]).await;
+    r.project("pub", true).await.unwrap();
+    r.project("priv", false).await.unwrap();
+    let (pub_digest, _) = r
+        .push_image(&Creds::admin(), "pub/app", "v1")
+        .await
+        .unwrap();
+    r.push_image(&Creds::admin(), "priv/app", "v1")
+        .await
+        .unwrap();
+    r.project("other", false).await.unwrap();
+    let stranger = r.user("stranger", "other", "owner").await.unwrap();
+
+    let resp = r
+        .req(Method::GET, "/v2/pub/app/manifests/v1", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(resp.headers(), "docker-content-digest"), pub_digest);
+
+    for repo in ["priv/app", "priv/missing", "nope/app"] {
+        let resp = r
+            .req(Method::GET, &format!("/v2/{repo}/manifests/v1"), None)
+            .send()
+            .await
+            .unwrap();
+        let challenge = header(resp.headers(), "www-authenticate");
+        assert!(
+            challenge.starts_with("Bearer realm=\"http://")
+                && challenge.contains("/token\",service=\"berth\"")
+                && challenge.contains(&format!("scope=\"repository:{repo}:pull\"")),
+            "{repo}: {challenge}"
+        );
+        expect_error(repo, resp, 401, "UNAUTHORIZED").await.unwrap();
+        let resp = r
+            .req(
+                Method::GET,
+                &format!("/v2/{repo}/manifests/v1"),
+                Some(&stranger),
+            )
+            .send()
+            .await
+            .unwrap();
+        expect_error(repo, resp, 403, "DENIED").await.unwrap();
+    }
+    let resp = r.req(Method::GET, "/v2/", None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(header(resp.headers(), "www-authenticate").starts_with("Bearer realm="));
+
+    // An anonymous token names no right on the private repository.
+    let t = r.token(None, "repository:priv/app:pull").await.unwrap();
+    let resp = r
+        .http
+        .get(r.url("/v2/priv/app/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let catalog = |who: Option<Creds>| {
+        let r = &r;
+        async move {
+            let v: Value = r
+                .req(Method::GET, "/v2/_catalog", who.as_ref())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["repositories"].clone()
+        }
+    };
+    assert_eq!(catalog(None).await, json!(["pub/app"]));
+    assert_eq!(catalog(Some(stranger.clone())).await, json!(["pub/app"]));
+    assert_eq!(
+        catalog(Some(Creds::admin())).await,
+        json!(["priv/app", "pub/app"])
+    );
+}
+
+#[tokio::test]
+async fn roles_decide_who_pulls_pushes_and_deletes() {
+    // Proves: a Reader pulls but cannot push or delete (403 DENIED), a Developer pushes
+    // but cannot delete, a Maintainer deletes; an administrator cannot push into a
+    // project that does not exist and is told so.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let reader = r.user("reader", "team", "reader").await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    let maint = r.user("maint", "team", "maintainer").await.unwrap();
+    let (digest, layer) = r.push_image(&dev, "team/app", "v1").await.unwrap();
+
+    let resp = r
+        .req(Method::GET, "/v2/team/app/manifests/v1", Some(&reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = r
+        .req(Method::GET, "/v2/team/app/tags/list", Some(&reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["tags"], json!(["v1"]));
+    assert_eq!(
+        r.push_blob(Some(&reader), "team/app", b"reader bytes")
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN
+    );
+    for who in [&reader, &dev] {
+        let resp = r
+            .req(
+                Method::DELETE,
+                &format!("/v2/team/app/manifests/{digest}"),
+                Some(who),
+            )
+            .send()
+            .await
+            .unwrap();
+        expect_error("delete manifest", resp, 403, "DENIED")
+            .await
+            .unwrap();
+        let resp = r
+            .req(
+                Method::DELETE,
+                &format!("/v2/team/app/blobs/{layer}"),
+                Some(who),
+            )
+            .send()
+            .await
+            .unwrap();
+        expect_error("delete blob", resp, 403, "DENIED")
+            .await
+            .unwrap();
+    }
+    let resp = r
+        .req(
+            Method::DELETE,
+            &format!("/v2/team/app/manifests/{digest}"),
+            Some(&maint),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+
+    let resp = r
+        .req(
+            Method::POST,
+            "/v2/ghost/app/blobs/uploads/",
+            Some(&Creds::admin()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("DENIED") && text.contains("project ghost does not exist"),
+        "{text}"
+    );
+
+    // Denied writes and the delete are audited.
+    r.audit_until("project=team", |e| {
+        has(e, "push", "reader", "denied") && has(e, "delete", "maint", "success")
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_robot_limited_to_one_repository_touches_nothing_else() {
+    // Proves: a project robot with pull,push on team/app pushes and pulls there, is
+    // refused on team/other (push and pull) and everywhere else, works through the
+    // token flow too, and stops working once it expires.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    r.push_image(&Creds::admin(), "team/other", "v1")
+        .await
+        .unwrap();
+    let robot = r
+        .robot(
+            "ci",
+            "team",
+            json!([{ "repositories": "app", "actions": ["pull", "push"] }]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(robot.0, "robot$team+ci");
+    r.push_image(&robot, "team/app", "v1").await.unwrap();
+    assert_eq!(
+        r.push_blob(Some(&robot), "team/other", b"robot bytes")
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN
+    );
+    let resp = r
+        .req(Method::GET, "/v2/team/other/manifests/v1", Some(&robot))
+        .send()
+        .await
+        .unwrap();
+    expect_error("robot pull other", resp, 403, "DENIED")
+        .await
+        .unwrap();
+    let resp = r
+        .req(Method::DELETE, "/v2/team/app/manifests/v1", Some(&robot))
+        .send()
+        .await
+        .unwrap();
+    expect_error("robot delete", resp, 403, "DENIED")
+        .await
+        .unwrap();
+
+    // Its token carries only what it holds.
+    let t = r
+        .token(
+            Some(&robot),
+            "repository:team/app:pull,push,delete repository:team/other:pull",
+        )
+        .await
+        .unwrap();
+    let ok = r
+        .http
+        .get(r.url("/v2/team/app/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let refused = r
+        .http
+        .get(r.url("/v2/team/other/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    expect_error("token for other", refused, 403, "DENIED")
+        .await
+        .unwrap();
+
+    let short = r
+        .robot(
+            "brief",
+            "team",
+            json!([{ "repositories": "*", "actions": ["pull"] }]),
+            Some(1),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let resp = r
+        .req(Method::GET, "/v2/team/app/manifests/v1", Some(&short))
+        .send()
+        .await
+        .unwrap();
+    expect_error("expired robot", resp, 401, "UNAUTHORIZED")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_cross_project_mount_of_an_unreadable_blob_reveals_and_links_nothing() {
+    // Proves: mounting a blob from a repository the caller cannot read answers 202 (a
+    // plain upload session), exactly like a mount of a blob that exists nowhere, and
+    // the target repository does not link the blob; with pull rights the same mount
+    // answers 201.
+    let r = Registry::start(&[]).await;
+    r.project("secret", false).await.unwrap();
+    r.project("team", false).await.unwrap();
+    let (_, layer) = r
+        .push_image(&Creds::admin(), "secret/app", "v1")
+        .await
+        .unwrap();
+    let alice = r.user("alice", "team", "developer").await.unwrap();
+    let missing = sha256_digest(b"exists nowhere");
+    for d in [&layer, &missing] {
+        let resp = r
+            .req(
+                Method::POST,
+                &format!("/v2/team/app/blobs/uploads/?mount={d}&from=secret/app"),
+                Some(&alice),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "mount of {d}");
+        assert!(header(resp.headers(), "location").starts_with("/v2/team/app/blobs/uploads/"));
+    }
+    let resp = r
+        .req(
+            Method::HEAD,
+            &format!("/v2/team/app/blobs/{layer}"),
+            Some(&alice),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "the blob was linked");
+
+    r.ok(
+        Method::PUT,
+        "/api/v1/projects/secret/members/alice",
+        Some(json!({ "role": "reader" })),
+    )
+    .await
+    .unwrap();
+    let resp = r
+        .req(
+            Method::POST,
+            &format!("/v2/team/app/blobs/uploads/?mount={layer}&from=secret/app"),
+            Some(&alice),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn expired_tampered_and_refreshed_tokens() {
+    // Proves: a token works until it expires (2 s here) and is refused after; a token
+    // with a changed payload or signature is refused; the OAuth2 password grant returns
+    // a refresh token whose refresh grant issues working tokens; wrong passwords get
+    // 401 from the token service.
+    let r = Registry::start(&["--token-ttl-secs", "2"]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let scope = "repository:team/app:pull";
+    let t = r.token(Some(&dev), scope).await.unwrap();
+    let get = |tok: String| {
+        let r = &r;
+        async move {
+            r.http
+                .get(r.url("/v2/team/app/manifests/v1"))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(get(t.clone()).await, StatusCode::OK);
+
+    let parts: Vec<&str> = t.split('.').collect();
+    // A character in the middle carries six signature bits (the last one carries
+    // padding bits a decoder may ignore).
+    let mut sig: Vec<char> = parts[2].chars().collect();
+    sig[10] = if sig[10] == 'A' { 'B' } else { 'A' };
+    let sig: String = sig.into_iter().collect();
+    assert_eq!(
+        get(format!("{}.{}.{sig}", parts[0], parts[1])).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let payload = base64_url(br#"{"iss":"berth","sub":"admin","aud":"berth","exp":99999999999,"nbf":0,"iat":0,"jti":"x","access":[{"type":"repository","name":"team/app","actions":["pull","push","delete"]}],"use":"access"}"#);
+    assert_eq!(
+        get(format!("{}.{payload}.{}", parts[0], parts[2])).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let expired = r
+        .http
+        .get(r.url("/v2/team/app/manifests/v1"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert!(header(expired.headers(), "www-authenticate").starts_with("Bearer realm="));
+    expect_error("expired token", expired, 401, "UNAUTHORIZED")
+        .await
+        .unwrap();
+
+    let form = format!(
+        "grant_type=password&service=berth&client_id=test&access_type=offline&scope={scope}&username={}&password={}",
+        dev.0, dev.1
+    );
+    let v: Value = r
+        .http
+        .post(r.url("/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = v["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
+    assert_eq!(
+        get(v["access_token"].as_str().unwrap().to_owned()).await,
+        StatusCode::OK
+    );
+    let v: Value = r
+        .http
+        .post(r.url("/token"))
+        .body(format!(
+            "grant_type=refresh_token&service=berth&scope={scope}&refresh_token={refresh}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        get(v["access_token"].as_str().expect("refreshed").to_owned()).await,
+        StatusCode::OK
+    );
+    // A refresh token is not an access token.
+    assert_eq!(get(refresh).await, StatusCode::UNAUTHORIZED);
+    let bad = r
+        .req(
+            Method::GET,
+            &format!("/token?service=berth&scope={scope}"),
+            Some(&Creds::new("dev", "wrong-password")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+    r.audit_until("action=auth-failure", |e| {
+        has(e, "auth-failure", "dev", "denied")
+    })
+    .await
+    .unwrap();
+}
+
+fn base64_url(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_audit_log_records_changes_and_exports_csv() {
+    // Proves: pushes, tag moves, deletes, policy changes and failed logins are in the
+    // audit log with identity, client and outcome; filters by identity and action work;
+    // the CSV export has a header and the same entries.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "maintainer").await.unwrap();
+    let (digest, _) = r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let resp = r
+        .req(
+            Method::DELETE,
+            &format!("/v2/team/app/manifests/{digest}"),
+            Some(&dev),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let resp = r
+        .req(Method::GET, "/v2/", Some(&Creds::new("dev", "nope-nope")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let entries = r
+        .audit_until("", |e| {
+            has(e, "tag", "dev", "success")
+                && has(e, "delete", "dev", "success")
+                && has(e, "policy", "admin", "success")
+                && has(e, "auth-failure", "dev", "denied")
+        })
+        .await
+        .unwrap();
+    let tag = entries.iter().find(|e| e["action"] == "tag").unwrap();
+    assert_eq!(tag["resource"], "team/app:v1");
+    assert_eq!(tag["project"], "team");
+    assert_eq!(tag["client"], "127.0.0.1");
+    let only_dev = r
+        .audit_until("identity=dev&action=delete", |e| !e.is_empty())
+        .await
+        .unwrap();
+    assert!(
+        only_dev
+            .iter()
+            .all(|e| e["identity"] == "dev" && e["action"] == "delete")
+    );
+
+    let csv = r
+        .req(
+            Method::GET,
+            "/api/v1/audit?format=csv&action=tag",
+            Some(&Creds::admin()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("time_ms,identity,client,action,resource,project,outcome,count")
+    );
+    assert!(
+        lines.any(|l| l.contains(",dev,127.0.0.1,tag,team/app:v1,team,success,1")),
+        "{csv}"
+    );
+    // Only administrators read it.
+    let resp = r
+        .req(Method::GET, "/api/v1/audit", Some(&dev))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_burst_above_the_rate_limit_gets_429_then_recovers() {
+    // Proves: at 5 requests/s (bursts of 10) per address, a burst of 40 requests gets
+    // 429 TOOMANYREQUESTS with Retry-After, and requests pass again after a pause;
+    // repeated failed logins are throttled too.
+    let r = Registry::start(&["--rate-limit-rps", "5", "--failed-logins-per-minute", "3"]).await;
+    let mut limited = 0;
+    let mut retry_after = String::new();
+    for _ in 0..40 {
+        let resp = r
+            .req(Method::GET, "/v2/", Some(&Creds::admin()))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            retry_after = header(resp.headers(), "retry-after");
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+        }
+    }
+    assert!(
+        limited >= 20,
+        "only {limited} of 40 burst requests were limited"
+    );
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s >= 1),
+        "Retry-After {retry_after:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = r
+        .req(Method::GET, "/v2/", Some(&Creds::admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "no recovery after the pause");
+
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let resp = r
+            .req(
+                Method::GET,
+                "/v2/",
+                Some(&Creds::new("admin", "wrong-guess")),
+            )
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(statuses[0], 401);
+    assert_eq!(
+        *statuses.last().unwrap(),
+        429,
+        "failed logins not throttled: {statuses:?}"
+    );
+    // While throttled even the right password waits.
+    let resp = r
+        .req(Method::GET, "/v2/", Some(&Creds::admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn cluster_endpoints_need_an_administrator() {
+    // Proves: /api/v1/cluster/* admits nodes, so in enforced mode anonymous callers get
+    // 401 and users 403, administrators 200.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let owner = r.user("owner", "team", "owner").await.unwrap();
+    let status = |who: Option<Creds>| {
+        let r = &r;
+        async move {
+            r.req(Method::GET, "/api/v1/cluster/status", who.as_ref())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(Some(owner.clone())).await, StatusCode::FORBIDDEN);
+    assert_eq!(status(Some(Creds::admin())).await, StatusCode::OK);
+    let join = r
+        .req(Method::POST, "/api/v1/cluster/members", Some(&owner))
+        .json(&json!({ "id": 9, "addr": "127.0.0.1:1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(join.status(), StatusCode::FORBIDDEN);
+    // An owner manages members of its own project only.
+    let (s, _) = r
+        .api(
+            Method::POST,
+            "/api/v1/projects",
+            &owner,
+            Some(json!({ "name": "mine" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_generated_bootstrap_password_is_written_once_for_its_owner() {
+    // Proves: without BERTH_ADMIN_PASSWORD the first start writes a generated password
+    // to <data>/admin-password with mode 0600, it logs in, and a restart keeps it.
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = Server::start(ServerOptions {
+        args: vec!["--auth".into(), "enforced".into()],
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let file = server.data_dir().join("admin-password");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(password.len() >= 16);
+    assert!(server.log_tail().contains("admin-password"));
+    let http = Client::new();
+    let get = |p: String| {
+        let http = http.clone();
+        let url = format!("{}/v2/", server.url());
+        async move {
+            http.get(url)
+                .basic_auth("admin", Some(p))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(get(password.clone()).await, StatusCode::OK);
+    assert_eq!(get("wrong-password".into()).await, StatusCode::UNAUTHORIZED);
+    server.restart().await.unwrap();
+    let url = format!("{}/v2/", server.url());
+    let again = Client::new()
+        .get(url)
+        .basic_auth("admin", Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn berth_admin_creates_a_project_user_and_robot_and_prints_a_pull_secret() {
+    // Proves: the CLI drives the management API with Basic credentials: it creates and
+    // lists a project, creates a user and a robot whose secret pulls, and prints a
+    // Kubernetes dockerconfigjson Secret whose credentials work.
+    let r = Registry::start(&[]).await;
+    let bin = berth_binary().unwrap();
+    let url = r.server.url();
+    let admin = |args: &[&str]| -> Result<String> {
+        let mut all = vec![
+            "admin",
+            "--url",
+            &url,
+            "--user",
+            "admin",
+            "--password",
+            ADMIN_PASSWORD,
+        ];
+        all.extend_from_slice(args);
+        let out = run(&bin, &all, &[], &format!("berth admin {}", args.join(" ")))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    admin(&["project", "create", "team"]).unwrap();
+    let list: Value = serde_json::from_str(&admin(&["project", "list"]).unwrap()).unwrap();
+    assert_eq!(list[0]["name"], "team");
+    admin(&[
+        "user",
+        "create",
+        "carol",
+        "--new-password",
+        "carol-password",
+    ])
+    .unwrap();
+    admin(&["member", "set", "team", "carol", "developer"]).unwrap();
+    let carol = Creds::new("carol", "carol-password");
+    r.push_image(&carol, "team/app", "v1").await.unwrap();
+    let robot: Value = serde_json::from_str(
+        &admin(&[
+            "robot",
+            "create",
+            "puller",
+            "--project",
+            "team",
+            "--grant",
+            "team:*:pull",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let name = robot["name"].as_str().unwrap();
+    let secret = robot["secret"].as_str().unwrap();
+    let manifest: Value =
+        serde_json::from_str(&admin(&["robot", "pull-secret", name, "--secret", secret]).unwrap())
+            .unwrap();
+    assert_eq!(manifest["type"], "kubernetes.io/dockerconfigjson");
+    let b64 = manifest["data"][".dockerconfigjson"].as_str().unwrap();
+    let decoded = Command::new("base64")
+        .arg("-d")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let config: Value = serde_json::from_slice(&decoded.stdout).unwrap();
+    let entry = &config["auths"][r.server.addr()];
+    let creds = Creds::new(
+        entry["username"].as_str().unwrap(),
+        entry["password"].as_str().unwrap(),
+    );
+    let resp = r
+        .req(Method::GET, "/v2/team/app/manifests/v1", Some(&creds))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        r.push_blob(Some(&creds), "team/app", b"puller bytes")
+            .await
+            .unwrap(),
+        StatusCode::FORBIDDEN
+    );
+}
