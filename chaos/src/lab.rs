@@ -154,8 +154,13 @@ impl Lab {
             .arg("--data")
             .arg(&s.data)
             .args(["--log-format", "json"]);
+        // The lab's own private network: plain HTTP, plain gRPC and open access are
+        // allowed there on purpose (berth refuses them off loopback by default).
         if !s.http.ip().is_loopback() {
-            cmd.arg("--allow-insecure-http");
+            cmd.arg("--allow-insecure-http").arg("--allow-open-access");
+        }
+        if !s.grpc.ip().is_loopback() {
+            cmd.arg("--allow-insecure-cluster");
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
