@@ -17,6 +17,10 @@ use crate::history::{Event, Op};
 struct Write {
     invoke: u64,
     acked_at: Option<u64>,
+    /// The earliest invocation of a write of this value whose outcome is unknown (no
+    /// answer, or a 5xx such as a 503 after the forwarding deadline): it may take
+    /// effect at any time after it was invoked, so the value may be current again.
+    indeterminate_from: Option<u64>,
 }
 
 /// Largest `value` among `(at, value)` pairs with `at < before`; pairs sorted by `at`.
@@ -55,10 +59,16 @@ pub fn check(events: &[Event]) -> Verdict {
                     .or_insert(Write {
                         invoke: e.invoke_ms,
                         acked_at: None,
+                        indeterminate_from: None,
                     });
                 w.invoke = w.invoke.min(e.invoke_ms);
                 if e.outcome.ok() {
                     w.acked_at = Some(w.acked_at.map_or(e.complete_ms, |a| a.max(e.complete_ms)));
+                } else if e.outcome.status.is_none_or(|s| s >= 500) {
+                    w.indeterminate_from = Some(
+                        w.indeterminate_from
+                            .map_or(e.invoke_ms, |i| i.min(e.invoke_ms)),
+                    );
                 }
             }
             Op::ReadTag { repo, tag } => reads
@@ -121,6 +131,11 @@ pub fn check(events: &[Event]) -> Verdict {
                             "op {} on node {}: read of {name} ending at {} ms returned {digest}, written only from {} ms",
                             r.id, r.node, r.complete_ms, w.invoke
                         ));
+                    }
+                    // A write of this value with an unknown outcome, invoked before the
+                    // read ended, may have taken effect just before the read.
+                    if w.indeterminate_from.is_some_and(|i| i < r.complete_ms) {
+                        continue;
                     }
                     let Some(w_acked) = w.acked_at else { continue };
                     if let Some(newer) = max_before(&acked, &acked_max, r.invoke_ms)

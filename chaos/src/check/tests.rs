@@ -181,6 +181,23 @@ fn a_stale_read_is_caught() {
 }
 
 #[test]
+fn an_old_value_rewritten_by_a_write_of_unknown_outcome_may_come_back() {
+    let mut h = H::new();
+    h.move_tag((0, 10), "a", Some(201));
+    // Another client writes a again but gets a 503: it may still take effect later.
+    h.move_tag((15, 5_000), "a", Some(503));
+    h.move_tag((20, 30), "b", Some(201));
+    h.read_tag(3, (6_000, 6_010), Some("a"));
+    assert_eq!(tags::check(&h.events).violations, 0);
+    // Without that write, the same read is stale.
+    let mut strict = H::new();
+    strict.move_tag((0, 10), "a", Some(201));
+    strict.move_tag((20, 30), "b", Some(201));
+    strict.read_tag(3, (6_000, 6_010), Some("a"));
+    assert_eq!(tags::check(&strict.events).violations, 1);
+}
+
+#[test]
 fn a_read_going_back_after_another_read_saw_a_newer_value_is_caught() {
     let mut h = H::new();
     h.move_tag((0, 10), "a", Some(201));
