@@ -33,8 +33,8 @@ const ADMIN_USER: &str = "admin";
 const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 const NODE_FILE_FORMAT: u32 = 1;
-/// Start-up upload recovery is retried this often while metadata is unavailable (each
-/// attempt waits up to the forwarding deadline).
+/// A start-up step through Raft is retried this often while metadata is unavailable
+/// (each attempt waits up to the forwarding deadline).
 const RECOVER_ATTEMPTS_MAX: u32 = 12;
 
 /// The node's persisted identity.
@@ -246,42 +246,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             (meta, app, Some(task))
         }
     };
-    // Right after a restart the node may not reach a working leader yet (its last
-    // known leader was deposed, an election is under way): the first reads and writes
-    // through Raft are retried, bounded, instead of exiting.
-    let mut attempt = 0;
-    let cluster_id = loop {
-        match meta.cluster_id().await {
-            Ok(id) => break id,
-            Err(
-                e @ (ConsensusError::Unavailable { .. }
-                | ConsensusError::NotLeader { .. }
-                | ConsensusError::CommitUnknown { .. }),
-            ) if attempt < RECOVER_ATTEMPTS_MAX => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e, "reading the cluster id: metadata unavailable, retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e).context("reading the cluster id"),
-        }
-    };
+    let cluster_id = at_start("reading the cluster id", transient, || meta.cluster_id()).await?;
     record_cluster_id(&cfg.data, node, cluster_id)?;
-    let mut attempt = 0;
-    loop {
-        match maintenance::recover(&app).await {
-            Ok(()) => break,
-            Err(e) if e.code == Code::Unavailable && attempt < RECOVER_ATTEMPTS_MAX => {
-                attempt += 1;
-                tracing::warn!(attempt, error = %e.message, "recovering uploads: metadata unavailable, retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => anyhow::bail!("recovering uploads: {}", e.message),
-        }
-    }
-    app.auth
-        .init_keys(&app.meta)
-        .await
-        .context("storing the token signing key")?;
+    at_start(
+        "recovering uploads",
+        |e: &berth_api::oci::error::OciError| e.code == Code::Unavailable,
+        || maintenance::recover(&app),
+    )
+    .await?;
+    at_start("storing the token signing key", transient, || {
+        app.auth.init_keys(&app.meta)
+    })
+    .await?;
     match setting {
         AuthSetting::Open => tracing::warn!(
             "authentication is OFF (open mode): anyone who reaches {} may pull, push and delete; \
@@ -416,6 +392,45 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     Ok(())
+}
+
+/// Whether a metadata error may clear up by itself (no leader yet, an election under
+/// way, a commit whose outcome is unknown).
+fn transient(e: &ConsensusError) -> bool {
+    matches!(
+        e,
+        ConsensusError::Unavailable { .. }
+            | ConsensusError::NotLeader { .. }
+            | ConsensusError::CommitUnknown { .. }
+    )
+}
+
+/// Runs a start-up step that reads or writes through Raft. Right after a restart the
+/// node may not reach a working leader yet (its last known leader was deposed, an
+/// election is under way), so a `retry`-able failure is retried, bounded, instead of
+/// ending the process.
+async fn at_start<T, E, F, Fut>(
+    what: &str,
+    retry: impl Fn(&E) -> bool,
+    mut step: F,
+) -> anyhow::Result<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retry(&e) && attempt < RECOVER_ATTEMPTS_MAX => {
+                attempt += 1;
+                tracing::warn!(attempt, error = %e, "{what}: metadata unavailable, retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!("{what}: {e}"),
+        }
+    }
 }
 
 /// Asks the member at `url` to admit this node. Retries while the member is not

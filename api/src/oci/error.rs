@@ -123,6 +123,12 @@ impl OciError {
     }
 }
 
+impl std::fmt::Display for OciError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl IntoResponse for OciError {
     fn into_response(self) -> Response {
         let body = json!({

@@ -43,9 +43,12 @@ impl ClusterTls {
     pub fn install(&self) -> Result<ServerTlsConfig, TlsSetupError> {
         check_pem("the cluster CA certificate", &self.ca_pem, "CERTIFICATE")?;
         check_pem("the node certificate", &self.cert_pem, "CERTIFICATE")?;
-        check_pem("the node key", &self.key_pem, "PRIVATE KEY")
-            .or_else(|_| check_pem("the node key", &self.key_pem, "EC PRIVATE KEY"))
-            .or_else(|_| check_pem("the node key", &self.key_pem, "RSA PRIVATE KEY"))?;
+        // PKCS#8 ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE KEY").
+        if !String::from_utf8_lossy(&self.key_pem).contains("PRIVATE KEY-----") {
+            return Err(TlsSetupError::NotPem {
+                what: "the node key",
+            });
+        }
         let ca = Certificate::from_pem(&self.ca_pem);
         let identity = Identity::from_pem(&self.cert_pem, &self.key_pem);
         let client = ClientTlsConfig::new()
