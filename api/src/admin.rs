@@ -52,6 +52,17 @@ pub struct ClusterStatus {
     pub joint: bool,
     pub members: Vec<MemberStatus>,
     pub disks: Vec<DiskStatus>,
+    /// The applied state, read in one transaction: equal `applied` on two nodes
+    /// means equal `digest` unless their states diverged.
+    pub state: Option<AppliedState>,
+}
+
+/// A digest of this node's applied state and the log index it reflects.
+#[derive(Debug, Serialize)]
+pub struct AppliedState {
+    pub applied: Option<u64>,
+    /// SHA-256 over every state table, 64 hex digits.
+    pub digest: String,
 }
 
 pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> {
@@ -98,6 +109,16 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         .ok()
         .flatten()
         .map(|id| format!("{id:032x}"));
+    let state = app
+        .meta
+        .read_local(|v| {
+            Ok(AppliedState {
+                applied: v.applied_index()?,
+                digest: hex::encode(v.state_digest()?),
+            })
+        })
+        .await
+        .ok();
     Json(ClusterStatus {
         cluster_id,
         node: raft.node.0,
@@ -110,6 +131,7 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         joint: membership.is_joint(),
         members,
         disks,
+        state,
     })
 }
 

@@ -201,6 +201,14 @@ impl StateView {
             .transpose()
     }
 
+    /// The log index of the last entry applied to the state this view reads.
+    pub fn applied_index(&self) -> Result<Option<u64>, ConsensusError> {
+        let meta = self.table(tables::SM_META)?;
+        let applied: Option<crate::type_config::LogId> =
+            read_record(&meta, "last applied log id", tables::LAST_APPLIED)?;
+        Ok(applied.map(|l| l.index))
+    }
+
     /// A SHA-256 over every registry table, in a fixed table order and key order. Two
     /// nodes that applied the same log prefix have the same digest.
     pub fn state_digest(&self) -> Result<[u8; 32], ConsensusError> {
