@@ -1,7 +1,8 @@
 //! The management API under `/api/v1/`. For now the cluster: `GET
 //! /api/v1/cluster/status` (this node's view: Raft term, leader, log indices,
-//! membership with each member's replication progress when this node leads, and its
-//! disks), `POST /api/v1/cluster/members` (`{"id", "addr", "cluster_id"?}`: join a
+//! membership with each member's replication progress when this node leads, its
+//! disks, and every member's own report of its disks and applied state, fetched over
+//! the internal listener), `POST /api/v1/cluster/members` (`{"id", "addr", "cluster_id"?}`: join a
 //! node, learner first, voter once caught up; a node that already belongs to another
 //! cluster is refused) and `DELETE /api/v1/cluster/members/{id}`.
 
@@ -11,6 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_consensus::ConsensusError;
 use berth_types::NodeId;
+use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
@@ -25,9 +27,60 @@ pub struct MemberStatus {
     pub matched: Option<u64>,
     /// How far the member trails the leader's log (only on the leader).
     pub lag: Option<u64>,
+    /// The member's own report (its disks and applied state), or why there is none.
+    pub report: Option<NodeReport>,
+    pub unreachable: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// What a node says about itself to the node answering a cluster status.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: u64,
+    pub state: Option<AppliedState>,
+    pub disks: Vec<DiskStatus>,
+}
+
+/// The internal listener's path of [`node_report`].
+pub const NODE_REPORT_PATH: &str = "/internal/v1/node";
+/// How long the status waits for a member's report.
+const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /internal/v1/node` on the internal listener: this node's report.
+pub async fn node_report(State(app): State<AppState>) -> Json<NodeReport> {
+    Json(local_report(&app).await)
+}
+
+async fn local_report(app: &AppState) -> NodeReport {
+    let disks = app
+        .store
+        .disk_stats()
+        .into_iter()
+        .map(|d| DiskStatus {
+            id: d.id.0,
+            path: d.path,
+            total_bytes: d.total_bytes,
+            free_bytes: d.free_bytes,
+            state: format!("{:?}", d.state).to_lowercase(),
+        })
+        .collect();
+    let state = app
+        .meta
+        .read_local(|v| {
+            Ok(AppliedState {
+                applied: v.applied_index()?,
+                digest: hex::encode(v.state_digest()?),
+            })
+        })
+        .await
+        .ok();
+    NodeReport {
+        node: app.node.0,
+        state,
+        disks,
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskStatus {
     pub id: u32,
     pub path: String,
@@ -48,6 +101,10 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub committed: Option<u64>,
     pub last_applied: Option<u64>,
+    /// Log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Highest log index purged from this node's log.
+    pub purged: Option<u64>,
     /// A membership change is in progress (two voter sets).
     pub joint: bool,
     pub members: Vec<MemberStatus>,
@@ -58,7 +115,7 @@ pub struct ClusterStatus {
 }
 
 /// A digest of this node's applied state and the log index it reflects.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AppliedState {
     pub applied: Option<u64>,
     /// SHA-256 over every state table, 64 hex digits.
@@ -70,14 +127,41 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
     let membership = app.meta.membership();
     let voters = membership.voters();
     let last = raft.last_log_index;
+    let here = local_report(&app).await;
+    let reports = join_all(membership.nodes.iter().map(|(id, addr)| {
+        let app = &app;
+        async move {
+            if *id == app.node {
+                return Ok(None);
+            }
+            app.proxy
+                .get_json::<NodeReport>(addr, NODE_REPORT_PATH, REPORT_WAIT)
+                .await
+                .map(Some)
+        }
+    }))
+    .await;
     let members = membership
         .nodes
         .iter()
-        .map(|(id, addr)| {
+        .zip(reports)
+        .map(|((id, addr), report)| {
             let matched = raft
                 .replication
                 .as_ref()
                 .and_then(|r| r.get(id).copied().flatten());
+            let (report, unreachable) = match report {
+                Ok(Some(r)) => (Some(r), None),
+                Ok(None) => (
+                    Some(NodeReport {
+                        node: here.node,
+                        state: here.state.clone(),
+                        disks: here.disks.clone(),
+                    }),
+                    None,
+                ),
+                Err(e) => (None, Some(e)),
+            };
             MemberStatus {
                 id: id.0,
                 addr: addr.clone(),
@@ -87,19 +171,9 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
                     .replication
                     .as_ref()
                     .map(|_| last.unwrap_or(0).saturating_sub(matched.unwrap_or(0))),
+                report,
+                unreachable,
             }
-        })
-        .collect();
-    let disks = app
-        .store
-        .disk_stats()
-        .into_iter()
-        .map(|d| DiskStatus {
-            id: d.id.0,
-            path: d.path,
-            total_bytes: d.total_bytes,
-            free_bytes: d.free_bytes,
-            state: format!("{:?}", d.state).to_lowercase(),
         })
         .collect();
     let cluster_id = app
@@ -109,16 +183,7 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         .ok()
         .flatten()
         .map(|id| format!("{id:032x}"));
-    let state = app
-        .meta
-        .read_local(|v| {
-            Ok(AppliedState {
-                applied: v.applied_index()?,
-                digest: hex::encode(v.state_digest()?),
-            })
-        })
-        .await
-        .ok();
+    let NodeReport { disks, state, .. } = here;
     Json(ClusterStatus {
         cluster_id,
         node: raft.node.0,
@@ -128,6 +193,8 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         last_log_index: raft.last_log_index,
         committed: raft.committed,
         last_applied: raft.last_applied,
+        snapshot: raft.snapshot,
+        purged: raft.purged,
         joint: membership.is_joint(),
         members,
         disks,

@@ -7,7 +7,8 @@
 //!
 //! The owner serves these requests with [`internal_router`], mounted on the gRPC
 //! listener (HTTP/2): it answers only for sessions it owns, so a request is passed on
-//! at most once.
+//! at most once. The same channels fetch the other members' reports for the cluster
+//! status.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,38 @@ impl UploadProxy {
         Ok(Response::from_parts(parts, Body::new(body)))
     }
 
+    /// `GET path` on the internal listener of the node at `addr`, answered as JSON
+    /// within `timeout`. For the cluster status's per-member reports.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        timeout: std::time::Duration,
+    ) -> Result<T, String> {
+        let endpoint = berth_consensus::grpc::peer_endpoint(addr).map_err(|e| e.to_string())?;
+        let uri: Uri = format!("{}{path}", endpoint.uri().to_string().trim_end_matches('/'))
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+        let channel = self.channel(addr, endpoint);
+        let req = http::Request::get(uri)
+            .version(http::Version::HTTP_2)
+            .body(tonic::body::Body::empty())
+            .map_err(|e| e.to_string())?;
+        let fetch = async {
+            let resp = channel.oneshot(req).await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("HTTP {}", resp.status()));
+            }
+            let body = axum::body::to_bytes(Body::new(resp.into_body()), 1024 * 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::from_slice(&body).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, fetch)
+            .await
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+    }
+
     fn channel(&self, addr: &str, endpoint: tonic::transport::Endpoint) -> Channel {
         let mut channels = self.channels.lock().expect("proxy channels lock poisoned");
         channels
@@ -112,10 +145,15 @@ impl UploadProxy {
 }
 
 /// The router of the internal listener: upload-session requests passed on by other
-/// nodes, answered only for sessions this node owns.
+/// nodes, answered only for sessions this node owns, and this node's report for the
+/// cluster status ([`crate::admin::node_report`]).
 pub fn internal_router(app: AppState) -> Router {
     Router::new()
         .route("/v2/{*rest}", any(owned_upload))
+        .route(
+            crate::admin::NODE_REPORT_PATH,
+            axum::routing::get(crate::admin::node_report),
+        )
         .with_state(app)
 }
 

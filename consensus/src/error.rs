@@ -14,6 +14,16 @@ pub enum Unavailability {
     NoQuorum,
     #[error("the leader, node {leader}, cannot be reached")]
     LeaderUnreachable { leader: NodeId },
+    /// The leader refused a forwarded command as older than the forwarding window
+    /// (by its own clock): it was delayed in flight, or this node's clock is behind
+    /// the leader's.
+    #[error(
+        "the leader refused the command as {age_ms} ms old (delayed in flight, or this node's clock is behind the leader's)"
+    )]
+    Expired { age_ms: u64 },
+    /// The command did not commit within the deadline; it may still commit.
+    #[error("the command was not committed within {waited_ms} ms")]
+    CommitTimeout { waited_ms: u64 },
 }
 
 /// Errors of the metadata layer.
@@ -44,6 +54,10 @@ pub enum ConsensusError {
     Storage(#[source] redb::Error),
     #[error("creating the metadata directory")]
     Directory(#[source] std::io::Error),
+    /// Writing, reading or receiving a snapshot file failed (a full disk, a damaged
+    /// file).
+    #[error("snapshot file")]
+    SnapshotFile(#[source] std::io::Error),
     /// A stored or logged value does not decode: corruption or a format this build
     /// does not know.
     #[error("decoding {what}")]

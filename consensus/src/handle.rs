@@ -42,6 +42,10 @@ pub struct RaftStatus {
     pub last_log_index: Option<u64>,
     pub committed: Option<u64>,
     pub last_applied: Option<u64>,
+    /// Log index the latest snapshot covers.
+    pub snapshot: Option<u64>,
+    /// Highest log index purged from the log (covered by a snapshot).
+    pub purged: Option<u64>,
     pub is_leader: bool,
     /// On the leader: the highest log index each member is known to hold.
     pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
@@ -69,7 +73,7 @@ struct Inner {
 
 /// How long a command or read on a follower keeps trying to reach a leader before it
 /// gives up with `Unavailable` (the API answers 503 with Retry-After).
-const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const FORWARD_DEADLINE: Duration = Duration::from_secs(5);
 /// Pause between attempts to reach the leader.
 const FORWARD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -160,7 +164,11 @@ impl Metadata {
                 "the membership lists this node at another address; peers dial that one"
             );
         }
-        let service = RaftGrpcService::new(node.0, raft.clone());
+        let service = RaftGrpcService::new(
+            node.0,
+            raft.clone(),
+            dir.join(crate::snapshot_file::DIR_NAME),
+        );
         tracing::info!(%node, addr, "metadata cluster member started");
         Ok((Metadata::new(node, raft, db, dialer), service))
     }
@@ -204,7 +212,22 @@ impl Metadata {
         let deadline = tokio::time::Instant::now() + FORWARD_DEADLINE;
         let mut last = None;
         loop {
-            let leader = match self.inner.raft.client_write(cmd.clone()).await {
+            // Bounded: a leader cut off from its quorum would otherwise hold the caller
+            // until the partition heals. The entry may still commit (the outcome is
+            // unknown), within the time an election takes, never later.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let written =
+                match tokio::time::timeout(left, self.inner.raft.client_write(cmd.clone())).await {
+                    Ok(written) => written,
+                    Err(_) => {
+                        return Err(ConsensusError::Unavailable {
+                            cause: Unavailability::CommitTimeout {
+                                waited_ms: FORWARD_DEADLINE.as_millis() as u64,
+                            },
+                        });
+                    }
+                };
+            let leader = match written {
                 Ok(resp) => {
                     return Ok(resp
                         .data
@@ -229,6 +252,22 @@ impl Metadata {
                         });
                     }
                     Ok(ForwardReply::NotLeader { .. }) => {}
+                    // Every later attempt would be refused as well.
+                    Ok(ForwardReply::Expired { age_ms }) => {
+                        if let VersionedCommand::Tracked { at_ms, .. } = &cmd {
+                            let local_age = now_ms().saturating_sub(*at_ms);
+                            if local_age + 1000 < age_ms {
+                                tracing::warn!(
+                                    leader = leader.0,
+                                    behind_ms = age_ms - local_age,
+                                    "this node's clock is behind the leader's: forwarded writes are refused; synchronise the clocks"
+                                );
+                            }
+                        }
+                        return Err(last.unwrap_or(ConsensusError::Unavailable {
+                            cause: Unavailability::Expired { age_ms },
+                        }));
+                    }
                     Err(e) => last = Some(e),
                 }
             }
@@ -489,6 +528,8 @@ impl Metadata {
             last_log_index: metrics.last_log_index,
             committed: metrics.cluster_committed.map(|l| l.index),
             last_applied: metrics.last_applied.map(|l| l.index),
+            snapshot: metrics.snapshot.map(|l| l.index),
+            purged: metrics.purged.map(|l| l.index),
             replication: metrics.replication.as_ref().map(|r| {
                 r.iter()
                     .map(|(id, matched)| (NodeId(*id), matched.as_ref().map(|l| l.index)))
@@ -543,12 +584,17 @@ where
     N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
 {
     let db = db::open(dir).await?;
+    let snapshots = dir.join(crate::snapshot_file::DIR_NAME);
+    let store = {
+        let db = db.clone();
+        db::blocking(move || StateMachineStore::open(db, snapshots)).await?
+    };
     let raft = Raft::new(
         node.0,
         Arc::new(config),
         network,
         LogStore::new(db.clone()),
-        StateMachineStore::new(db.clone()),
+        store,
     )
     .await
     .map_err(fatal)?;
@@ -606,7 +652,7 @@ async fn wait_leader(
 
 /// Maps a refused write (a command or a membership change) to the domain error.
 /// Milliseconds since the Unix epoch by this node's clock.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

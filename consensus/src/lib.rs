@@ -29,6 +29,7 @@ mod log_store;
 mod membership;
 pub mod model;
 pub mod network;
+mod snapshot_file;
 mod state;
 mod state_machine;
 mod tables;
@@ -46,6 +47,7 @@ pub use model::{
     BlobRecord, Command, CommandV1, ManifestRecord, Outcome, ReferrerRecord, Rejection, TagRecord,
     UploadRecord, VersionedCommand,
 };
+pub use snapshot_file::SnapshotFile;
 pub use tenancy_state::AuditQuery;
 pub use type_config::{Peer, TypeConfig};
 pub use view::StateView;

@@ -28,10 +28,13 @@ pub(crate) const LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 
 /// The current snapshot: [`SNAPSHOT_META`] -> versioned `SnapshotMeta`,
-/// [`SNAPSHOT_DATA`] -> snapshot bytes (see `state_machine`).
+/// [`SNAPSHOT_FILE`] -> the versioned record of its file (see `snapshot_file`);
+/// [`SNAPSHOT_DATA`] -> snapshot bytes, as earlier builds kept them (moved out to a
+/// file when found).
 pub(crate) const SNAPSHOT: BytesTable = TableDefinition::new("snapshot");
 pub(crate) const SNAPSHOT_META: &[u8] = b"meta";
 pub(crate) const SNAPSHOT_DATA: &[u8] = b"data";
+pub(crate) const SNAPSHOT_FILE: &[u8] = b"file";
 
 /// `digest` -> `BlobRecord`.
 pub(crate) const BLOBS: BytesTable = TableDefinition::new("blobs");

@@ -130,7 +130,7 @@ fn table(answers: &[(String, Value)]) -> String {
     }
     if let Some(v) = membership {
         out += &format!(
-            "\nmembership (as node {} sees it{}):\n{:>6} {:<24} {:<8} {:>8} {:>6}\n",
+            "\nmembership (as node {} sees it{}):\n{:>6} {:<24} {:<8} {:>8} {:>6} {:>8} {:<14}\n",
             num(&v["node"]),
             if v["joint"].as_bool() == Some(true) {
                 ", joint change in progress"
@@ -141,11 +141,14 @@ fn table(answers: &[(String, Value)]) -> String {
             "RAFT ADDRESS",
             "ROLE",
             "MATCHED",
-            "LAG"
+            "LAG",
+            "APPLIED",
+            "STATE DIGEST"
         );
         for m in v["members"].as_array().into_iter().flatten() {
+            let report = &m["report"];
             out += &format!(
-                "{:>6} {:<24} {:<8} {:>8} {:>6}\n",
+                "{:>6} {:<24} {:<8} {:>8} {:>6} {:>8} {:<14}\n",
                 num(&m["id"]),
                 m["addr"].as_str().unwrap_or("-"),
                 if m["voter"].as_bool() == Some(true) {
@@ -155,8 +158,30 @@ fn table(answers: &[(String, Value)]) -> String {
                 },
                 num(&m["matched"]),
                 num(&m["lag"]),
+                num(&report["state"]["applied"]),
+                report["state"]["digest"]
+                    .as_str()
+                    .map_or("-", |d| &d[..d.len().min(12)]),
             );
         }
+        // Every member's disks, as each member reported them.
+        for m in v["members"].as_array().into_iter().flatten() {
+            if let Some(why) = m["unreachable"].as_str() {
+                out += &format!("node {} unreachable: {why}\n", num(&m["id"]));
+            }
+            for d in m["report"]["disks"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "disk {} of node {}: {} {} of {} bytes free ({})\n",
+                    num(&d["id"]),
+                    num(&m["id"]),
+                    d["state"].as_str().unwrap_or("-"),
+                    num(&d["free_bytes"]),
+                    num(&d["total_bytes"]),
+                    d["path"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+        return out;
     }
     for (url, v) in answers {
         for d in v["disks"].as_array().into_iter().flatten() {
@@ -179,14 +204,18 @@ mod tests {
 
     #[test]
     fn table_shows_roles_lag_and_unreachable_nodes() {
+        let disk =
+            json!({"id": 0, "path": "/d", "total_bytes": 100, "free_bytes": 40, "state": "active"});
         let leader = json!({
             "node": 1, "leader": 1, "is_leader": true, "term": 3, "last_log_index": 20,
             "committed": 20, "last_applied": 20, "joint": false,
             "members": [
-                {"id": 1, "addr": "127.0.0.1:6001", "voter": true, "matched": 20, "lag": 0},
-                {"id": 2, "addr": "127.0.0.1:6002", "voter": true, "matched": 17, "lag": 3}
+                {"id": 1, "addr": "127.0.0.1:6001", "voter": true, "matched": 20, "lag": 0,
+                 "report": {"node": 1, "state": {"applied": 20, "digest": "abcdef0123456789"}, "disks": [disk]}},
+                {"id": 2, "addr": "127.0.0.1:6002", "voter": true, "matched": 17, "lag": 3,
+                 "report": null, "unreachable": "no answer within 2s"}
             ],
-            "disks": [{"id": 0, "path": "/d", "total_bytes": 100, "free_bytes": 40, "state": "active"}]
+            "disks": [disk]
         });
         let out = table(&[
             ("http://a".into(), leader),
@@ -197,10 +226,27 @@ mod tests {
             out.contains("127.0.0.1:6002") && out.contains("      17      3"),
             "{out}"
         );
+        assert!(out.contains("      20 abcdef012345"), "{out}");
         assert!(
             out.contains("http://b                     unreachable: connection refused"),
             "{out}"
         );
+        assert!(
+            out.contains("disk 0 of node 1: active 40 of 100 bytes free (/d)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("node 2 unreachable: no answer within 2s"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn without_a_membership_view_disks_are_listed_per_url() {
+        let out = table(&[(
+            "http://a".into(),
+            json!({"node": 1, "disks": [{"id": 0, "path": "/d", "total_bytes": 100, "free_bytes": 40, "state": "active"}]}),
+        )]);
         assert!(
             out.contains("disk 0 of http://a: active 40 of 100 bytes free"),
             "{out}"

@@ -385,3 +385,145 @@ async fn status_cluster_id(url: &str) -> Result<String> {
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("no cluster_id in {status}"))
 }
+
+/// Manifests the snapshot catch-up test loads (about 30 s through one debug node).
+const SNAPSHOT_TEST_MANIFESTS: usize = 100_000;
+
+/// `/api/v1/cluster/status` of `url`.
+async fn status(url: &str) -> Result<serde_json::Value> {
+    Ok(reqwest::get(format!("{url}/api/v1/cluster/status"))
+        .await?
+        .json()
+        .await?)
+}
+
+/// The files of `dir` (recursively) whose name starts with `prefix`, with sizes.
+fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<(std::path::PathBuf, u64)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_named(&path, prefix));
+        } else if entry.file_name().to_string_lossy().starts_with(prefix) {
+            found.push((path, entry.metadata().map_or(0, |m| m.len())));
+        }
+    }
+    found
+}
+
+/// Peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM for {pid}"))
+}
+
+// Proves that a node joining a cluster that holds 100,000 manifests catches up through a snapshot streamed from disk to disk: the founder's log is
+// purged below its snapshot, the newcomer installs that snapshot rather than replaying
+// the log, both end with the same state digest, and the newcomer serves the manifests.
+// Prints the load and catch-up times, the snapshot's size and the newcomer's peak
+// memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_on_many_manifests_through_a_streamed_snapshot() {
+    use futures::{StreamExt, TryStreamExt};
+
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up(1).unwrap_or_else(|e| panic!("{e:#}"));
+    let result: Result<()> = async {
+        let count = SNAPSHOT_TEST_MANIFESTS;
+        let repo = "bulk/app";
+        let oci = Oci::new(&cluster.url(1));
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let layer = random_bytes(256);
+        oci.push_blob(repo, config).await?;
+        oci.push_blob(repo, &layer).await?;
+        let manifest = |i: usize| {
+            berth_tests::oci::manifest_bytes(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": berth_tests::oci::descriptor("application/vnd.oci.image.config.v1+json", config),
+                "layers": [berth_tests::oci::descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+                "annotations": { "org.example.build": i.to_string() },
+            }))
+        };
+        let loading = Instant::now();
+        let digests: Vec<String> = futures::stream::iter(0..count)
+            .map(|i| {
+                let oci = &oci;
+                let body = manifest(i);
+                async move {
+                    let digest = sha256_digest(&body);
+                    oci.push_manifest(repo, &digest, "application/vnd.oci.image.manifest.v1+json", &body)
+                        .await
+                }
+            })
+            .buffered(32)
+            .try_collect()
+            .await?;
+        eprintln!("loaded {count} manifests in {:.1?}", loading.elapsed());
+
+        // The founder snapshots and purges its log as it goes.
+        let founder = status(&cluster.url(1)).await?;
+        let purged = founder["purged"].as_u64().unwrap_or(0);
+        ensure!(
+            purged > 1000,
+            "the founder's log was not purged after {count} writes: {founder}"
+        );
+
+        let joining = Instant::now();
+        cluster.add(2)?;
+        let target = founder["state"]["applied"].as_u64().unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let newcomer = loop {
+            let s = status(&cluster.url(2)).await?;
+            let f = status(&cluster.url(1)).await?;
+            let caught_up = s["state"]["applied"].as_u64().unwrap_or(0) >= target
+                && s["state"]["applied"] == f["state"]["applied"];
+            if caught_up && s["state"]["digest"] == f["state"]["digest"] {
+                break s;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node 2 did not catch up: node 2 {s}, founder {f}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        eprintln!("node 2 caught up in {:.1?}", joining.elapsed());
+        let installed = newcomer["snapshot"].as_u64().unwrap_or(0);
+        ensure!(
+            installed >= purged,
+            "node 2 did not catch up through a snapshot (its snapshot covers {installed}, the founder purged up to {purged}): {newcomer}"
+        );
+
+        for node in [1, 2] {
+            let dir = cluster.data_dir(node);
+            let snapshots = files_named(&dir, "snap-");
+            ensure!(
+                snapshots.len() == 1,
+                "node {node} keeps {} snapshot files: {snapshots:?}",
+                snapshots.len()
+            );
+            ensure!(files_named(&dir, "staged-").is_empty(), "node {node} left a staged snapshot");
+            eprintln!("node {node}: snapshot file of {} bytes", snapshots[0].1);
+        }
+        eprintln!(
+            "node 2 peak RSS {} MiB",
+            peak_rss_kib(cluster.pid(2)?)? / 1024
+        );
+
+        let node2 = Oci::new(&cluster.url(2));
+        for (i, digest) in digests.iter().enumerate().step_by(997) {
+            let resp = node2.get_manifest(repo, digest).await?;
+            ensure!(resp.status() == 200, "manifest {i} through node 2: {}", resp.status());
+            ensure!(resp.bytes().await?.to_vec() == manifest(i), "manifest {i} differs through node 2");
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", cluster.logs());
+    }
+}

@@ -281,19 +281,14 @@ impl PeerClient {
             .snapshot_chunk_size()
             .unwrap_or(SNAPSHOT_CHUNK_BYTES_DEFAULT)
             .clamp(SNAPSHOT_CHUNK_BYTES_MIN, SNAPSHOT_CHUNK_BYTES_MAX);
-        let chunks = snapshot.snapshot.len().div_ceil(chunk_bytes);
+        let chunks = snapshot.snapshot.len().div_ceil(chunk_bytes as u64) as usize;
         // openraft's timeout for a snapshot is per message: allow it for the header and
         // every chunk, plus once more for the receiver to install.
         let ttl = option
             .soft_ttl()
             .saturating_mul(u32::try_from(chunks + 2).unwrap_or(u32::MAX));
-        let target = self.target;
-        let (header, data) = tokio::task::spawn_blocking(move || {
-            let header = wire::snapshot_header(target, &vote, &snapshot);
-            (header, snapshot.snapshot)
-        })
-        .await
-        .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let header = wire::snapshot_header(self.target, &vote, &snapshot);
+        let data = snapshot.snapshot;
         let messages = wire::snapshot_messages(header, data, chunk_bytes);
         let reply = match tokio::time::timeout(ttl, client.install_snapshot(messages)).await {
             Err(_) => {

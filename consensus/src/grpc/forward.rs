@@ -30,7 +30,20 @@ pub(crate) enum ForwardReply {
     CommitUnknown {
         leader: Option<u64>,
     },
+    /// The command was proposed longer ago than [`FORWARD_ACCEPT_WINDOW`] by the
+    /// leader's clock, so the leader did not propose it: its proposer has given up on
+    /// it (or will before an answer could reach it), and a write it was told failed must
+    /// not take effect later.
+    Expired {
+        age_ms: u64,
+    },
 }
+
+/// How old (by the proposer's clock, read against the leader's) a forwarded command
+/// may be when the leader proposes it. Equal to the proposer's forwarding deadline, so
+/// a command delayed in the network (a partition that heals, a paused node that
+/// resumes) cannot take effect long after its proposer answered that it failed.
+pub(crate) const FORWARD_ACCEPT_WINDOW: Duration = crate::handle::FORWARD_DEADLINE;
 
 /// What the leader answers to a read-index request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

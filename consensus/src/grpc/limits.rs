@@ -21,9 +21,9 @@ pub(crate) const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1024 * 1024;
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MIN: usize = 1024;
 pub(crate) const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Largest snapshot a node accepts. A snapshot is held in memory whole (openraft's
-/// snapshot data is a byte vector), so this bounds the receiver's memory.
-pub(crate) const SNAPSHOT_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest snapshot a node accepts. A snapshot is staged on disk as it arrives, so
+/// this bounds the receiver's disk use, not its memory.
+pub(crate) const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
 
 /// How long a receiver waits for the next message of a snapshot stream.
 pub(crate) const SNAPSHOT_IDLE_MAX: Duration = Duration::from_secs(30);

@@ -56,6 +56,9 @@ pub(crate) enum RpcRefusal {
     SnapshotStalled { waited_ms: u64 },
     #[error("raft on this node has stopped")]
     Halted(#[source] Fatal<TypeConfig>),
+    /// Staging the received snapshot on disk failed (a full disk, for one).
+    #[error("storing the received snapshot")]
+    SnapshotFile(#[source] std::io::Error),
 }
 
 impl From<RpcRefusal> for tonic::Status {
@@ -71,6 +74,7 @@ impl From<RpcRefusal> for tonic::Status {
             | RpcRefusal::SnapshotChecksum => tonic::Status::invalid_argument(message),
             RpcRefusal::SnapshotStalled { .. } => tonic::Status::deadline_exceeded(message),
             RpcRefusal::Halted(_) => tonic::Status::unavailable(message),
+            RpcRefusal::SnapshotFile(_) => tonic::Status::resource_exhausted(message),
         }
     }
 }

@@ -2,6 +2,9 @@
 //! checks it is addressed to this node, hands it to the local Raft and encodes the
 //! answer.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use openraft::Raft;
 use openraft::errors::RaftError;
 use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
@@ -28,6 +31,8 @@ use openraft::errors::{ClientWriteError, LinearizableReadError};
 pub struct RaftGrpcService {
     node: u64,
     raft: Raft<TypeConfig, StateMachineStore>,
+    /// Where received snapshots are staged: the state machine's snapshot folder.
+    snapshots: Arc<PathBuf>,
 }
 
 /// Protocol RPCs fail only when Raft itself has stopped.
@@ -52,8 +57,16 @@ async fn next_message(
 }
 
 impl RaftGrpcService {
-    pub(crate) fn new(node: u64, raft: Raft<TypeConfig, StateMachineStore>) -> RaftGrpcService {
-        RaftGrpcService { node, raft }
+    pub(crate) fn new(
+        node: u64,
+        raft: Raft<TypeConfig, StateMachineStore>,
+        snapshots: PathBuf,
+    ) -> RaftGrpcService {
+        RaftGrpcService {
+            node,
+            raft,
+            snapshots: Arc::new(snapshots),
+        }
     }
 
     /// The tonic server for this service, with berth's message size limits.
@@ -86,13 +99,13 @@ impl RaftGrpcService {
         let first = next_message(&mut stream)
             .await?
             .ok_or(RpcRefusal::SnapshotWithoutHeader)?;
-        let mut assembly = SnapshotAssembly::start(self.node, first)?;
+        let mut assembly = SnapshotAssembly::start(self.node, first, &self.snapshots)?;
         // Bounded: every message adds at least one byte or is refused, and the total is
         // bounded by the declared length, itself bounded by `SNAPSHOT_BYTES_MAX`.
         while let Some(msg) = next_message(&mut stream).await? {
             assembly.push(msg)?;
         }
-        let (vote, snapshot) = assembly.finish()?;
+        let (vote, snapshot) = assembly.finish().await?;
         let resp = self
             .raft
             .install_full_snapshot(vote, snapshot)
@@ -150,6 +163,15 @@ impl RaftRpc for RaftGrpcService {
 
     async fn forward(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let cmd: VersionedCommand = self.open("forwarded command", request)?;
+        if let VersionedCommand::Tracked { at_ms, .. } = &cmd {
+            let age_ms = crate::handle::now_ms().saturating_sub(*at_ms);
+            if age_ms > super::forward::FORWARD_ACCEPT_WINDOW.as_millis() as u64 {
+                tracing::info!(age_ms, command = %cmd, "refusing a forwarded command older than the forwarding window");
+                return Ok(Response::new(wire::reply(&ForwardReply::Expired {
+                    age_ms,
+                })));
+            }
+        }
         let reply = match self.raft.client_write(cmd).await {
             Ok(resp) => ForwardReply::Applied(
                 resp.data

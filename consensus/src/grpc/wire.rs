@@ -1,16 +1,19 @@
 //! Protobuf conversions of the Raft transport: openraft messages to and from the
 //! versioned postcard payloads of `proto/raft.proto`, the snapshot stream as a lazy
-//! sequence of messages, and its checked reassembly on the receiving node.
+//! sequence of messages read from the snapshot file, and its checked reassembly into
+//! a file on the receiving node.
 
 use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest as _, Sha256};
 
 use super::RpcRefusal;
 use super::limits::SNAPSHOT_BYTES_MAX;
 use super::pb;
+use std::path::Path;
+
 use crate::codec;
+use crate::snapshot_file::StagedFile;
 use crate::state_machine::SnapshotData;
 use crate::type_config::{SnapshotMeta, TypeConfig, Vote};
 
@@ -40,60 +43,73 @@ pub(crate) fn decode<T: DeserializeOwned>(
     codec::decode(what, payload).map_err(|source| RpcRefusal::Payload { what, source })
 }
 
-/// The header of a snapshot stream. Hashes the whole snapshot: call it off the async
-/// runtime for large snapshots.
+/// The header of a snapshot stream: its length and SHA-256 were recorded when the
+/// snapshot file was written.
 pub(crate) fn snapshot_header(target: u64, vote: &Vote, snapshot: &Snapshot) -> pb::SnapshotChunk {
     pb::SnapshotChunk {
         part: Some(pb::snapshot_chunk::Part::Header(pb::SnapshotHeader {
             target,
             payload: codec::encode(&(vote, &snapshot.meta)),
-            data_bytes: snapshot.snapshot.len() as u64,
-            data_sha256: Sha256::digest(&snapshot.snapshot).to_vec(),
+            data_bytes: snapshot.snapshot.len(),
+            data_sha256: snapshot.snapshot.sha256().to_vec(),
         })),
     }
 }
 
-/// The snapshot stream: `header`, then the snapshot bytes in chunks of `chunk_bytes`.
-/// Chunks are cut only when the transport polls for the next message, so at most one
-/// chunk exists beyond what the transport has already encoded.
+/// The snapshot stream: `header`, then the snapshot file in chunks of `chunk_bytes`.
+/// A chunk is read from disk only when the transport polls for the next message, so at
+/// most one chunk exists beyond what the transport has already encoded. A read error
+/// ends the stream early, which the receiver refuses as a short snapshot.
 pub(crate) fn snapshot_messages(
     header: pb::SnapshotChunk,
     data: SnapshotData,
     chunk_bytes: usize,
 ) -> impl Stream<Item = pb::SnapshotChunk> + Send + 'static {
     assert!(chunk_bytes > 0, "snapshot chunks are at least one byte");
-    let chunks = stream::unfold((data, 0usize), move |(data, offset)| async move {
+    let chunks = stream::unfold((data, 0u64), move |(data, offset)| async move {
         if offset >= data.len() {
             return None;
         }
-        let end = data.len().min(offset + chunk_bytes);
+        let file = data.clone();
+        let read = tokio::task::spawn_blocking(move || file.read_chunk(offset, chunk_bytes)).await;
+        let chunk = match read {
+            Ok(Ok(chunk)) if !chunk.is_empty() => chunk,
+            Ok(Ok(_)) => return None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, file = data.name(), offset, "reading the snapshot file failed; the stream ends short");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the snapshot read task failed; the stream ends short");
+                return None;
+            }
+        };
+        let end = offset + chunk.len() as u64;
         let msg = pb::SnapshotChunk {
-            part: Some(pb::snapshot_chunk::Part::Data(data[offset..end].to_vec())),
+            part: Some(pb::snapshot_chunk::Part::Data(chunk)),
         };
         Some((msg, (data, end)))
     });
     stream::once(async move { header }).chain(chunks)
 }
 
-/// A snapshot being received: the header's promises, checked as the bytes arrive.
-#[derive(Debug)]
+/// A snapshot being received into a staged file: the header's promises, checked as
+/// the bytes arrive. Dropped unfinished, the staged file goes.
 pub(crate) struct SnapshotAssembly {
     vote: Vote,
     meta: SnapshotMeta,
     declared_bytes: u64,
     declared_sha256: Vec<u8>,
-    hasher: Sha256,
-    data: SnapshotData,
+    staged: StagedFile,
 }
 
-/// Memory reserved up front for a snapshot; it grows with the received bytes beyond.
-const SNAPSHOT_RESERVE_BYTES_MAX: u64 = 64 * 1024 * 1024;
-
 impl SnapshotAssembly {
-    /// Starts from the first message of a stream received by node `this`.
+    /// Starts from the first message of a stream received by node `this`, staging the
+    /// bytes in `dir`.
     pub(crate) fn start(
         this: u64,
         first: pb::SnapshotChunk,
+        dir: &Path,
     ) -> Result<SnapshotAssembly, RpcRefusal> {
         let Some(pb::snapshot_chunk::Part::Header(header)) = first.part else {
             return Err(RpcRefusal::SnapshotWithoutHeader);
@@ -116,45 +132,52 @@ impl SnapshotAssembly {
             meta,
             declared_bytes: header.data_bytes,
             declared_sha256: header.data_sha256,
-            hasher: Sha256::new(),
-            data: Vec::with_capacity(header.data_bytes.min(SNAPSHOT_RESERVE_BYTES_MAX) as usize),
+            staged: StagedFile::create(dir).map_err(RpcRefusal::SnapshotFile)?,
         })
     }
 
-    /// Appends the next message, which must be data within the declared length.
+    /// Appends the next message, which must be data within the declared length. The
+    /// write goes to the page cache (chunks are at most 4 MiB); the fsync happens in
+    /// [`SnapshotAssembly::finish`], off the async runtime.
     pub(crate) fn push(&mut self, msg: pb::SnapshotChunk) -> Result<(), RpcRefusal> {
         let Some(pb::snapshot_chunk::Part::Data(chunk)) = msg.part else {
             return Err(RpcRefusal::SnapshotHeaderRepeated);
         };
-        let received = self.data.len() as u64 + chunk.len() as u64;
+        let received = self.staged.len() + chunk.len() as u64;
         if received > self.declared_bytes {
             return Err(RpcRefusal::SnapshotLength {
                 declared: self.declared_bytes,
                 received,
             });
         }
-        self.hasher.update(&chunk);
-        self.data.extend_from_slice(&chunk);
-        Ok(())
+        self.staged
+            .write_all(&chunk)
+            .map_err(RpcRefusal::SnapshotFile)
     }
 
-    /// Checks length and checksum and yields the leader's vote and the snapshot.
-    pub(crate) fn finish(self) -> Result<(Vote, Snapshot), RpcRefusal> {
-        let received = self.data.len() as u64;
+    /// Checks length and checksum, makes the file durable, and yields the leader's
+    /// vote and the snapshot.
+    pub(crate) async fn finish(self) -> Result<(Vote, Snapshot), RpcRefusal> {
+        let received = self.staged.len();
         if received != self.declared_bytes {
             return Err(RpcRefusal::SnapshotLength {
                 declared: self.declared_bytes,
                 received,
             });
         }
-        if self.hasher.finalize().as_slice() != self.declared_sha256.as_slice() {
+        if self.staged.sha256().as_slice() != self.declared_sha256.as_slice() {
             return Err(RpcRefusal::SnapshotChecksum);
         }
+        let staged = self.staged;
+        let file = tokio::task::spawn_blocking(move || staged.publish())
+            .await
+            .map_err(|e| RpcRefusal::SnapshotFile(std::io::Error::other(e)))?
+            .map_err(RpcRefusal::SnapshotFile)?;
         Ok((
             self.vote,
             Snapshot {
                 meta: self.meta,
-                snapshot: self.data,
+                snapshot: file,
             },
         ))
     }
@@ -204,14 +227,23 @@ mod tests {
         .unwrap()
     }
 
-    fn snapshot(bytes: usize) -> Snapshot {
+    fn snapshot(dir: &Path, bytes: usize) -> Snapshot {
+        let mut staged = StagedFile::create(dir).unwrap();
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
+        staged.write_all(&data).unwrap();
         Snapshot {
             meta: SnapshotMeta {
                 last_log_id: Some(log_id(3, 1, 40)),
                 last_membership: StoredMembership::new(Some(log_id(2, 1, 7)), membership()),
             },
-            snapshot: (0..bytes).map(|i| (i * 7 % 251) as u8).collect(),
+            snapshot: staged.publish().unwrap(),
         }
+    }
+
+    fn content(snap: &Snapshot) -> Vec<u8> {
+        snap.snapshot
+            .read_chunk(0, snap.snapshot.len() as usize)
+            .unwrap()
     }
 
     fn round_trip<T>(what: &'static str, value: &T) -> T
@@ -288,53 +320,64 @@ mod tests {
             .await
     }
 
-    fn assemble(this: u64, msgs: Vec<pb::SnapshotChunk>) -> Result<(Vote, Snapshot), RpcRefusal> {
+    async fn assemble(
+        this: u64,
+        msgs: Vec<pb::SnapshotChunk>,
+    ) -> Result<(Vote, Snapshot), RpcRefusal> {
+        let dir = tempfile::tempdir().unwrap();
         let mut msgs = msgs.into_iter();
-        let mut asm = SnapshotAssembly::start(this, msgs.next().unwrap())?;
+        let mut asm = SnapshotAssembly::start(this, msgs.next().unwrap(), dir.path())?;
         for m in msgs {
             asm.push(m)?;
         }
-        asm.finish()
+        let done = asm.finish().await;
+        // A refused stream leaves no file behind; a received one is one snapshot file.
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, usize::from(done.is_ok()));
+        done
     }
 
     #[tokio::test]
     async fn snapshots_reassemble_for_any_chunk_size() {
+        let dir = tempfile::tempdir().unwrap();
         for (bytes, chunk) in [(0, 5), (1, 1), (1000, 7), (1000, 1000), (1000, 4096)] {
-            let snap = snapshot(bytes);
+            let snap = snapshot(dir.path(), bytes);
             let msgs = collect(&snap, chunk, 2).await;
             assert_eq!(
                 msgs.len(),
                 1 + bytes.div_ceil(chunk),
                 "{bytes} bytes by {chunk}"
             );
-            let (v, back) = assemble(2, msgs).unwrap();
+            let (v, back) = assemble(2, msgs).await.unwrap();
             assert_eq!(v, vote());
             assert_eq!(back.meta, snap.meta);
-            assert_eq!(back.snapshot, snap.snapshot);
+            assert_eq!(content(&back), content(&snap));
+            assert_eq!(back.snapshot.sha256(), snap.snapshot.sha256());
         }
     }
 
     #[tokio::test]
     async fn damaged_snapshot_streams_are_refused() {
-        let snap = snapshot(100);
+        let dir = tempfile::tempdir().unwrap();
+        let snap = snapshot(dir.path(), 100);
         let good = collect(&snap, 30, 2).await;
 
         assert!(matches!(
-            assemble(3, good.clone()),
+            assemble(3, good.clone()).await,
             Err(RpcRefusal::WrongNode {
                 addressed: 2,
                 this: 3
             })
         ));
         assert!(matches!(
-            assemble(2, good[1..].to_vec()),
+            assemble(2, good[1..].to_vec()).await,
             Err(RpcRefusal::SnapshotWithoutHeader)
         ));
 
         let mut truncated = good.clone();
         truncated.pop();
         assert!(matches!(
-            assemble(2, truncated),
+            assemble(2, truncated).await,
             Err(RpcRefusal::SnapshotLength {
                 declared: 100,
                 received: 90
@@ -344,7 +387,7 @@ mod tests {
         let mut overlong = good.clone();
         overlong.push(good[1].clone());
         assert!(matches!(
-            assemble(2, overlong),
+            assemble(2, overlong).await,
             Err(RpcRefusal::SnapshotLength { declared: 100, .. })
         ));
 
@@ -353,14 +396,14 @@ mod tests {
             d[0] ^= 1;
         }
         assert!(matches!(
-            assemble(2, corrupt),
+            assemble(2, corrupt).await,
             Err(RpcRefusal::SnapshotChecksum)
         ));
 
         let mut second_header = good.clone();
         second_header.insert(2, good[0].clone());
         assert!(matches!(
-            assemble(2, second_header),
+            assemble(2, second_header).await,
             Err(RpcRefusal::SnapshotHeaderRepeated)
         ));
 
@@ -369,7 +412,7 @@ mod tests {
             h.data_bytes = SNAPSHOT_BYTES_MAX + 1;
         }
         assert!(matches!(
-            assemble(2, huge),
+            assemble(2, huge).await,
             Err(RpcRefusal::SnapshotTooLarge { .. })
         ));
     }

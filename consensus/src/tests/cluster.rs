@@ -585,3 +585,50 @@ async fn a_node_joins_and_leaves_through_any_member() {
     push_blob(&nodes[leader].meta, 2).await;
     stop_all(nodes).await;
 }
+
+// Proves that a leader refuses a forwarded command proposed longer ago than the
+// forwarding window (one delayed in a partition, delivered after its proposer gave
+// up), so it never takes effect, while a fresh one with the same content applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_command_older_than_the_window_is_refused() {
+    use crate::grpc::forward::{FORWARD_ACCEPT_WINDOW, ForwardReply, Forwarder};
+    use crate::model::VersionedCommand;
+
+    let dirs = dirs(2);
+    let nodes = found(&dirs, &tuning()).await;
+    let leader = agreed_leader(&nodes).await;
+    let forwarder = Forwarder::new(crate::grpc::Dialer::default());
+    let now = crate::handle::now_ms();
+    let stale = VersionedCommand::tracked(
+        upload_cmd(1),
+        now - FORWARD_ACCEPT_WINDOW.as_millis() as u64 - 1000,
+    );
+    let reply = forwarder
+        .propose(nodes[leader].id.0, &nodes[leader].addr, &stale)
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, ForwardReply::Expired { age_ms } if age_ms > FORWARD_ACCEPT_WINDOW.as_millis() as u64),
+        "{reply:?}"
+    );
+    converge(&nodes, leader).await;
+    for n in &nodes {
+        assert!(
+            n.meta
+                .read_local(|v| v.upload(&upload(1)))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    let fresh = VersionedCommand::tracked(upload_cmd(1), crate::handle::now_ms());
+    assert_eq!(
+        forwarder
+            .propose(nodes[leader].id.0, &nodes[leader].addr, &fresh)
+            .await
+            .unwrap(),
+        ForwardReply::Applied(Outcome::UploadCreated)
+    );
+    stop_all(nodes).await;
+}

@@ -58,6 +58,16 @@ impl TestDb {
     }
 
     /// Applies one command in its own transaction, as an apply batch of one.
+    /// The state machine store over this database, with its snapshots in the
+    /// database's folder.
+    pub(crate) fn store(&self) -> crate::state_machine::StateMachineStore {
+        crate::state_machine::StateMachineStore::open(
+            self.db.clone(),
+            self._dir.path().join(crate::snapshot_file::DIR_NAME),
+        )
+        .unwrap()
+    }
+
     pub(crate) fn apply(&self, cmd: &Command) -> Outcome {
         let txn = db::write(&self.db, Durability::None).unwrap();
         let outcome = StateTables::open(&txn).unwrap().apply(cmd).unwrap();

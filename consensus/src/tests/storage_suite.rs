@@ -18,7 +18,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = db::open(dir.path()).await.expect("open metadata store");
-        Ok((dir, LogStore::new(db.clone()), StateMachineStore::new(db)))
+        let store = StateMachineStore::open(db.clone(), dir.path().join("snapshots"))
+            .expect("open the state machine store");
+        Ok((dir, LogStore::new(db), store))
     }
 }
 

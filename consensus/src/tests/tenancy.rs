@@ -6,7 +6,6 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 
 use super::{TestDb, inline, repo, sha};
 use crate::model::{Command, Outcome};
-use crate::state_machine::StateMachineStore;
 use crate::tenancy::{
     AuditOutcome, AuditRecord, ProjectName, ProjectRecord, ProjectRole, RobotActions, RobotGrant,
     RobotRecord, SigningKeyRecord, TenancyCommand as T, TenancyOutcome, TenancyRejection,
@@ -315,12 +314,12 @@ fn audit_entries_are_ordered_filtered_and_pruned() {
 async fn a_snapshot_carries_the_tenancy_state() {
     let from = TestDb::new();
     populate(&from);
-    let mut source = StateMachineStore::new(from.db());
+    let mut source = from.store();
     let snapshot = source.build_snapshot().await.unwrap();
 
     let to = TestDb::new();
     t(&to, new_project("stale", false));
-    let mut target = StateMachineStore::new(to.db());
+    let mut target = to.store();
     target
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await
