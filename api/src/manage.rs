@@ -48,15 +48,15 @@ impl ApiError {
         }
     }
 
-    fn forbidden() -> ApiError {
+    pub(crate) fn forbidden() -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "not allowed")
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(what: &str) -> ApiError {
+    pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
 }
@@ -112,7 +112,7 @@ impl From<AuthFailure> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The authenticated caller of a management request. Anonymous callers are refused
 /// in enforced mode (401 with a Basic challenge); in open mode everyone is an
@@ -160,7 +160,7 @@ pub fn require_admin(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
+pub(crate) async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     match app.meta.propose(CommandV1::Tenancy(cmd)).await? {
         Outcome::Tenancy(o) => Ok(o),
         other => Err(ApiError::from(ConsensusError::Malformed {
@@ -173,7 +173,7 @@ async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     }
 }
 
-fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
+pub(crate) fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
     app.auth.audit.record(audit::entry(
         caller.name(),
         &caller.client,
@@ -184,13 +184,13 @@ fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>)
     ));
 }
 
-fn project_name(s: &str) -> ApiResult<ProjectName> {
+pub(crate) fn project_name(s: &str) -> ApiResult<ProjectName> {
     s.parse()
         .map_err(|e: berth_consensus::tenancy::TenancyNameError| ApiError::bad(e.to_string()))
 }
 
 /// Whether the caller owns `project` (or is an administrator).
-async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
+pub(crate) async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
     if caller.is_admin() {
         return Ok(true);
     }
@@ -283,7 +283,7 @@ pub async fn create_project(
     }
 }
 
-fn unexpected(o: TenancyOutcome) -> ApiError {
+pub(crate) fn unexpected(o: TenancyOutcome) -> ApiError {
     tracing::error!(outcome = ?o, "unexpected tenancy outcome");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
@@ -501,7 +501,7 @@ fn check_password(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn hash(secret: &str) -> ApiResult<String> {
+pub(crate) async fn hash(secret: &str) -> ApiResult<String> {
     password::hash(secret).await.map_err(|e| {
         tracing::error!(error = %e, "hashing a password");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -685,7 +685,7 @@ impl From<&RobotRecord> for RobotView {
     }
 }
 
-fn valid_pattern(p: &str) -> bool {
+pub(crate) fn valid_pattern(p: &str) -> bool {
     if p == "*" {
         return true;
     }

@@ -30,7 +30,7 @@ use crate::config::{AuthSetting, Config};
 /// The bootstrap administrator's name.
 const ADMIN_USER: &str = "admin";
 /// Where a generated bootstrap password is written, inside the data folder.
-const ADMIN_PASSWORD_FILE: &str = "admin-password";
+pub(crate) const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 const NODE_FILE_FORMAT: u32 = 1;
 /// A start-up step through Raft is retried this often while metadata is unavailable
