@@ -1,7 +1,8 @@
 //! The access part of the management API under `/api/v1/`: one-time tokens for a
 //! single CI push (project maintainers), robot secret rotation (the robot's project
-//! owners) and signing-key rotation (administrators). Described by
-//! `docs/openapi.yaml`; every change is audited.
+//! owners) and signing-key rotation (administrators), and the purge of a project's
+//! repositories before the project is deleted. Described by `docs/openapi.yaml`;
+//! every change is audited.
 
 use std::time::Duration;
 
@@ -320,4 +321,73 @@ pub async fn rotate_signing_key(
         })
         .collect();
     Ok(Json(json!({ "kid": kid, "keys": out })).into_response())
+}
+
+/// Items (repositories, manifests, tags or links) read per batch while purging.
+const PURGE_BATCH_ENTRIES_MAX: usize = 500;
+/// Most commands one project purge proposes (bounded work per request).
+const PURGE_COMMANDS_MAX: usize = 200_000;
+
+/// Deletes every repository of `project` through Raft: its manifests (with their
+/// tags and referrer entries), remaining tags and blob links, a batch at a time.
+/// The blobs stay for the upkeep pass, which collects those no repository links.
+/// Returns how many commands it proposed.
+pub(crate) async fn purge_project(app: &App, project: &ProjectName) -> ApiResult<usize> {
+    use berth_consensus::CommandV1;
+    let mut proposed = 0usize;
+    loop {
+        let p = project.clone();
+        let repos = app
+            .meta
+            .read(move |v| v.project_repositories(&p, PURGE_BATCH_ENTRIES_MAX))
+            .await?;
+        if repos.is_empty() {
+            return Ok(proposed);
+        }
+        for repo in repos {
+            loop {
+                let r = repo.clone();
+                let (manifests, tags, links) = app
+                    .meta
+                    .read(move |v| {
+                        Ok((
+                            v.repository_manifests(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                            v.repository_tags(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                            v.repository_links(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                        ))
+                    })
+                    .await?;
+                if manifests.is_empty() && tags.is_empty() && links.is_empty() {
+                    break;
+                }
+                let commands = manifests
+                    .into_iter()
+                    .map(|digest| CommandV1::DeleteManifest {
+                        repo: repo.clone(),
+                        digest,
+                    })
+                    .chain(tags.into_iter().map(|tag| CommandV1::DeleteTag {
+                        repo: repo.clone(),
+                        tag,
+                    }))
+                    .chain(links.into_iter().map(|digest| CommandV1::UnlinkBlob {
+                        repo: repo.clone(),
+                        digest,
+                    }));
+                for cmd in commands {
+                    if proposed >= PURGE_COMMANDS_MAX {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "project {project} is still being purged; repeat the delete to continue"
+                            ),
+                        ));
+                    }
+                    // NotFound (a concurrent delete got there first) is as good as done.
+                    app.meta.propose(cmd).await?;
+                    proposed += 1;
+                }
+            }
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub const AUDIT_QUERY_ENTRIES_MAX: usize = 10_000;
 pub const PASSWORD_CHARS_MIN: usize = 8;
 /// Longest password or secret accepted.
 pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// How often a project delete purges and retries while pushes refill the project.
+pub const PROJECT_DELETE_ROUNDS_MAX: usize = 3;
 
 /// An error of the management API: a status and a message, as `{"error": ...}`.
 #[derive(Debug)]
@@ -358,8 +360,10 @@ pub async fn update_project(
     }
 }
 
-/// `DELETE /api/v1/projects/{name}` (administrators). Refused (409) while the
-/// project holds repositories.
+/// `DELETE /api/v1/projects/{name}` (administrators): deletes the project's
+/// repositories (manifests, tags, blob links; the blobs go to the upkeep's
+/// collection), then the project with its members and robots. Refused (409) if
+/// pushes keep refilling it.
 pub async fn delete_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
@@ -367,7 +371,22 @@ pub async fn delete_project(
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let name = project_name(&name)?;
-    match propose(&app, TenancyCommand::DeleteProject { name: name.clone() }).await? {
+    let n = name.clone();
+    if app.meta.read(move |v| v.project(&n)).await?.is_none() {
+        return Err(ApiError::not_found("project"));
+    }
+    let mut outcome = TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty);
+    for _ in 0..PROJECT_DELETE_ROUNDS_MAX {
+        let purged = crate::access::purge_project(&app, &name).await?;
+        if purged > 0 {
+            tracing::info!(project = %name, commands = purged, "purged the project's repositories");
+        }
+        outcome = propose(&app, TenancyCommand::DeleteProject { name: name.clone() }).await?;
+        if outcome != TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty) {
+            break;
+        }
+    }
+    match outcome {
         TenancyOutcome::Done => {
             policy_audit(
                 &app,
@@ -380,7 +399,7 @@ pub async fn delete_project(
         TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
         TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("project {name} still holds repositories; delete them first"),
+            format!("project {name} keeps receiving pushes; retry the delete"),
         )),
         other => Err(unexpected(other)),
     }

@@ -1746,3 +1746,132 @@ async fn audit_entries_survive_a_kill_of_the_node_that_took_them() {
         String::from_utf8_lossy(&removed.stderr)
     );
 }
+
+/// Files below `dir` whose path contains `needle`.
+fn files_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(needle) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn deleting_a_project_deletes_its_repositories_and_its_blobs_are_collected() {
+    // Proves: DELETE /api/v1/projects/{p} on a project holding images removes its
+    // repositories (catalog, manifests, tags, links), its members' access, and the
+    // project; a blob only it linked is collected from disk by the upkeep; another
+    // project's image and a blob it shares stay intact.
+    let mut opts = ServerOptions::enforced(ADMIN_PASSWORD, &[]);
+    opts.env.push(("BERTH_UPLOAD_TTL_SECS".into(), "4".into()));
+    let r = Registry {
+        server: Server::start(opts).await.unwrap(),
+        http: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    };
+    let admin = Creds::admin();
+    r.project("team", false).await.unwrap();
+    r.project("other", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let unique = random_bytes(300 * 1024);
+    let shared = random_bytes(300 * 1024);
+    for (repo, data) in [
+        ("team/app", &unique),
+        ("team/app/sub", &shared),
+        ("other/app", &shared),
+    ] {
+        assert_eq!(
+            r.push_blob(Some(&admin), repo, data).await.unwrap(),
+            StatusCode::CREATED
+        );
+    }
+    let (other_manifest, _) = r.push_image(&admin, "other/app", "v1").await.unwrap();
+    let unique_hex = sha256_digest(&unique)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let disks = r.server.data_dir().to_path_buf();
+    assert!(
+        !files_named(&disks, &unique_hex).is_empty(),
+        "no shard files"
+    );
+
+    let (s, v) = r
+        .api(Method::DELETE, "/api/v1/projects/team", &admin, None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let catalog: Value = r
+        .req(Method::GET, "/v2/_catalog", Some(&admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], json!(["other/app"]), "{catalog}");
+    let (s, _) = r
+        .api(Method::GET, "/api/v1/projects/team", &admin, None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let gone = r
+        .req(Method::GET, "/v2/team/app/manifests/v1", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    let denied = r
+        .req(Method::GET, "/v2/team/app/tags/list", Some(&dev))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        denied.status() == StatusCode::FORBIDDEN || denied.status() == StatusCode::NOT_FOUND,
+        "{}",
+        denied.status()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !files_named(&disks, &unique_hex).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted project's blob was not collected in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept = r
+        .req(
+            Method::GET,
+            &format!("/v2/other/app/blobs/{}", sha256_digest(&shared)),
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert_eq!(kept.bytes().await.unwrap()[..], shared[..]);
+    let manifest = r
+        .req(Method::HEAD, "/v2/other/app/manifests/v1", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), StatusCode::OK);
+    assert_eq!(
+        header(manifest.headers(), "docker-content-digest"),
+        other_manifest
+    );
+}
