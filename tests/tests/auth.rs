@@ -1875,3 +1875,82 @@ async fn deleting_a_project_deletes_its_repositories_and_its_blobs_are_collected
         other_manifest
     );
 }
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_429_until_one_finishes() {
+    // Proves: with --concurrent-requests-max 2, two uploads whose PATCH bodies are
+    // still streaming hold both slots of the address and the identity: a third
+    // request gets 429 TOOMANYREQUESTS with Retry-After; once the bodies end, the
+    // uploads complete and requests pass again.
+    let r = Registry::start(&["--concurrent-requests-max", "2"]).await;
+    r.project("team", false).await.unwrap();
+    let admin = Creds::admin();
+    let mut senders = Vec::new();
+    let mut patches = Vec::new();
+    for _ in 0..2 {
+        let resp = r
+            .req(Method::POST, "/v2/team/app/blobs/uploads/", Some(&admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let location = header(resp.headers(), "location");
+        let url = if location.starts_with("http") {
+            location
+        } else {
+            r.url(&location)
+        };
+        let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let mut tx = tx;
+        futures::SinkExt::send(&mut tx, Ok(vec![7u8; 1024]))
+            .await
+            .unwrap();
+        senders.push(tx);
+        let req = r
+            .http
+            .patch(url)
+            .basic_auth(&admin.0, Some(&admin.1))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(rx));
+        patches.push(tokio::spawn(
+            async move { req.send().await.map(|r| r.status()) },
+        ));
+    }
+    // Both PATCHes are in their handlers once their first bytes are read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let resp = r
+            .req(Method::GET, "/v2/", Some(&admin))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            break resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 429 while two requests are in flight: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!header(refused.headers(), "retry-after").is_empty());
+    expect_error(
+        "over the concurrency limit",
+        refused,
+        429,
+        "TOOMANYREQUESTS",
+    )
+    .await
+    .unwrap();
+    drop(senders);
+    for p in patches {
+        assert_eq!(p.await.unwrap().unwrap(), StatusCode::ACCEPTED);
+    }
+    let resp = r
+        .req(Method::GET, "/v2/", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

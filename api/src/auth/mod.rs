@@ -72,6 +72,8 @@ pub struct AuthConfig {
     pub failed_logins_per_minute: u32,
     /// Audit entries older than this are pruned.
     pub audit_retention: Duration,
+    /// Requests in flight per client address and per identity; `None`: unlimited.
+    pub concurrent_requests_max: Option<u32>,
 }
 
 impl AuthConfig {
@@ -83,6 +85,7 @@ impl AuthConfig {
             rate_limit_rps: None,
             failed_logins_per_minute: 10,
             audit_retention: Duration::from_secs(90 * 86_400),
+            concurrent_requests_max: None,
         }
     }
 }
@@ -213,6 +216,8 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     pub limits: ratelimit::Limits,
     pub audit: audit::AuditLog,
+    /// Requests in flight per address and identity, when limited.
+    pub concurrency: Option<ratelimit::Concurrency>,
 }
 
 impl Auth {
@@ -220,6 +225,9 @@ impl Auth {
         Auth {
             limits: ratelimit::Limits::new(config.rate_limit_rps, config.failed_logins_per_minute),
             audit: audit::AuditLog::new(),
+            concurrency: config
+                .concurrent_requests_max
+                .map(ratelimit::Concurrency::new),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
             config,
