@@ -7,6 +7,7 @@
 //! to metadata through `berth_consensus::Metadata` and to bytes through
 //! `berth_blobstore::BlobStore`.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod maintenance;
@@ -101,6 +102,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/api/v1/robots/{name}", delete(manage::delete_robot))
         .route("/api/v1/audit", get(manage::audit_log))
+        .merge(access::routes())
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,

@@ -30,6 +30,8 @@ pub const AUDIT_QUERY_ENTRIES_MAX: usize = 10_000;
 pub const PASSWORD_CHARS_MIN: usize = 8;
 /// Longest password or secret accepted.
 pub const PASSWORD_BYTES_MAX: usize = 1024;
+/// How often a project delete purges and retries while pushes refill the project.
+pub const PROJECT_DELETE_ROUNDS_MAX: usize = 3;
 
 /// An error of the management API: a status and a message, as `{"error": ...}`.
 #[derive(Debug)]
@@ -48,15 +50,15 @@ impl ApiError {
         }
     }
 
-    fn forbidden() -> ApiError {
+    pub(crate) fn forbidden() -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "not allowed")
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(what: &str) -> ApiError {
+    pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
 }
@@ -112,7 +114,7 @@ impl From<AuthFailure> for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The authenticated caller of a management request. Anonymous callers are refused
 /// in enforced mode (401 with a Basic challenge); in open mode everyone is an
@@ -160,7 +162,7 @@ pub fn require_admin(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
+pub(crate) async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     match app.meta.propose(CommandV1::Tenancy(cmd)).await? {
         Outcome::Tenancy(o) => Ok(o),
         other => Err(ApiError::from(ConsensusError::Malformed {
@@ -173,7 +175,7 @@ async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     }
 }
 
-fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
+pub(crate) fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
     app.auth.audit.record(audit::entry(
         caller.name(),
         &caller.client,
@@ -184,13 +186,13 @@ fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>)
     ));
 }
 
-fn project_name(s: &str) -> ApiResult<ProjectName> {
+pub(crate) fn project_name(s: &str) -> ApiResult<ProjectName> {
     s.parse()
         .map_err(|e: berth_consensus::tenancy::TenancyNameError| ApiError::bad(e.to_string()))
 }
 
 /// Whether the caller owns `project` (or is an administrator).
-async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
+pub(crate) async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
     if caller.is_admin() {
         return Ok(true);
     }
@@ -283,7 +285,7 @@ pub async fn create_project(
     }
 }
 
-fn unexpected(o: TenancyOutcome) -> ApiError {
+pub(crate) fn unexpected(o: TenancyOutcome) -> ApiError {
     tracing::error!(outcome = ?o, "unexpected tenancy outcome");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
@@ -358,8 +360,10 @@ pub async fn update_project(
     }
 }
 
-/// `DELETE /api/v1/projects/{name}` (administrators). Refused (409) while the
-/// project holds repositories.
+/// `DELETE /api/v1/projects/{name}` (administrators): deletes the project's
+/// repositories (manifests, tags, blob links; the blobs go to the upkeep's
+/// collection), then the project with its members and robots. Refused (409) if
+/// pushes keep refilling it.
 pub async fn delete_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
@@ -367,7 +371,22 @@ pub async fn delete_project(
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let name = project_name(&name)?;
-    match propose(&app, TenancyCommand::DeleteProject { name: name.clone() }).await? {
+    let n = name.clone();
+    if app.meta.read(move |v| v.project(&n)).await?.is_none() {
+        return Err(ApiError::not_found("project"));
+    }
+    let mut outcome = TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty);
+    for _ in 0..PROJECT_DELETE_ROUNDS_MAX {
+        let purged = crate::access::purge_project(&app, &name).await?;
+        if purged > 0 {
+            tracing::info!(project = %name, commands = purged, "purged the project's repositories");
+        }
+        outcome = propose(&app, TenancyCommand::DeleteProject { name: name.clone() }).await?;
+        if outcome != TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty) {
+            break;
+        }
+    }
+    match outcome {
         TenancyOutcome::Done => {
             policy_audit(
                 &app,
@@ -380,7 +399,7 @@ pub async fn delete_project(
         TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
         TenancyOutcome::Rejected(TenancyRejection::ProjectNotEmpty) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("project {name} still holds repositories; delete them first"),
+            format!("project {name} keeps receiving pushes; retry the delete"),
         )),
         other => Err(unexpected(other)),
     }
@@ -501,7 +520,7 @@ fn check_password(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn hash(secret: &str) -> ApiResult<String> {
+pub(crate) async fn hash(secret: &str) -> ApiResult<String> {
     password::hash(secret).await.map_err(|e| {
         tracing::error!(error = %e, "hashing a password");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -685,7 +704,7 @@ impl From<&RobotRecord> for RobotView {
     }
 }
 
-fn valid_pattern(p: &str) -> bool {
+pub(crate) fn valid_pattern(p: &str) -> bool {
     if p == "*" {
         return true;
     }

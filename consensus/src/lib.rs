@@ -37,6 +37,7 @@ pub mod tenancy;
 mod tenancy_state;
 mod type_config;
 pub mod view;
+mod view_project;
 
 pub use cluster::{ClusterInit, ClusterMembership, RaftTuning};
 pub use error::{ConsensusError, Unavailability};

@@ -91,6 +91,7 @@ pub(crate) fn all_state_tables() -> impl Iterator<Item = (&'static str, BytesTab
     STATE_TABLES
         .into_iter()
         .chain(crate::tenancy_state::TENANCY_TABLES)
+        .chain(crate::tenancy_state::ACCESS_TABLES)
 }
 
 /// Joins key parts with `\0`.

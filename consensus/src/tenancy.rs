@@ -229,6 +229,43 @@ impl fmt::Debug for SigningKeyRecord {
     }
 }
 
+/// A one-time token: a secret that may be exchanged once, before `expires_at_ms`, at
+/// the token service for a short-lived access token carrying `actions` on the
+/// repositories of `project` matching `repositories` (a single CI push). The
+/// exchange is a Raft command ([`TenancyCommand::RedeemOneTimeToken`]), so two nodes
+/// cannot both accept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneTimeTokenRecord {
+    /// `onetime$<project>+<hex id>`.
+    pub name: String,
+    pub project: ProjectName,
+    /// `*`, `NAME` or `NAME/*` below the project, as for robot grants.
+    pub repositories: String,
+    pub actions: RobotActions,
+    /// PHC string of an argon2id hash of the secret.
+    pub secret_hash: String,
+    /// After this instant the token can no longer be redeemed.
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    /// When it was redeemed; a redeemed token is never accepted again.
+    pub redeemed_at_ms: Option<u64>,
+}
+
+/// The name prefix of one-time tokens.
+pub const ONE_TIME_PREFIX: &str = "onetime$";
+
+impl OneTimeTokenRecord {
+    /// The grant it carries, in the robot grant form the policy understands.
+    pub fn grant(&self) -> RobotGrant {
+        RobotGrant {
+            project: self.project.clone(),
+            repositories: self.repositories.clone(),
+            actions: self.actions,
+        }
+    }
+}
+
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -305,6 +342,31 @@ pub enum TenancyCommand {
     PruneAudit {
         before_ms: u64,
     },
+    /// Stores a one-time token; `Exists` if there is one by that name,
+    /// `Rejected(ProjectUnknown)` without its project.
+    CreateOneTimeToken(OneTimeTokenRecord),
+    /// Marks a one-time token redeemed at `at_ms`: `Done` the first time,
+    /// `Rejected(AlreadyUsed)` after, `Rejected(Expired)` past its expiry.
+    RedeemOneTimeToken {
+        name: String,
+        at_ms: u64,
+    },
+    /// Removes one-time tokens that expired before `before_ms`.
+    PruneOneTimeTokens {
+        before_ms: u64,
+    },
+    /// Replaces a robot's secret hash (the old secret stops working at once).
+    SetRobotSecret {
+        name: String,
+        secret_hash: String,
+    },
+    /// Adds `key` as the signing key: every key in force until now is retired at
+    /// `retire_previous_at_ms` (tokens it signed verify until then), and keys whose
+    /// retirement is before `key.created_at_ms` are removed. The outcome is the new key.
+    RotateSigningKey {
+        key: SigningKeyRecord,
+        retire_previous_at_ms: u64,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -331,6 +393,18 @@ impl fmt::Display for TenancyCommand {
             TenancyCommand::InitSigningKey(k) => write!(f, "init-signing-key {}", k.kid),
             TenancyCommand::Audit(entries) => write!(f, "audit {} entries", entries.len()),
             TenancyCommand::PruneAudit { before_ms } => write!(f, "prune-audit {before_ms}"),
+            TenancyCommand::CreateOneTimeToken(t) => write!(f, "create-one-time-token {}", t.name),
+            TenancyCommand::RedeemOneTimeToken { name, at_ms } => {
+                write!(f, "redeem-one-time-token {name} {at_ms}")
+            }
+            TenancyCommand::PruneOneTimeTokens { before_ms } => {
+                write!(f, "prune-one-time-tokens {before_ms}")
+            }
+            TenancyCommand::SetRobotSecret { name, .. } => write!(f, "set-robot-secret {name}"),
+            TenancyCommand::RotateSigningKey {
+                key,
+                retire_previous_at_ms,
+            } => write!(f, "rotate-signing-key {} {retire_previous_at_ms}", key.kid),
         }
     }
 }
@@ -354,6 +428,10 @@ pub enum TenancyRejection {
     GrantOutsideProject,
     /// Too many entries in one command.
     TooLarge,
+    /// The one-time token was redeemed already.
+    AlreadyUsed,
+    /// The one-time token expired.
+    Expired,
 }
 
 /// What applying a tenancy command did.

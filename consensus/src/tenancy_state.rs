@@ -10,8 +10,8 @@ use crate::error::ConsensusError;
 use crate::state::{BytesRead, contains, read_record};
 use crate::tables::{BytesTable, key, prefix_range};
 use crate::tenancy::{
-    AUDIT_BATCH_ENTRIES_MAX, AuditRecord, ProjectName, ProjectRecord, ProjectRole,
-    ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
+    AUDIT_BATCH_ENTRIES_MAX, AuditRecord, OneTimeTokenRecord, ProjectName, ProjectRecord,
+    ProjectRole, ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
     TenancyRejection, UserRecord,
 };
 use crate::view::StateView;
@@ -31,6 +31,18 @@ pub(crate) const AUDIT: BytesTable = TableDefinition::new("audit");
 /// [`AUDIT_SEQ`] -> next audit sequence number (8 bytes BE).
 pub(crate) const TENANCY_META: BytesTable = TableDefinition::new("tenancy_meta");
 const AUDIT_SEQ: &[u8] = b"audit_seq";
+/// `onetime$<project>+<id>` -> `OneTimeTokenRecord`.
+pub(crate) const ONE_TIME_TOKENS: BytesTable = TableDefinition::new("one_time_tokens");
+/// `kid` -> the instant (ms, 8 bytes BE) after which tokens it signed are refused.
+/// A key without an entry is the one in force.
+pub(crate) const KEY_RETIREMENT: BytesTable = TableDefinition::new("signing_key_retirement");
+
+/// The access tables (one-time tokens, key retirement), after [`TENANCY_TABLES`] in
+/// snapshots and the state digest.
+pub(crate) const ACCESS_TABLES: [(&str, BytesTable); 2] = [
+    ("one_time_tokens", ONE_TIME_TOKENS),
+    ("signing_key_retirement", KEY_RETIREMENT),
+];
 
 /// The tenancy tables, in the fixed order snapshots and the state digest use after
 /// the registry tables.
@@ -55,6 +67,8 @@ pub(crate) struct TenancyTables<'txn> {
     keys: BytesTableMut<'txn>,
     audit: BytesTableMut<'txn>,
     meta: BytesTableMut<'txn>,
+    one_time: BytesTableMut<'txn>,
+    retirement: BytesTableMut<'txn>,
 }
 
 fn robot_prefix(project: &ProjectName) -> String {
@@ -71,6 +85,8 @@ impl<'txn> TenancyTables<'txn> {
             keys: txn.open_table(SIGNING_KEYS)?,
             audit: txn.open_table(AUDIT)?,
             meta: txn.open_table(TENANCY_META)?,
+            one_time: txn.open_table(ONE_TIME_TOKENS)?,
+            retirement: txn.open_table(KEY_RETIREMENT)?,
         })
     }
 
@@ -220,7 +236,103 @@ impl<'txn> TenancyTables<'txn> {
                 }
                 TenancyOutcome::Audited(doomed.len() as u64)
             }
+            TenancyCommand::CreateOneTimeToken(t) => {
+                if !contains(&self.projects, t.project.as_str().as_bytes())? {
+                    Rejected(TenancyRejection::ProjectUnknown)
+                } else if contains(&self.one_time, t.name.as_bytes())? {
+                    Exists
+                } else {
+                    self.one_time
+                        .insert(t.name.as_bytes(), codec::encode(t).as_slice())?;
+                    Done
+                }
+            }
+            TenancyCommand::RedeemOneTimeToken { name, at_ms } => {
+                self.redeem_one_time(name, *at_ms)?
+            }
+            TenancyCommand::PruneOneTimeTokens { before_ms } => {
+                let mut doomed = Vec::new();
+                for entry in self.one_time.iter()? {
+                    let (k, v) = entry?;
+                    let t: OneTimeTokenRecord = codec::decode("one-time token", v.value())?;
+                    if t.expires_at_ms < *before_ms {
+                        doomed.push(k.value().to_vec());
+                    }
+                }
+                for k in &doomed {
+                    self.one_time.remove(k.as_slice())?;
+                }
+                TenancyOutcome::Audited(doomed.len() as u64)
+            }
+            TenancyCommand::SetRobotSecret { name, secret_hash } => {
+                match read_record::<RobotRecord>(&self.robots, "robot record", name.as_bytes())? {
+                    None => NotFound,
+                    Some(mut r) => {
+                        r.secret_hash = secret_hash.clone();
+                        self.robots
+                            .insert(name.as_bytes(), codec::encode(&r).as_slice())?;
+                        Done
+                    }
+                }
+            }
+            TenancyCommand::RotateSigningKey {
+                key,
+                retire_previous_at_ms,
+            } => self.rotate_signing_key(key, *retire_previous_at_ms)?,
         })
+    }
+
+    fn redeem_one_time(
+        &mut self,
+        name: &str,
+        at_ms: u64,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        let Some(mut t) =
+            read_record::<OneTimeTokenRecord>(&self.one_time, "one-time token", name.as_bytes())?
+        else {
+            return Ok(TenancyOutcome::NotFound);
+        };
+        if t.redeemed_at_ms.is_some() {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::AlreadyUsed));
+        }
+        if at_ms >= t.expires_at_ms {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::Expired));
+        }
+        t.redeemed_at_ms = Some(at_ms);
+        self.one_time
+            .insert(name.as_bytes(), codec::encode(&t).as_slice())?;
+        Ok(TenancyOutcome::Done)
+    }
+
+    fn rotate_signing_key(
+        &mut self,
+        key: &SigningKeyRecord,
+        retire_previous_at_ms: u64,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        let mut kids = Vec::new();
+        for entry in self.keys.iter()? {
+            kids.push(entry?.0.value().to_vec());
+        }
+        for kid in kids {
+            if kid == key.kid.as_bytes() {
+                continue;
+            }
+            let retire = match self.retirement.get(kid.as_slice())? {
+                Some(v) => be_u64(v.value())?.min(retire_previous_at_ms),
+                None => retire_previous_at_ms,
+            };
+            if retire <= key.created_at_ms {
+                self.keys.remove(kid.as_slice())?;
+                self.retirement.remove(kid.as_slice())?;
+            } else {
+                self.retirement
+                    .insert(kid.as_slice(), &retire.to_be_bytes()[..])?;
+            }
+        }
+        self.keys
+            .insert(key.kid.as_bytes(), codec::encode(key).as_slice())?;
+        self.retirement.remove(key.kid.as_bytes())?;
+        Ok(TenancyOutcome::SigningKey(key.clone()))
     }
 
     fn create_robot(&mut self, r: &RobotRecord) -> Result<TenancyOutcome, ConsensusError> {
@@ -265,7 +377,16 @@ impl<'txn> TenancyTables<'txn> {
             }
         }
     }
+}
 
+fn be_u64(v: &[u8]) -> Result<u64, ConsensusError> {
+    let b: [u8; 8] = v.try_into().map_err(|_| ConsensusError::Malformed {
+        table: "signing_key_retirement",
+    })?;
+    Ok(u64::from_be_bytes(b))
+}
+
+impl<'txn> TenancyTables<'txn> {
     fn update_user(
         &mut self,
         name: &str,
@@ -417,6 +538,39 @@ impl StateView {
     /// The signing keys, by key id.
     pub fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, ConsensusError> {
         self.all(SIGNING_KEYS, "signing key record")
+    }
+
+    pub fn one_time_token(&self, name: &str) -> Result<Option<OneTimeTokenRecord>, ConsensusError> {
+        read_record(
+            &self.table(ONE_TIME_TOKENS)?,
+            "one-time token",
+            name.as_bytes(),
+        )
+    }
+
+    /// One-time tokens of `project`, by name.
+    pub fn one_time_tokens(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Vec<OneTimeTokenRecord>, ConsensusError> {
+        let all: Vec<OneTimeTokenRecord> = self.all(ONE_TIME_TOKENS, "one-time token")?;
+        Ok(all.into_iter().filter(|t| t.project == *project).collect())
+    }
+
+    /// The signing keys with the instant each retires (`None`: the key in force).
+    pub fn signing_keys_with_retirement(
+        &self,
+    ) -> Result<Vec<(SigningKeyRecord, Option<u64>)>, ConsensusError> {
+        let retirement = self.table(KEY_RETIREMENT)?;
+        let mut out = Vec::new();
+        for k in self.signing_keys()? {
+            let at = match retirement.get(k.kid.as_bytes())? {
+                Some(v) => Some(be_u64(v.value())?),
+                None => None,
+            };
+            out.push((k, at));
+        }
+        Ok(out)
     }
 
     /// Audit entries in time order that pass `q`, at most `q.limit`.

@@ -54,6 +54,45 @@ pub enum AdminCommand {
         #[arg(long)]
         csv: bool,
     },
+    /// One-time tokens for a single CI push.
+    #[command(subcommand)]
+    OneTimeToken(OneTimeTokenCommand),
+    /// Token signing keys.
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum OneTimeTokenCommand {
+    /// Create a one-time token in PROJECT; prints its name and secret (shown only
+    /// once). The secret is exchanged once at the token service (e.g. by
+    /// `docker login` / `skopeo --dest-creds NAME:SECRET`) for one push.
+    Create {
+        project: String,
+        /// `*`, `NAME` or `NAME/*` below the project.
+        #[arg(long, default_value = "*")]
+        repositories: String,
+        /// `pull`, `push` or `pull,push`.
+        #[arg(long, default_value = "pull,push")]
+        actions: String,
+        /// Seconds until it can no longer be redeemed.
+        #[arg(long, default_value_t = 600)]
+        expires_in_secs: u64,
+    },
+    List {
+        project: String,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum SigningKeyCommand {
+    /// A new key signs from now on; tokens signed before verify for the overlap.
+    Rotate {
+        /// Seconds the previous keys keep verifying.
+        #[arg(long, default_value_t = 3600)]
+        overlap_secs: u64,
+    },
+    List,
 }
 
 #[derive(clap::Subcommand)]
@@ -140,6 +179,10 @@ pub enum RobotCommand {
         /// The Secret's name.
         #[arg(long, default_value = "berth-pull-secret")]
         secret_name: String,
+    },
+    /// Give a robot a new secret (printed once); the old one stops working at once.
+    RotateSecret {
+        name: String,
     },
 }
 
@@ -346,6 +389,17 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let s = pull_secret(&secret_name, &server, &robot, &secret);
                 println!("{}", serde_json::to_string_pretty(&s)?);
             }
+            RobotCommand::RotateSecret { name } => {
+                let encoded = name.replace('$', "%24").replace('+', "%2B");
+                print_json(
+                    &api.call(
+                        Method::POST,
+                        &format!("/api/v1/robots/{encoded}/secret"),
+                        None,
+                    )
+                    .await?,
+                );
+            }
         },
         AdminCommand::Audit {
             since,
@@ -377,6 +431,50 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             let path = format!("/api/v1/audit?{}", q.join("&"));
             print!("{}", api.call(Method::GET, &path, None).await?);
         }
+        AdminCommand::OneTimeToken(c) => match c {
+            OneTimeTokenCommand::Create {
+                project,
+                repositories,
+                actions,
+                expires_in_secs,
+            } => {
+                let actions: Vec<&str> = actions.split(',').filter(|a| !a.is_empty()).collect();
+                print_json(
+                    &api.call(
+                        Method::POST,
+                        &format!("/api/v1/projects/{project}/one-time-tokens"),
+                        Some(json!({
+                            "repositories": repositories,
+                            "actions": actions,
+                            "expires_in_secs": expires_in_secs,
+                        })),
+                    )
+                    .await?,
+                );
+            }
+            OneTimeTokenCommand::List { project } => print_json(
+                &api.call(
+                    Method::GET,
+                    &format!("/api/v1/projects/{project}/one-time-tokens"),
+                    None,
+                )
+                .await?,
+            ),
+        },
+        AdminCommand::SigningKey(c) => match c {
+            SigningKeyCommand::Rotate { overlap_secs } => print_json(
+                &api.call(
+                    Method::POST,
+                    "/api/v1/system/signing-keys/rotate",
+                    Some(json!({ "overlap_secs": overlap_secs })),
+                )
+                .await?,
+            ),
+            SigningKeyCommand::List => print_json(
+                &api.call(Method::GET, "/api/v1/system/signing-keys", None)
+                    .await?,
+            ),
+        },
     }
     Ok(())
 }

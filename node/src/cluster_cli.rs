@@ -1,8 +1,11 @@
-//! `berth cluster ...`: operator commands against running nodes over their HTTP API.
+//! `berth cluster ...`: operator commands against running nodes over their HTTP API,
+//! with an administrator's Basic credentials when given ([`Credentials`]: flags,
+//! `BERTH_USER`/`BERTH_PASSWORD`, or the bootstrap `<data>/admin-password`).
 //! `remove` takes a node out of the membership through any member. `status` asks each given node for `/api/v1/cluster/status` and prints a table (or
 //! the raw JSON): every node's term, role, log, commit and apply indices, the
 //! leader's view of each member's replication lag, and disk state.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,6 +21,8 @@ pub enum ClusterCommand {
         /// Print JSON (one array of node answers) instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        creds: Credentials,
     },
     /// Remove a node from the cluster (through any member).
     Remove {
@@ -26,20 +31,72 @@ pub enum ClusterCommand {
         url: String,
         /// The node id to remove.
         id: u64,
+        #[command(flatten)]
+        creds: Credentials,
     },
+}
+
+/// The administrator's credentials for an enforcing cluster. Without a password
+/// (flag or `BERTH_PASSWORD`), `--data` names a node's data folder whose bootstrap
+/// `admin-password` file is read; with neither, requests carry no credentials (an
+/// open-mode cluster).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Credentials {
+    /// User name to authenticate as.
+    #[arg(long, env = "BERTH_USER", default_value = "admin")]
+    pub user: String,
+    /// Password to authenticate with.
+    #[arg(long, env = "BERTH_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A node's data folder: its `admin-password` file is the bootstrap
+    /// administrator's password.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+impl Credentials {
+    /// The user and password to send, if any.
+    pub fn resolve(&self) -> anyhow::Result<Option<(String, String)>> {
+        if let Some(p) = self.password.as_ref().filter(|p| !p.is_empty()) {
+            return Ok(Some((self.user.clone(), p.clone())));
+        }
+        let Some(data) = &self.data else {
+            return Ok(None);
+        };
+        let file = data.join(crate::serve::ADMIN_PASSWORD_FILE);
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "reading {} (set BERTH_PASSWORD when the password came from BERTH_ADMIN_PASSWORD)",
+                file.display()
+            )
+        })?;
+        Ok(Some((self.user.clone(), text.trim().to_owned())))
+    }
+
+    fn apply(
+        creds: &Option<(String, String)>,
+        req: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        match creds {
+            Some((u, p)) => req.basic_auth(u, Some(p)),
+            None => req,
+        }
+    }
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Status { urls, json } => status(&urls, json).await,
-        ClusterCommand::Remove { url, id } => remove(&url, id).await,
+        ClusterCommand::Status { urls, json, creds } => {
+            status(&urls, json, &creds.resolve()?).await
+        }
+        ClusterCommand::Remove { url, id, creds } => remove(&url, id, &creds.resolve()?).await,
     }
 }
 
-async fn remove(url: &str, id: u64) -> anyhow::Result<()> {
+async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow::Result<()> {
     let endpoint = format!("{}/api/v1/cluster/members/{id}", url.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .delete(&endpoint)
+    let req = reqwest::Client::new().delete(&endpoint);
+    let resp = Credentials::apply(creds, req)
         .timeout(Duration::from_secs(30))
         .send()
         .await
@@ -51,14 +108,21 @@ async fn remove(url: &str, id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(urls: &[String], json: bool) -> anyhow::Result<()> {
+async fn status(
+    urls: &[String],
+    json: bool,
+    creds: &Option<(String, String)>,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let mut answers = Vec::new();
     for url in urls {
         let endpoint = format!("{}/api/v1/cluster/status", url.trim_end_matches('/'));
-        let answer = match client.get(&endpoint).send().await {
+        let answer = match Credentials::apply(creds, client.get(&endpoint))
+            .send()
+            .await
+        {
             Ok(resp) if resp.status().is_success() => resp
                 .json::<Value>()
                 .await

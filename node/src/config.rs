@@ -113,6 +113,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_retention_days: Option<u64>,
+    /// Registry requests in flight per client address and per identity before 429;
+    /// 0 turns the limit off. Default: off in open mode, 256 when enforced.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent_requests_max: Option<u32>,
 }
 
 /// Whether requests are authenticated.
@@ -147,8 +152,11 @@ pub struct Config {
     pub rate_limit_rps: Option<u32>,
     pub failed_logins_per_minute: u32,
     pub audit_retention_days: u64,
+    pub concurrent_requests_max: Option<u32>,
 }
 
+/// Enforced mode's concurrency limit per address and identity when none is configured.
+pub const CONCURRENT_REQUESTS_ENFORCED_DEFAULT: u32 = 256;
 /// Enforced mode's request limit per address and identity when none is configured.
 pub const RATE_LIMIT_RPS_ENFORCED_DEFAULT: u32 = 1000;
 
@@ -177,6 +185,7 @@ impl Default for Config {
             rate_limit_rps: None,
             failed_logins_per_minute: 10,
             audit_retention_days: 90,
+            concurrent_requests_max: None,
         }
     }
 }
@@ -199,6 +208,16 @@ impl Config {
             self.listen
         );
         Ok(setting)
+    }
+
+    /// The concurrency limit in force; `None`: unlimited.
+    pub fn concurrency_limit(&self) -> anyhow::Result<Option<u32>> {
+        Ok(match (self.concurrent_requests_max, self.auth_setting()?) {
+            (Some(0), _) => None,
+            (Some(n), _) => Some(n),
+            (None, AuthSetting::Open) => None,
+            (None, AuthSetting::Enforced) => Some(CONCURRENT_REQUESTS_ENFORCED_DEFAULT),
+        })
     }
 
     /// The request limit in force; `None`: unlimited.

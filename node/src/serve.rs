@@ -30,7 +30,7 @@ use crate::config::{AuthSetting, Config};
 /// The bootstrap administrator's name.
 const ADMIN_USER: &str = "admin";
 /// Where a generated bootstrap password is written, inside the data folder.
-const ADMIN_PASSWORD_FILE: &str = "admin-password";
+pub(crate) const ADMIN_PASSWORD_FILE: &str = "admin-password";
 
 const NODE_FILE_FORMAT: u32 = 1;
 /// A start-up step through Raft is retried this often while metadata is unavailable
@@ -164,6 +164,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         token_ttl: Duration::from_secs(cfg.token_ttl_secs),
         rate_limit_rps: cfg.rate_limit()?,
+        concurrent_requests_max: cfg.concurrency_limit()?,
         failed_logins_per_minute: cfg.failed_logins_per_minute,
         audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
         ..AuthConfig::open()

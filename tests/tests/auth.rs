@@ -1183,3 +1183,774 @@ async fn berth_admin_creates_a_project_user_and_robot_and_prints_a_pull_secret()
         StatusCode::FORBIDDEN
     );
 }
+
+/// A one-time token for `repositories` in `project`, made by the administrator.
+async fn one_time_token(r: &Registry, project: &str, repositories: &str) -> Result<Creds> {
+    let v = r
+        .ok(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/one-time-tokens"),
+            Some(json!({ "repositories": repositories, "expires_in_secs": 300 })),
+        )
+        .await?;
+    Ok(Creds::new(
+        v["name"].as_str().context("one-time token name")?,
+        v["secret"].as_str().context("one-time token secret")?,
+    ))
+}
+
+/// The status of `GET /token` for `scope` with Basic `who` against `base`.
+async fn token_status(http: &Client, base: &str, who: &Creds, scope: &str) -> StatusCode {
+    http.get(format!("{base}/token?service=berth&scope={scope}"))
+        .basic_auth(&who.0, Some(&who.1))
+        .send()
+        .await
+        .map(|r| r.status())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+#[tokio::test]
+async fn a_one_time_token_pushes_once_with_skopeo_and_never_again() {
+    // Proves: skopeo pushes an image with a one-time token's name and secret (one
+    // exchange at /token for a push-long access token); a second push with it is
+    // refused, as are a second exchange, Basic auth with it on /v2/ and a push
+    // outside its repository; a Developer may not create one, a Maintainer may.
+    let skopeo = require_tool("skopeo");
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    let maint = r.user("maint", "team", "maintainer").await.unwrap();
+    let (s, _) = r
+        .api(
+            Method::POST,
+            "/api/v1/projects/team/one-time-tokens",
+            &dev,
+            Some(json!({ "repositories": "app" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a developer made a one-time token"
+    );
+    let (s, v) = r
+        .api(
+            Method::POST,
+            "/api/v1/projects/team/one-time-tokens",
+            &maint,
+            Some(json!({ "repositories": "app" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let ci = Creds::new(v["name"].as_str().unwrap(), v["secret"].as_str().unwrap());
+    assert!(ci.0.starts_with("onetime$team+"), "{}", ci.0);
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let digest = oci_layout(&src).unwrap();
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let policy = policy.to_string_lossy().into_owned();
+    let src_ref = format!("oci:{}:v1", src.display());
+    let push = |tag: &str, creds: &Creds| {
+        let remote = format!("docker://{}/team/app:{tag}", r.server.addr());
+        let creds = format!("{}:{}", creds.0, creds.1);
+        let args = [
+            "--policy",
+            &policy,
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &creds,
+            &src_ref,
+            &remote,
+        ]
+        .map(String::from);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&skopeo, &args, &[], "skopeo copy with a one-time token")
+    };
+    push("v1", &ci).unwrap();
+    let got = r
+        .req(
+            Method::HEAD,
+            "/v2/team/app/manifests/v1",
+            Some(&Creds::admin()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(header(got.headers(), "docker-content-digest"), digest);
+
+    assert!(push("v2", &ci).is_err(), "a one-time token pushed twice");
+    assert_eq!(
+        token_status(
+            &r.http,
+            &r.server.url(),
+            &ci,
+            "repository:team/app:pull,push"
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Never a password on /v2/, not even right after its exchange.
+    let fresh = one_time_token(&r, "team", "app").await.unwrap();
+    assert_eq!(
+        r.push_blob(Some(&fresh), "team/app", b"basic")
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Its token carries nothing outside its repository.
+    let t = r
+        .token(Some(&fresh), "repository:team/other:pull,push")
+        .await
+        .unwrap();
+    let data = b"outside".to_vec();
+    let resp = r
+        .http
+        .post(r.url(&format!(
+            "/v2/team/other/blobs/uploads/?digest={}",
+            sha256_digest(&data)
+        )))
+        .bearer_auth(&t)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN,
+        "push outside the token's repository: {}",
+        resp.status()
+    );
+    let listed = r
+        .ok(Method::GET, "/api/v1/projects/team/one-time-tokens", None)
+        .await
+        .unwrap();
+    let redeemed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["redeemed_at_ms"].is_u64())
+        .count();
+    assert_eq!(redeemed, 2, "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["secret"].is_null())
+    );
+    r.audit_until("action=auth-failure", |e| {
+        has(e, "auth-failure", &ci.0, "denied")
+    })
+    .await
+    .unwrap();
+}
+
+/// A 3-node cluster in enforced mode with the administrator's password set.
+fn enforced_cluster() -> berth_tests::cluster::Cluster {
+    berth_tests::cluster::Cluster::up_with_env(
+        3,
+        vec![
+            ("BERTH_AUTH".into(), "enforced".into()),
+            ("BERTH_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cluster: {e:#}"))
+}
+
+#[tokio::test]
+async fn a_one_time_token_is_accepted_by_one_node_of_a_cluster_only() {
+    // Proves: a one-time token exchanged through node 1 is refused by nodes 2 and 3
+    // (its redemption is in Raft), the access token from node 1 pushes through
+    // node 2; and when three nodes are asked for the same fresh token at once,
+    // exactly one of them accepts it.
+    let _heavy = berth_tests::heavy().await;
+    let cluster = enforced_cluster();
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin = Creds::admin();
+    let call = |node: u16, method: Method, path: &str, body: Value| {
+        http.request(method, format!("{}{path}", cluster.url(node)))
+            .basic_auth(&admin.0, Some(&admin.1))
+            .json(&body)
+            .send()
+    };
+    let resp = call(
+        1,
+        Method::POST,
+        "/api/v1/projects",
+        json!({ "name": "team", "public": false }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let mint = |node: u16| {
+        let call = &call;
+        async move {
+            let v: Value = call(
+                node,
+                Method::POST,
+                "/api/v1/projects/team/one-time-tokens",
+                json!({ "repositories": "app" }),
+            )
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+            Creds::new(v["name"].as_str().unwrap(), v["secret"].as_str().unwrap())
+        }
+    };
+    let scope = "repository:team/app:pull,push";
+    let ci = mint(1).await;
+    let resp = http
+        .get(format!(
+            "{}/token?service=berth&scope={scope}",
+            cluster.url(1)
+        ))
+        .basic_auth(&ci.0, Some(&ci.1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let v: Value = resp.json().await.unwrap();
+    let jwt = v["token"].as_str().unwrap().to_owned();
+    assert!(v["refresh_token"].is_null());
+    for node in [2, 3] {
+        assert_eq!(
+            token_status(&http, &cluster.url(node), &ci, scope).await,
+            StatusCode::UNAUTHORIZED,
+            "node {node} accepted a used one-time token"
+        );
+    }
+    let data = random_bytes(1000);
+    let resp = http
+        .post(format!(
+            "{}/v2/team/app/blobs/uploads/?digest={}",
+            cluster.url(2),
+            sha256_digest(&data)
+        ))
+        .bearer_auth(&jwt)
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    let race = mint(2).await;
+    let urls = [1u16, 2, 3].map(|n| cluster.url(n));
+    let statuses =
+        futures::future::join_all(urls.iter().map(|u| token_status(&http, u, &race, scope))).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_robot_secret_replaces_the_old_one_at_once() {
+    // Proves: after POST /api/v1/robots/{name}/secret the new secret works and the
+    // old one is refused at once (also right after it was used, when its check is
+    // cached); only the project's owners and administrators may rotate.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    let ci = r
+        .robot(
+            "ci",
+            "team",
+            json!([{ "repositories": "*", "actions": ["pull", "push"] }]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.push_blob(Some(&ci), "team/app", b"before").await.unwrap(),
+        StatusCode::CREATED
+    );
+    let path = format!(
+        "/api/v1/robots/{}/secret",
+        ci.0.replace('$', "%24").replace('+', "%2B")
+    );
+    let (s, _) = r.api(Method::POST, &path, &dev, None).await.unwrap();
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "a developer rotated a robot secret"
+    );
+    let v = r.ok(Method::POST, &path, None).await.unwrap();
+    let new = Creds::new(&ci.0, v["secret"].as_str().unwrap());
+    assert_ne!(new.1, ci.1);
+    assert_eq!(
+        r.push_blob(Some(&ci), "team/app", b"old").await.unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &ci, "repository:team/app:pull").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        r.push_blob(Some(&new), "team/app", b"new").await.unwrap(),
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn tokens_of_a_rotated_signing_key_verify_until_the_overlap_ends() {
+    // Proves: after a rotation with a 3 s overlap, new tokens carry the new key id,
+    // a token signed by the previous key still works during the overlap and is
+    // refused after it, while tokens of the new key keep working; only an
+    // administrator may rotate.
+    let r = Registry::start(&["--token-ttl-secs", "60"]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let scope = "repository:team/app:pull";
+    let kid = |t: &str| -> String {
+        let h = t.split('.').next().unwrap();
+        let v: Value = serde_json::from_slice(&base64_url_decode(h)).unwrap();
+        v["kid"].as_str().unwrap().to_owned()
+    };
+    let old = r.token(Some(&dev), scope).await.unwrap();
+    let (s, _) = r
+        .api(
+            Method::POST,
+            "/api/v1/system/signing-keys/rotate",
+            &dev,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let v = r
+        .ok(
+            Method::POST,
+            "/api/v1/system/signing-keys/rotate",
+            Some(json!({ "overlap_secs": 3 })),
+        )
+        .await
+        .unwrap();
+    let new_kid = v["kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, kid(&old));
+    let new = r.token(Some(&dev), scope).await.unwrap();
+    assert_eq!(kid(&new), new_kid);
+    let get = |tok: String| {
+        let r = &r;
+        async move {
+            r.http
+                .get(r.url("/v2/team/app/manifests/v1"))
+                .bearer_auth(tok)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let rotated_at = Instant::now();
+    assert_eq!(get(old.clone()).await, StatusCode::OK);
+    assert_eq!(get(new.clone()).await, StatusCode::OK);
+    let keys = r
+        .ok(Method::GET, "/api/v1/system/signing-keys", None)
+        .await
+        .unwrap();
+    assert_eq!(keys.as_array().unwrap().len(), 2, "{keys}");
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(rotated_at.elapsed()) + Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(get(old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(new).await, StatusCode::OK);
+}
+
+fn base64_url_decode(s: &str) -> Vec<u8> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in s.bytes() {
+        let v = A.iter().position(|a| *a == c).expect("base64url character") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// Runs `berth cluster ARGS` with `env` (and no inherited credentials).
+fn berth_cluster(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(berth_binary().unwrap())
+        .arg("cluster")
+        .args(args)
+        .env_remove("BERTH_USER")
+        .env_remove("BERTH_PASSWORD")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running berth cluster")
+}
+
+#[tokio::test]
+async fn berth_cluster_status_sends_the_administrators_credentials() {
+    // Proves: against an enforcing node `berth cluster status` without credentials
+    // gets 401, and succeeds with the password from BERTH_PASSWORD or from the
+    // bootstrap `<data>/admin-password` (--data).
+    let server = Server::start(ServerOptions {
+        args: vec!["--auth".into(), "enforced".into()],
+        ..ServerOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = server.url();
+    let data = server.data_dir().to_string_lossy().into_owned();
+    let answer = |out: Output| -> Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0].clone()
+    };
+    let none = answer(berth_cluster(&["status", "--json", "--url", &url], &[]));
+    assert!(
+        none["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{none}"
+    );
+    let from_file = answer(berth_cluster(
+        &["status", "--json", "--url", &url, "--data", &data],
+        &[],
+    ));
+    assert!(from_file["error"].is_null(), "{from_file}");
+    assert!(from_file["term"].is_u64(), "{from_file}");
+    let password = std::fs::read_to_string(server.data_dir().join("admin-password")).unwrap();
+    let from_env = answer(berth_cluster(
+        &["status", "--json", "--url", &url],
+        &[("BERTH_PASSWORD", password.trim())],
+    ));
+    assert!(from_env["term"].is_u64(), "{from_env}");
+    let wrong = answer(berth_cluster(
+        &["status", "--json", "--url", &url],
+        &[("BERTH_PASSWORD", "wrong-password")],
+    ));
+    assert!(
+        wrong["error"].as_str().is_some_and(|e| e.contains("401")),
+        "{wrong}"
+    );
+}
+
+#[tokio::test]
+async fn audit_entries_survive_a_kill_of_the_node_that_took_them() {
+    // Proves: in an enforcing 3-node cluster, entries audited through node 1 (a
+    // project created, a failed login), once flushed, are read back through node 2
+    // after node 1 is killed with SIGKILL; `berth cluster remove` with the
+    // administrator's password then takes node 1 out (and is refused without it).
+    let _heavy = berth_tests::heavy().await;
+    let cluster = enforced_cluster();
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin = Creds::admin();
+    let resp = http
+        .post(format!("{}/api/v1/projects", cluster.url(1)))
+        .basic_auth(&admin.0, Some(&admin.1))
+        .json(&json!({ "name": "audited", "public": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = http
+        .get(format!("{}/v2/", cluster.url(1)))
+        .basic_auth("intruder", Some("not-a-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let audit = |node: u16| {
+        let (http, admin, url) = (&http, &admin, cluster.url(node));
+        async move {
+            let resp = http
+                .get(format!("{url}/api/v1/audit"))
+                .basic_auth(&admin.0, Some(&admin.1))
+                .send()
+                .await?;
+            ensure!(resp.status() == StatusCode::OK, "audit: {}", resp.status());
+            let text = resp.text().await?;
+            text.lines()
+                .map(|l| Ok(serde_json::from_str::<Value>(l)?))
+                .collect::<Result<Vec<Value>>>()
+        }
+    };
+    let both = |e: &[Value]| {
+        has(e, "auth-failure", "intruder", "denied")
+            && e.iter()
+                .any(|x| x["action"] == "policy" && x["project"] == "audited")
+    };
+    // Flushed: node 1 itself reads them from the replicated log.
+    let deadline = Instant::now() + AUDIT_WAIT;
+    loop {
+        let entries = audit(1).await.unwrap();
+        if both(&entries) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never flushed: {entries:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.signal(1, "-9").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entries = loop {
+        match audit(2).await {
+            Ok(e) => break e,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "node 2 never answered: {e:#}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(both(&entries), "lost with node 1: {entries:?}");
+
+    let refused = berth_cluster(&["remove", "--url", &cluster.url(2), "1"], &[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let removed = berth_cluster(
+        &["remove", "--url", &cluster.url(2), "1"],
+        &[("BERTH_PASSWORD", ADMIN_PASSWORD)],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+}
+
+/// Files below `dir` whose path contains `needle`.
+fn files_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(needle) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn deleting_a_project_deletes_its_repositories_and_its_blobs_are_collected() {
+    // Proves: DELETE /api/v1/projects/{p} on a project holding images removes its
+    // repositories (catalog, manifests, tags, links), its members' access, and the
+    // project; a blob only it linked is collected from disk by the upkeep; another
+    // project's image and a blob it shares stay intact.
+    let mut opts = ServerOptions::enforced(ADMIN_PASSWORD, &[]);
+    opts.env.push(("BERTH_UPLOAD_TTL_SECS".into(), "4".into()));
+    let r = Registry {
+        server: Server::start(opts).await.unwrap(),
+        http: Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    };
+    let admin = Creds::admin();
+    r.project("team", false).await.unwrap();
+    r.project("other", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let unique = random_bytes(300 * 1024);
+    let shared = random_bytes(300 * 1024);
+    for (repo, data) in [
+        ("team/app", &unique),
+        ("team/app/sub", &shared),
+        ("other/app", &shared),
+    ] {
+        assert_eq!(
+            r.push_blob(Some(&admin), repo, data).await.unwrap(),
+            StatusCode::CREATED
+        );
+    }
+    let (other_manifest, _) = r.push_image(&admin, "other/app", "v1").await.unwrap();
+    let unique_hex = sha256_digest(&unique)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let disks = r.server.data_dir().to_path_buf();
+    assert!(
+        !files_named(&disks, &unique_hex).is_empty(),
+        "no shard files"
+    );
+
+    let (s, v) = r
+        .api(Method::DELETE, "/api/v1/projects/team", &admin, None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let catalog: Value = r
+        .req(Method::GET, "/v2/_catalog", Some(&admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(catalog["repositories"], json!(["other/app"]), "{catalog}");
+    let (s, _) = r
+        .api(Method::GET, "/api/v1/projects/team", &admin, None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let gone = r
+        .req(Method::GET, "/v2/team/app/manifests/v1", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    let denied = r
+        .req(Method::GET, "/v2/team/app/tags/list", Some(&dev))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        denied.status() == StatusCode::FORBIDDEN || denied.status() == StatusCode::NOT_FOUND,
+        "{}",
+        denied.status()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !files_named(&disks, &unique_hex).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted project's blob was not collected in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let kept = r
+        .req(
+            Method::GET,
+            &format!("/v2/other/app/blobs/{}", sha256_digest(&shared)),
+            Some(&admin),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), StatusCode::OK);
+    assert_eq!(kept.bytes().await.unwrap()[..], shared[..]);
+    let manifest = r
+        .req(Method::HEAD, "/v2/other/app/manifests/v1", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), StatusCode::OK);
+    assert_eq!(
+        header(manifest.headers(), "docker-content-digest"),
+        other_manifest
+    );
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_get_429_until_one_finishes() {
+    // Proves: with --concurrent-requests-max 2, two uploads whose PATCH bodies are
+    // still streaming hold both slots of the address and the identity: a third
+    // request gets 429 TOOMANYREQUESTS with Retry-After; once the bodies end, the
+    // uploads complete and requests pass again.
+    let r = Registry::start(&["--concurrent-requests-max", "2"]).await;
+    r.project("team", false).await.unwrap();
+    let admin = Creds::admin();
+    let mut senders = Vec::new();
+    let mut patches = Vec::new();
+    for _ in 0..2 {
+        let resp = r
+            .req(Method::POST, "/v2/team/app/blobs/uploads/", Some(&admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let location = header(resp.headers(), "location");
+        let url = if location.starts_with("http") {
+            location
+        } else {
+            r.url(&location)
+        };
+        let (tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let mut tx = tx;
+        futures::SinkExt::send(&mut tx, Ok(vec![7u8; 1024]))
+            .await
+            .unwrap();
+        senders.push(tx);
+        let req = r
+            .http
+            .patch(url)
+            .basic_auth(&admin.0, Some(&admin.1))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(rx));
+        patches.push(tokio::spawn(
+            async move { req.send().await.map(|r| r.status()) },
+        ));
+    }
+    // Both PATCHes are in their handlers once their first bytes are read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let resp = r
+            .req(Method::GET, "/v2/", Some(&admin))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            break resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 429 while two requests are in flight: {}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!header(refused.headers(), "retry-after").is_empty());
+    expect_error(
+        "over the concurrency limit",
+        refused,
+        429,
+        "TOOMANYREQUESTS",
+    )
+    .await
+    .unwrap();
+    drop(senders);
+    for p in patches {
+        assert_eq!(p.await.unwrap().unwrap(), StatusCode::ACCEPTED);
+    }
+    let resp = r
+        .req(Method::GET, "/v2/", Some(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -6,6 +6,7 @@
 //! In [`AuthMode::Open`] every request is allowed as an anonymous administrator (the
 //! embedded loopback default); in [`AuthMode::Enforced`] every request is checked.
 
+pub mod access;
 pub mod audit;
 pub mod password;
 pub mod policy;
@@ -23,8 +24,8 @@ use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_consensus::tenancy::{
-    AuditOutcome, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
-    UserRecord,
+    AuditOutcome, ONE_TIME_PREFIX, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand,
+    TenancyOutcome, UserRecord,
 };
 use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
 use berth_types::RepoName;
@@ -44,6 +45,9 @@ pub const SERVICE: &str = "berth";
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most cached credential verifications.
 const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 10_000;
+/// How long a node uses the signing keys it loaded before reading them again (so a
+/// rotation through another node takes effect here within this time).
+const KEYS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Whether requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,8 @@ pub struct AuthConfig {
     pub failed_logins_per_minute: u32,
     /// Audit entries older than this are pruned.
     pub audit_retention: Duration,
+    /// Requests in flight per client address and per identity; `None`: unlimited.
+    pub concurrent_requests_max: Option<u32>,
 }
 
 impl AuthConfig {
@@ -79,6 +85,7 @@ impl AuthConfig {
             rate_limit_rps: None,
             failed_logins_per_minute: 10,
             audit_retention: Duration::from_secs(90 * 86_400),
+            concurrent_requests_max: None,
         }
     }
 }
@@ -205,10 +212,12 @@ impl From<ConsensusError> for AuthFailure {
 /// The auth subsystem of one node.
 pub struct Auth {
     pub config: AuthConfig,
-    keys: RwLock<Option<Keys>>,
+    keys: RwLock<Option<(Keys, Instant)>>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     pub limits: ratelimit::Limits,
     pub audit: audit::AuditLog,
+    /// Requests in flight per address and identity, when limited.
+    pub concurrency: Option<ratelimit::Concurrency>,
 }
 
 impl Auth {
@@ -216,6 +225,9 @@ impl Auth {
         Auth {
             limits: ratelimit::Limits::new(config.rate_limit_rps, config.failed_logins_per_minute),
             audit: audit::AuditLog::new(),
+            concurrency: config
+                .concurrent_requests_max
+                .map(ratelimit::Concurrency::new),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
             config,
@@ -251,32 +263,52 @@ impl Auth {
                 }
             }
         };
-        self.load_keys(&[record]);
-        Ok(())
+        tracing::debug!(kid = %record.kid, "signing key in metadata");
+        self.reload_keys(meta).await.map(drop)
     }
 
-    fn load_keys(&self, records: &[SigningKeyRecord]) {
-        match Keys::from_records(records) {
-            Ok(k) => *self.keys.write().expect("keys lock poisoned") = Some(k),
+    fn load_keys(&self, records: &[(SigningKeyRecord, Option<u64>)]) {
+        match Keys::with_retirement(records) {
+            Ok(k) => {
+                *self.keys.write().expect("keys lock poisoned") = Some((k, Instant::now()));
+            }
             Err(e) => tracing::error!(error = %e, "signing key in metadata is unusable"),
         }
     }
 
-    /// The keys, loading them from metadata on first use (a node that started
-    /// before another node stored the key).
-    pub async fn keys(&self, meta: &Metadata) -> Result<Keys, ConsensusError> {
-        if let Some(k) = self.keys.read().expect("keys lock poisoned").clone() {
-            return Ok(k);
-        }
-        let records = meta.read(|v| v.signing_keys()).await?;
+    /// Reads the signing keys and their retirement from metadata again.
+    pub async fn reload_keys(&self, meta: &Metadata) -> Result<Keys, ConsensusError> {
+        let records = meta.read(|v| v.signing_keys_with_retirement()).await?;
         self.load_keys(&records);
         self.keys
             .read()
             .expect("keys lock poisoned")
-            .clone()
+            .as_ref()
+            .map(|(k, _)| k.clone())
             .ok_or(ConsensusError::Malformed {
                 table: "signing_keys",
             })
+    }
+
+    /// The keys, read from metadata on first use and again every [`KEYS_REFRESH`].
+    pub async fn keys(&self, meta: &Metadata) -> Result<Keys, ConsensusError> {
+        if let Some((k, at)) = self.keys.read().expect("keys lock poisoned").as_ref()
+            && at.elapsed() < KEYS_REFRESH
+        {
+            return Ok(k.clone());
+        }
+        self.reload_keys(meta).await
+    }
+
+    /// The keys, read again if they do not hold the key `token` names (a key made by
+    /// a rotation through another node in the last few seconds).
+    pub async fn keys_for(&self, meta: &Metadata, token: &str) -> Result<Keys, ConsensusError> {
+        let keys = self.keys(meta).await?;
+        if keys.knows_kid_of(token) {
+            Ok(keys)
+        } else {
+            self.reload_keys(meta).await
+        }
     }
 
     /// Identifies the caller from the `Authorization` header. No header: anonymous.
@@ -304,7 +336,7 @@ impl Auth {
                 open,
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
-            let keys = self.keys(meta).await?;
+            let keys = self.keys_for(meta, rest.trim()).await?;
             let claims = keys
                 .verify(rest.trim(), token::TokenUse::Access)
                 .map_err(|_| AuthFailure::BadCredentials)?;
@@ -330,6 +362,9 @@ impl Auth {
 
     /// The account named `name` as it is now; gone or expired accounts fail.
     pub async fn principal(&self, meta: &Metadata, name: &str) -> Result<Principal, AuthFailure> {
+        if name.starts_with(ONE_TIME_PREFIX) {
+            return self.one_time_principal(meta, name).await;
+        }
         let n = name.to_owned();
         let found = meta
             .read(move |v| {
@@ -360,6 +395,9 @@ impl Auth {
             return Err(AuthFailure::Throttled { retry_after: wait });
         }
         let principal = match self.principal(meta, name).await {
+            // A one-time token is good only for its single exchange at the token
+            // service, never as a password.
+            Ok(_) if name.starts_with(ONE_TIME_PREFIX) => None,
             Ok(p) => Some(p),
             Err(AuthFailure::BadCredentials) => None,
             Err(e) => return Err(e),

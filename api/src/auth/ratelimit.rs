@@ -1,7 +1,8 @@
 //! Rate limits: a token bucket per client address and one per identity (requests per
 //! second, bursts of twice that), and a throttle on failed logins per address and per
 //! account. Over a limit a client gets 429 with `Retry-After` and the OCI
-//! TOOMANYREQUESTS code.
+//! TOOMANYREQUESTS code. [`Concurrency`] bounds the requests in flight per client
+//! address and per identity.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -144,5 +145,90 @@ mod tests {
             "address blocked"
         );
         assert!(l.login_blocked("9.9.9.9", "alice").is_none());
+    }
+}
+
+/// Most keys [`Concurrency`] tracks at once (keys at zero are removed).
+const CONCURRENCY_KEYS_MAX: usize = 100_000;
+/// The `Retry-After` of a request refused for concurrency.
+pub const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Requests in flight per key (`addr:...`, `id:...`), each at most `max`.
+pub struct Concurrency {
+    max: u32,
+    in_flight: std::sync::Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// One admitted request; its slots are given back when it drops.
+pub struct ConcurrencyGuard {
+    keys: Vec<String>,
+    in_flight: std::sync::Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Concurrency {
+    pub fn new(max: u32) -> Concurrency {
+        Concurrency {
+            max: max.max(1),
+            in_flight: std::sync::Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Admits a request counted under every key in `keys`, or refuses it when one of
+    /// them is at the limit (or the table is full).
+    pub fn acquire(&self, keys: Vec<String>) -> Option<ConcurrencyGuard> {
+        let mut map = self.in_flight.lock().expect("concurrency lock poisoned");
+        let full = keys
+            .iter()
+            .any(|k| map.get(k).copied().unwrap_or(0) >= self.max)
+            || map.len() + keys.len() > CONCURRENCY_KEYS_MAX;
+        if full {
+            return None;
+        }
+        for k in &keys {
+            *map.entry(k.clone()).or_insert(0) += 1;
+        }
+        Some(ConcurrencyGuard {
+            keys,
+            in_flight: self.in_flight.clone(),
+        })
+    }
+}
+
+impl Drop for ConcurrencyGuard {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().expect("concurrency lock poisoned");
+        for k in &self.keys {
+            if let Some(n) = map.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod concurrency_tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_bounded_per_key_and_released_on_drop() {
+        let c = Concurrency::new(2);
+        let a1 = c.acquire(vec!["addr:a".into(), "id:alice".into()]).unwrap();
+        let _a2 = c.acquire(vec!["addr:a".into()]).unwrap();
+        assert!(c.acquire(vec!["addr:a".into()]).is_none());
+        // Another address of the same identity: alice holds one slot.
+        let _b1 = c.acquire(vec!["addr:b".into(), "id:alice".into()]).unwrap();
+        assert!(
+            c.acquire(vec!["addr:c".into(), "id:alice".into()])
+                .is_none()
+        );
+        drop(a1);
+        assert!(c.acquire(vec!["addr:a".into()]).is_some());
+        assert!(
+            c.acquire(vec!["addr:c".into(), "id:alice".into()])
+                .is_some()
+        );
     }
 }

@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::policy::Actions;
-use super::{AuthFailure, Caller, SERVICE, audit, client_addr};
+use super::{Auth, AuthFailure, Caller, SERVICE, audit, client_addr};
 use crate::AppState;
 use crate::uploads::now_ms;
 
@@ -100,38 +100,70 @@ pub enum TokenError {
     Invalid(#[from] jsonwebtoken::errors::Error),
     #[error("token names an unknown key")]
     UnknownKey,
+    #[error("token was signed by a key retired after rotation")]
+    Retired,
     #[error("token is not an {0:?} token")]
     WrongUse(TokenUse),
     #[error("signing key is unusable")]
     BadKey,
 }
 
-/// The signing key and the verification keys by key id.
+/// The signing key and the verification keys by key id, each with the instant it
+/// retires (after which tokens it signed are refused).
 #[derive(Clone)]
 pub struct Keys {
     signing_kid: String,
     signing: Arc<EncodingKey>,
-    verifying: Arc<HashMap<String, DecodingKey>>,
+    verifying: Arc<HashMap<String, (DecodingKey, Option<u64>)>>,
 }
 
 impl Keys {
-    /// From the key records in Raft; the first one signs.
+    /// From the key records in Raft, none retiring; the first one signs.
     pub fn from_records(records: &[SigningKeyRecord]) -> Result<Keys, TokenError> {
-        let first = records.first().ok_or(TokenError::BadKey)?;
+        let all: Vec<_> = records.iter().map(|r| (r.clone(), None)).collect();
+        Keys::with_retirement(&all)
+    }
+
+    /// From the key records in Raft with their retirement: the newest key that does
+    /// not retire signs (else the one that retires last).
+    pub fn with_retirement(
+        records: &[(SigningKeyRecord, Option<u64>)],
+    ) -> Result<Keys, TokenError> {
+        let signer = records
+            .iter()
+            .max_by_key(|(r, retire)| (retire.is_none(), *retire, r.created_at_ms))
+            .map(|(r, _)| r)
+            .ok_or(TokenError::BadKey)?;
         let mut verifying = HashMap::new();
-        for r in records {
+        for (r, retire) in records {
             let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &r.pkcs8_der)
                 .map_err(|_| TokenError::BadKey)?;
             verifying.insert(
                 r.kid.clone(),
-                DecodingKey::from_ec_der(pair.public_key().as_ref()),
+                (
+                    DecodingKey::from_ec_der(pair.public_key().as_ref()),
+                    *retire,
+                ),
             );
         }
         Ok(Keys {
-            signing_kid: first.kid.clone(),
-            signing: Arc::new(EncodingKey::from_ec_der(&first.pkcs8_der)),
+            signing_kid: signer.kid.clone(),
+            signing: Arc::new(EncodingKey::from_ec_der(&signer.pkcs8_der)),
             verifying: Arc::new(verifying),
         })
+    }
+
+    /// The id of the key that signs new tokens.
+    pub fn signing_kid(&self) -> &str {
+        &self.signing_kid
+    }
+
+    /// Whether `token` names a key these keys do not hold (the keys may be stale).
+    pub fn knows_kid_of(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|k| self.verifying.contains_key(&k))
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
@@ -143,11 +175,14 @@ impl Keys {
     /// Verifies signature, issuer, audience, expiry (no leeway) and use.
     pub fn verify(&self, token: &str, token_use: TokenUse) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token)?;
-        let key = header
+        let (key, retire) = header
             .kid
             .as_ref()
             .and_then(|k| self.verifying.get(k))
             .ok_or(TokenError::UnknownKey)?;
+        if retire.is_some_and(|at| now_ms() >= at) {
+            return Err(TokenError::Retired);
+        }
         let mut validation = Validation::new(Algorithm::ES256);
         validation.leeway = 0;
         validation.validate_nbf = true;
@@ -251,6 +286,16 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
+/// Basic credentials in `headers` that name a one-time token.
+fn one_time_basic(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    super::parse_basic(rest.trim()).filter(|(u, _)| Auth::is_one_time(u))
+}
+
 /// `GET /token` and `POST /token`.
 pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response {
     let client = client_addr(&req);
@@ -288,7 +333,11 @@ pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response 
                         "username and password are required",
                     );
                 };
-                app.auth.login(&app.meta, user, pw, &client).await
+                if Auth::is_one_time(user) {
+                    app.auth.redeem_one_time(&app.meta, user, pw, &client).await
+                } else {
+                    app.auth.login(&app.meta, user, pw, &client).await
+                }
             }
             Some("refresh_token") => {
                 let Some(rt) = get("refresh_token") else {
@@ -298,7 +347,7 @@ pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response 
                         "refresh_token is required",
                     );
                 };
-                match app.auth.keys(&app.meta).await {
+                match app.auth.keys_for(&app.meta, rt).await {
                     Err(e) => Err(AuthFailure::Metadata(e)),
                     Ok(keys) => match keys.verify(rt, TokenUse::Refresh) {
                         Ok(claims) => app.auth.principal(&app.meta, &claims.sub).await,
@@ -314,6 +363,10 @@ pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response 
                 );
             }
         }
+    } else if let Some((user, secret)) = one_time_basic(&headers) {
+        app.auth
+            .redeem_one_time(&app.meta, &user, &secret, &client)
+            .await
     } else {
         match app.auth.identify(&app.meta, &headers, client.clone()).await {
             Ok(c) => Ok(c.principal),
@@ -342,14 +395,9 @@ pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response 
         client: client.clone(),
         open: app.auth.is_open(),
     };
-    match issue(
-        &app,
-        &caller,
-        scopes,
-        want_refresh && !caller.is_anonymous(),
-    )
-    .await
-    {
+    // A one-time token gets no refresh token: its access token is all it gets.
+    let refresh = want_refresh && !caller.is_anonymous() && !Auth::is_one_time(caller.name());
+    match issue(&app, &caller, scopes, refresh).await {
         Ok(body) => {
             if !caller.is_anonymous() {
                 app.auth.audit.record(audit::entry(

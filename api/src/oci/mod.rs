@@ -42,6 +42,11 @@ pub async fn dispatch(State(app): State<AppState>, mut req: Request<Body>) -> Re
             let method = req.method().clone();
             match authorize(&app, &endpoint, &mut req).await {
                 Ok(caller) => {
+                    // Held until the handler answers (a streamed body may still flow).
+                    let _slot = match admit(&app, &caller) {
+                        Ok(slot) => slot,
+                        Err(e) => return finish("throttled", Err(e)),
+                    };
                     let result = handlers::handle(app.clone(), endpoint.clone(), req).await;
                     audit_request(&app, &caller, &endpoint, &method, &result);
                     (route, result)
@@ -51,6 +56,28 @@ pub async fn dispatch(State(app): State<AppState>, mut req: Request<Body>) -> Re
         }
         Err(e) => ("invalid", Err(e)),
     };
+    finish(route, result)
+}
+
+/// Takes a slot of the caller's address and identity under the concurrency limit.
+fn admit(
+    app: &AppState,
+    caller: &Caller,
+) -> Result<Option<auth::ratelimit::ConcurrencyGuard>, OciError> {
+    let Some(c) = &app.auth.concurrency else {
+        return Ok(None);
+    };
+    let mut keys = vec![format!("addr:{}", caller.client)];
+    if !caller.is_anonymous() {
+        keys.push(format!("id:{}", caller.name()));
+    }
+    c.acquire(keys)
+        .map(Some)
+        .ok_or_else(|| auth::ratelimit::too_many(auth::ratelimit::CONCURRENCY_RETRY_AFTER))
+}
+
+/// The response with its route label and the API version header.
+fn finish(route: &'static str, result: Result<Response, OciError>) -> Response {
     let mut resp = result.unwrap_or_else(IntoResponse::into_response);
     resp.extensions_mut().insert(RouteLabel(route));
     resp.headers_mut().insert(

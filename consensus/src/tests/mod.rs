@@ -4,6 +4,7 @@
 //! over the gRPC transport on loopback, and the seeded turmoil simulation of clusters
 //! under partitions, crashes and restarts (`sim`).
 
+mod access;
 mod cluster;
 mod commands;
 mod fixture;

@@ -1,0 +1,393 @@
+//! The access part of the management API under `/api/v1/`: one-time tokens for a
+//! single CI push (project maintainers), robot secret rotation (the robot's project
+//! owners) and signing-key rotation (administrators), and the purge of a project's
+//! repositories before the project is deleted. Described by `docs/openapi.yaml`;
+//! every change is audited.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use berth_consensus::tenancy::{
+    ONE_TIME_PREFIX, OneTimeTokenRecord, ProjectName, ProjectRole, RobotActions, TenancyCommand,
+    TenancyOutcome, TenancyRejection,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::Principal;
+use crate::auth::policy::Actions;
+use crate::manage::{
+    ApiError, ApiResult, Mgmt, hash, owns, policy_audit, project_name, propose, require_admin,
+    unexpected, valid_pattern,
+};
+use crate::uploads::now_ms;
+use crate::{App, AppState};
+
+/// Lifetime of a one-time token when the request names none.
+pub const ONE_TIME_TTL_DEFAULT: Duration = Duration::from_secs(600);
+/// Longest lifetime of a one-time token.
+pub const ONE_TIME_TTL_MAX: Duration = Duration::from_secs(86_400);
+/// How long the keys in force keep verifying after a rotation, when the request
+/// names no overlap.
+pub const KEY_OVERLAP_DEFAULT: Duration = Duration::from_secs(3_600);
+/// Longest overlap of a rotation.
+pub const KEY_OVERLAP_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// The routes of this module.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/projects/{name}/one-time-tokens",
+            get(list_one_time_tokens).post(create_one_time_token),
+        )
+        .route("/api/v1/robots/{name}/secret", post(rotate_robot_secret))
+        .route("/api/v1/system/signing-keys", get(list_signing_keys))
+        .route(
+            "/api/v1/system/signing-keys/rotate",
+            post(rotate_signing_key),
+        )
+}
+
+/// A JSON body that may be empty (then `T::default()`).
+fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// Whether the caller is an administrator or a Maintainer (or Owner) of `project`.
+async fn maintains(
+    app: &App,
+    caller: &crate::auth::Caller,
+    project: &ProjectName,
+) -> ApiResult<bool> {
+    if caller.is_admin() {
+        return Ok(true);
+    }
+    let Principal::User(u) = &caller.principal else {
+        return Ok(false);
+    };
+    let (p, name) = (project.clone(), u.name.clone());
+    let role = app.meta.read(move |v| v.role(&p, &name)).await?;
+    Ok(role.is_some_and(|r| r >= ProjectRole::Maintainer))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOneTimeToken {
+    /// `*`, `NAME` or `NAME/*` below the project; default `*`.
+    pub repositories: Option<String>,
+    /// `pull` and/or `push`; default both.
+    pub actions: Option<Vec<String>>,
+    /// Seconds until the token can no longer be redeemed; default 600.
+    pub expires_in_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OneTimeTokenView {
+    pub name: String,
+    pub project: String,
+    pub repositories: String,
+    pub actions: Vec<&'static str>,
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+    pub created_by: String,
+    pub redeemed_at_ms: Option<u64>,
+    /// Only in the answer that creates the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<&OneTimeTokenRecord> for OneTimeTokenView {
+    fn from(t: &OneTimeTokenRecord) -> OneTimeTokenView {
+        OneTimeTokenView {
+            name: t.name.clone(),
+            project: t.project.as_str().to_owned(),
+            repositories: t.repositories.clone(),
+            actions: Actions::of_robot(t.actions).scope_list(),
+            expires_at_ms: t.expires_at_ms,
+            created_at_ms: t.created_at_ms,
+            created_by: t.created_by.clone(),
+            redeemed_at_ms: t.redeemed_at_ms,
+            secret: None,
+        }
+    }
+}
+
+/// `POST /api/v1/projects/{name}/one-time-tokens` (administrators and the
+/// project's maintainers): a token for one CI push; the answer carries its name and
+/// secret, once. The secret is exchanged at `/token` exactly once.
+pub async fn create_one_time_token(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let project = project_name(&name)?;
+    let body: NewOneTimeToken = optional_json(&body)?;
+    if !maintains(&app, &caller, &project).await? {
+        return Err(ApiError::forbidden());
+    }
+    let repositories = body.repositories.unwrap_or_else(|| "*".into());
+    if !valid_pattern(&repositories) {
+        return Err(ApiError::bad(format!(
+            "repository pattern {repositories:?} is not *, NAME or NAME/*"
+        )));
+    }
+    let mut actions = RobotActions::default();
+    for a in body
+        .actions
+        .unwrap_or_else(|| vec!["pull".into(), "push".into()])
+    {
+        match a.as_str() {
+            "pull" => actions.pull = true,
+            "push" => actions.push = true,
+            other => {
+                return Err(ApiError::bad(format!(
+                    "unknown action {other:?}: a one-time token may pull and push"
+                )));
+            }
+        }
+    }
+    if !actions.pull && !actions.push {
+        return Err(ApiError::bad("a one-time token needs pull or push"));
+    }
+    let ttl = body
+        .expires_in_secs
+        .map_or(ONE_TIME_TTL_DEFAULT, Duration::from_secs);
+    if ttl.is_zero() || ttl > ONE_TIME_TTL_MAX {
+        return Err(ApiError::bad(format!(
+            "expires_in_secs is 1 to {}",
+            ONE_TIME_TTL_MAX.as_secs()
+        )));
+    }
+    let secret = hex::encode(rand::random::<[u8; 24]>());
+    let now = now_ms();
+    let record = OneTimeTokenRecord {
+        name: format!(
+            "{ONE_TIME_PREFIX}{project}+{}",
+            hex::encode(rand::random::<[u8; 8]>())
+        ),
+        project: project.clone(),
+        repositories,
+        actions,
+        secret_hash: hash(&secret).await?,
+        expires_at_ms: now.saturating_add(ttl.as_millis() as u64),
+        created_at_ms: now,
+        created_by: caller.name().to_owned(),
+        redeemed_at_ms: None,
+    };
+    match propose(&app, TenancyCommand::CreateOneTimeToken(record.clone())).await? {
+        TenancyOutcome::Done => {
+            policy_audit(
+                &app,
+                &caller,
+                format!("create one-time token {}", record.name),
+                Some(project.as_str()),
+            );
+            let mut view = OneTimeTokenView::from(&record);
+            view.secret = Some(secret);
+            Ok((StatusCode::CREATED, Json(view)).into_response())
+        }
+        TenancyOutcome::Rejected(TenancyRejection::ProjectUnknown) => {
+            Err(ApiError::not_found("project"))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `GET /api/v1/projects/{name}/one-time-tokens` (administrators and the project's
+/// maintainers): the project's one-time tokens, redeemed or not, without secrets.
+pub async fn list_one_time_tokens(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let project = project_name(&name)?;
+    if !maintains(&app, &caller, &project).await? {
+        return Err(ApiError::forbidden());
+    }
+    let tokens = app.meta.read(move |v| v.one_time_tokens(&project)).await?;
+    let out: Vec<OneTimeTokenView> = tokens.iter().map(OneTimeTokenView::from).collect();
+    Ok(Json(out).into_response())
+}
+
+/// `POST /api/v1/robots/{name}/secret` (administrators, or owners of the robot's
+/// project): a new secret, returned once; the old one stops working at once.
+pub async fn rotate_robot_secret(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    let n = name.clone();
+    let Some(robot) = app.meta.read(move |v| v.robot(&n)).await? else {
+        return Err(ApiError::not_found("robot"));
+    };
+    let allowed = match &robot.project {
+        Some(p) => owns(&app, &caller, p).await?,
+        None => caller.is_admin(),
+    };
+    if !allowed {
+        return Err(ApiError::not_found("robot"));
+    }
+    let secret = hex::encode(rand::random::<[u8; 24]>());
+    let cmd = TenancyCommand::SetRobotSecret {
+        name: name.clone(),
+        secret_hash: hash(&secret).await?,
+    };
+    match propose(&app, cmd).await? {
+        TenancyOutcome::Done => {
+            policy_audit(
+                &app,
+                &caller,
+                format!("rotate robot secret {name}"),
+                robot.project.as_ref().map(|p| p.as_str()),
+            );
+            Ok(Json(json!({ "name": name, "secret": secret })).into_response())
+        }
+        TenancyOutcome::NotFound => Err(ApiError::not_found("robot")),
+        other => Err(unexpected(other)),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct SigningKeyView {
+    pub kid: String,
+    pub created_at_ms: u64,
+    /// When tokens it signed stop verifying; none for the key that signs.
+    pub retires_at_ms: Option<u64>,
+}
+
+/// `GET /api/v1/system/signing-keys` (administrators): the token signing keys.
+pub async fn list_signing_keys(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    let keys = app.meta.read(|v| v.signing_keys_with_retirement()).await?;
+    let out: Vec<SigningKeyView> = keys
+        .into_iter()
+        .map(|(k, retires_at_ms)| SigningKeyView {
+            kid: k.kid,
+            created_at_ms: k.created_at_ms,
+            retires_at_ms,
+        })
+        .collect();
+    Ok(Json(out).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// Seconds the keys in force until now keep verifying; default 3600.
+    pub overlap_secs: Option<u64>,
+}
+
+/// `POST /api/v1/system/signing-keys/rotate` (administrators): a new key signs every
+/// token from now on; tokens signed by the keys before it verify until the overlap
+/// ends and are refused after.
+pub async fn rotate_signing_key(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    let body: Rotation = optional_json(&body)?;
+    let overlap = body
+        .overlap_secs
+        .map_or(KEY_OVERLAP_DEFAULT, Duration::from_secs);
+    if overlap > KEY_OVERLAP_MAX {
+        return Err(ApiError::bad(format!(
+            "overlap_secs is at most {}",
+            KEY_OVERLAP_MAX.as_secs()
+        )));
+    }
+    let kid = app.auth.rotate_keys(&app.meta, overlap).await?;
+    policy_audit(&app, &caller, format!("rotate signing key to {kid}"), None);
+    let keys = app.meta.read(|v| v.signing_keys_with_retirement()).await?;
+    let out: Vec<SigningKeyView> = keys
+        .into_iter()
+        .map(|(k, retires_at_ms)| SigningKeyView {
+            kid: k.kid,
+            created_at_ms: k.created_at_ms,
+            retires_at_ms,
+        })
+        .collect();
+    Ok(Json(json!({ "kid": kid, "keys": out })).into_response())
+}
+
+/// Items (repositories, manifests, tags or links) read per batch while purging.
+const PURGE_BATCH_ENTRIES_MAX: usize = 500;
+/// Most commands one project purge proposes (bounded work per request).
+const PURGE_COMMANDS_MAX: usize = 200_000;
+
+/// Deletes every repository of `project` through Raft: its manifests (with their
+/// tags and referrer entries), remaining tags and blob links, a batch at a time.
+/// The blobs stay for the upkeep pass, which collects those no repository links.
+/// Returns how many commands it proposed.
+pub(crate) async fn purge_project(app: &App, project: &ProjectName) -> ApiResult<usize> {
+    use berth_consensus::CommandV1;
+    let mut proposed = 0usize;
+    loop {
+        let p = project.clone();
+        let repos = app
+            .meta
+            .read(move |v| v.project_repositories(&p, PURGE_BATCH_ENTRIES_MAX))
+            .await?;
+        if repos.is_empty() {
+            return Ok(proposed);
+        }
+        for repo in repos {
+            loop {
+                let r = repo.clone();
+                let (manifests, tags, links) = app
+                    .meta
+                    .read(move |v| {
+                        Ok((
+                            v.repository_manifests(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                            v.repository_tags(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                            v.repository_links(&r, PURGE_BATCH_ENTRIES_MAX)?,
+                        ))
+                    })
+                    .await?;
+                if manifests.is_empty() && tags.is_empty() && links.is_empty() {
+                    break;
+                }
+                let commands = manifests
+                    .into_iter()
+                    .map(|digest| CommandV1::DeleteManifest {
+                        repo: repo.clone(),
+                        digest,
+                    })
+                    .chain(tags.into_iter().map(|tag| CommandV1::DeleteTag {
+                        repo: repo.clone(),
+                        tag,
+                    }))
+                    .chain(links.into_iter().map(|digest| CommandV1::UnlinkBlob {
+                        repo: repo.clone(),
+                        digest,
+                    }));
+                for cmd in commands {
+                    if proposed >= PURGE_COMMANDS_MAX {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "project {project} is still being purged; repeat the delete to continue"
+                            ),
+                        ));
+                    }
+                    // NotFound (a concurrent delete got there first) is as good as done.
+                    app.meta.propose(cmd).await?;
+                    proposed += 1;
+                }
+            }
+        }
+    }
+}

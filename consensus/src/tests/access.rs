@@ -1,0 +1,189 @@
+//! Access commands: one-time tokens are redeemed exactly once and never after their
+//! expiry, a robot's secret is replaced, and signing-key rotation retires the keys in
+//! force at the given instant and drops keys retired before the new key was made.
+
+use super::TestDb;
+use crate::model::{Command, Outcome};
+use crate::tenancy::{
+    OneTimeTokenRecord, ProjectRecord, RobotActions, RobotGrant, RobotRecord, SigningKeyRecord,
+    TenancyCommand as T, TenancyOutcome, TenancyRejection,
+};
+
+fn t(db: &TestDb, cmd: T) -> TenancyOutcome {
+    match db.apply(&Command::Tenancy(cmd)) {
+        Outcome::Tenancy(o) => o,
+        other => panic!("tenancy command answered {other:?}"),
+    }
+}
+
+fn with_project(db: &TestDb) {
+    let p = ProjectRecord {
+        name: "team".parse().unwrap(),
+        public: false,
+        created_at_ms: 1,
+        created_by: "admin".into(),
+    };
+    assert_eq!(t(db, T::CreateProject(p)), TenancyOutcome::Done);
+}
+
+fn one_time(name: &str, project: &str, expires_at_ms: u64) -> OneTimeTokenRecord {
+    OneTimeTokenRecord {
+        name: name.into(),
+        project: project.parse().unwrap(),
+        repositories: "app".into(),
+        actions: RobotActions {
+            pull: true,
+            push: true,
+            delete: false,
+        },
+        secret_hash: "h".into(),
+        expires_at_ms,
+        created_at_ms: 10,
+        created_by: "admin".into(),
+        redeemed_at_ms: None,
+    }
+}
+
+#[test]
+fn a_one_time_token_is_redeemed_once_and_not_after_expiry() {
+    let db = TestDb::new();
+    assert_eq!(
+        t(
+            &db,
+            T::CreateOneTimeToken(one_time("onetime$team+a", "team", 100))
+        ),
+        TenancyOutcome::Rejected(TenancyRejection::ProjectUnknown)
+    );
+    with_project(&db);
+    let a = one_time("onetime$team+a", "team", 100);
+    assert_eq!(
+        t(&db, T::CreateOneTimeToken(a.clone())),
+        TenancyOutcome::Done
+    );
+    assert_eq!(t(&db, T::CreateOneTimeToken(a)), TenancyOutcome::Exists);
+    let redeem = |name: &str, at_ms| T::RedeemOneTimeToken {
+        name: name.into(),
+        at_ms,
+    };
+    assert_eq!(t(&db, redeem("onetime$team+a", 50)), TenancyOutcome::Done);
+    assert_eq!(
+        t(&db, redeem("onetime$team+a", 51)),
+        TenancyOutcome::Rejected(TenancyRejection::AlreadyUsed)
+    );
+    let stored = db.view().one_time_token("onetime$team+a").unwrap().unwrap();
+    assert_eq!(stored.redeemed_at_ms, Some(50));
+    assert_eq!(
+        t(&db, redeem("onetime$team+none", 50)),
+        TenancyOutcome::NotFound
+    );
+
+    let b = one_time("onetime$team+b", "team", 100);
+    assert_eq!(t(&db, T::CreateOneTimeToken(b)), TenancyOutcome::Done);
+    assert_eq!(
+        t(&db, redeem("onetime$team+b", 100)),
+        TenancyOutcome::Rejected(TenancyRejection::Expired)
+    );
+    let c = one_time("onetime$team+c", "team", 500);
+    assert_eq!(t(&db, T::CreateOneTimeToken(c)), TenancyOutcome::Done);
+    assert_eq!(
+        db.view()
+            .one_time_tokens(&"team".parse().unwrap())
+            .unwrap()
+            .len(),
+        3
+    );
+    // Pruning drops the two that expired at 100, keeps the one valid until 500.
+    assert_eq!(
+        t(&db, T::PruneOneTimeTokens { before_ms: 200 }),
+        TenancyOutcome::Audited(2)
+    );
+    let left = db.view().one_time_tokens(&"team".parse().unwrap()).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].name, "onetime$team+c");
+}
+
+#[test]
+fn a_robot_secret_is_replaced() {
+    let db = TestDb::new();
+    with_project(&db);
+    let r = RobotRecord {
+        name: "robot$team+ci".into(),
+        project: Some("team".parse().unwrap()),
+        secret_hash: "old".into(),
+        grants: vec![RobotGrant {
+            project: "team".parse().unwrap(),
+            repositories: "*".into(),
+            actions: RobotActions::default(),
+        }],
+        expires_at_ms: None,
+        created_at_ms: 1,
+        created_by: "admin".into(),
+    };
+    assert_eq!(t(&db, T::CreateRobot(r)), TenancyOutcome::Done);
+    let set = |name: &str| T::SetRobotSecret {
+        name: name.into(),
+        secret_hash: "new".into(),
+    };
+    assert_eq!(t(&db, set("robot$team+ci")), TenancyOutcome::Done);
+    assert_eq!(t(&db, set("robot$team+nobody")), TenancyOutcome::NotFound);
+    let stored = db.view().robot("robot$team+ci").unwrap().unwrap();
+    assert_eq!(stored.secret_hash, "new");
+}
+
+fn key(kid: &str, created_at_ms: u64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        pkcs8_der: vec![1, 2, 3],
+        created_at_ms,
+    }
+}
+
+#[test]
+fn rotation_retires_the_previous_key_at_the_overlap_end() {
+    let db = TestDb::new();
+    assert!(matches!(
+        t(&db, T::InitSigningKey(key("k1", 0))),
+        TenancyOutcome::SigningKey(k) if k.kid == "k1"
+    ));
+    let rotate = |kid: &str, at, retire| T::RotateSigningKey {
+        key: key(kid, at),
+        retire_previous_at_ms: retire,
+    };
+    assert!(matches!(
+        t(&db, rotate("k2", 100, 200)),
+        TenancyOutcome::SigningKey(k) if k.kid == "k2"
+    ));
+    let keys = |db: &TestDb| {
+        db.view()
+            .signing_keys_with_retirement()
+            .unwrap()
+            .into_iter()
+            .map(|(k, at)| (k.kid, at))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&db),
+        vec![("k1".into(), Some(200)), ("k2".into(), None)]
+    );
+    // A second rotation inside the overlap keeps k1's earlier retirement and
+    // schedules k2's.
+    t(&db, rotate("k3", 150, 400));
+    assert_eq!(
+        keys(&db),
+        vec![
+            ("k1".into(), Some(200)),
+            ("k2".into(), Some(400)),
+            ("k3".into(), None)
+        ]
+    );
+    // A rotation after k1 retired removes it.
+    t(&db, rotate("k4", 300, 500));
+    assert_eq!(
+        keys(&db),
+        vec![
+            ("k2".into(), Some(400)),
+            ("k3".into(), Some(500)),
+            ("k4".into(), None)
+        ]
+    );
+}
