@@ -52,11 +52,11 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "not allowed")
     }
 
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    fn not_found(what: &str) -> ApiError {
+    pub(crate) fn not_found(what: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
 }
@@ -108,11 +108,15 @@ impl From<AuthFailure> for ApiError {
                 ),
             ),
             AuthFailure::Metadata(e) => e.into(),
+            AuthFailure::ProviderUnavailable { provider } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the {provider} identity provider cannot be reached; retry later"),
+            ),
         }
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The authenticated caller of a management request. Anonymous callers are refused
 /// in enforced mode (401 with a Basic challenge); in open mode everyone is an
@@ -160,7 +164,7 @@ pub fn require_admin(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
+pub(crate) async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     match app.meta.propose(CommandV1::Tenancy(cmd)).await? {
         Outcome::Tenancy(o) => Ok(o),
         other => Err(ApiError::from(ConsensusError::Malformed {
@@ -173,7 +177,7 @@ async fn propose(app: &App, cmd: TenancyCommand) -> ApiResult<TenancyOutcome> {
     }
 }
 
-fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
+pub(crate) fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>) {
     app.auth.audit.record(audit::entry(
         caller.name(),
         &caller.client,
@@ -184,21 +188,31 @@ fn policy_audit(app: &App, caller: &Caller, what: String, project: Option<&str>)
     ));
 }
 
-fn project_name(s: &str) -> ApiResult<ProjectName> {
+pub(crate) fn project_name(s: &str) -> ApiResult<ProjectName> {
     s.parse()
         .map_err(|e: berth_consensus::tenancy::TenancyNameError| ApiError::bad(e.to_string()))
 }
 
 /// Whether the caller owns `project` (or is an administrator).
-async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
+pub(crate) async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
     if caller.is_admin() {
         return Ok(true);
     }
-    let Principal::User(u) = &caller.principal else {
-        return Ok(false);
+    let p = project.clone();
+    let role = match &caller.principal {
+        Principal::User(u) => {
+            let name = u.name.clone();
+            app.meta.read(move |v| v.role(&p, &name)).await?
+        }
+        Principal::External(e) => {
+            let e = e.clone();
+            app.meta
+                .read(move |v| v.group_role(&p, e.provider, &e.groups))
+                .await?
+        }
+        Principal::Anonymous | Principal::Robot(_) => None,
     };
-    let (p, name) = (project.clone(), u.name.clone());
-    Ok(app.meta.read(move |v| v.role(&p, &name)).await? == Some(ProjectRole::Owner))
+    Ok(role == Some(ProjectRole::Owner))
 }
 
 #[derive(Debug, Serialize)]
@@ -239,6 +253,9 @@ pub async fn list_projects(State(app): State<AppState>, Mgmt(caller): Mgmt) -> A
                     || match &caller.principal {
                         Principal::User(u) => v.role(&p.name, &u.name)?.is_some(),
                         Principal::Robot(r) => r.grants.iter().any(|g| g.project == p.name),
+                        Principal::External(e) => {
+                            v.group_role(&p.name, e.provider, &e.groups)?.is_some()
+                        }
                         Principal::Anonymous => false,
                     };
                 if sees {
@@ -283,7 +300,7 @@ pub async fn create_project(
     }
 }
 
-fn unexpected(o: TenancyOutcome) -> ApiError {
+pub(crate) fn unexpected(o: TenancyOutcome) -> ApiError {
     tracing::error!(outcome = ?o, "unexpected tenancy outcome");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
 }
@@ -308,6 +325,7 @@ pub async fn get_project(
                 || match &c.principal {
                     Principal::User(u) => v.role(&n, &u.name)?.is_some(),
                     Principal::Robot(r) => r.grants.iter().any(|g| g.project == n),
+                    Principal::External(e) => v.group_role(&n, e.provider, &e.groups)?.is_some(),
                     Principal::Anonymous => false,
                 };
             Ok(sees.then_some(p))

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use berth_api::auth::oidc::OidcConfig;
 use berth_types::EcProfile;
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
 use figment::Figment;
@@ -113,6 +114,29 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_retention_days: Option<u64>,
+    /// OpenID Connect issuer URL whose ID tokens are accepted (https, or http on
+    /// loopback). Needs --oidc-audience.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_issuer: Option<String>,
+    /// The client id the ID tokens must be issued to (their `aud`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_audience: Option<String>,
+    /// The ID token claim that lists the caller's groups (default `groups`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_groups_claim: Option<String>,
+    /// The ID token claim that names the caller (default `sub`; e.g.
+    /// `preferred_username`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_username_claim: Option<String>,
+    /// Least seconds between two fetches of the issuer's keys caused by tokens that
+    /// name an unknown key id (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_jwks_refresh_min_secs: Option<u64>,
 }
 
 /// Whether requests are authenticated.
@@ -147,6 +171,11 @@ pub struct Config {
     pub rate_limit_rps: Option<u32>,
     pub failed_logins_per_minute: u32,
     pub audit_retention_days: u64,
+    pub oidc_issuer: Option<String>,
+    pub oidc_audience: Option<String>,
+    pub oidc_groups_claim: String,
+    pub oidc_username_claim: String,
+    pub oidc_jwks_refresh_min_secs: u64,
 }
 
 /// Enforced mode's request limit per address and identity when none is configured.
@@ -177,6 +206,11 @@ impl Default for Config {
             rate_limit_rps: None,
             failed_logins_per_minute: 10,
             audit_retention_days: 90,
+            oidc_issuer: None,
+            oidc_audience: None,
+            oidc_groups_claim: "groups".into(),
+            oidc_username_claim: "sub".into(),
+            oidc_jwks_refresh_min_secs: 60,
         }
     }
 }
@@ -199,6 +233,47 @@ impl Config {
             self.listen
         );
         Ok(setting)
+    }
+
+    /// The OIDC settings, if an issuer is configured.
+    pub fn oidc(&self) -> anyhow::Result<Option<OidcConfig>> {
+        let Some(issuer) = &self.oidc_issuer else {
+            anyhow::ensure!(
+                self.oidc_audience.is_none(),
+                "oidc_audience is set but oidc_issuer is not"
+            );
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(issuer)
+            .with_context(|| format!("oidc_issuer {issuer:?} is not a URL"))?;
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        anyhow::ensure!(
+            url.scheme() == "https" || (url.scheme() == "http" && loopback),
+            "oidc_issuer must be an https URL (plain http only on loopback), not {issuer:?}"
+        );
+        let audience = self
+            .oidc_audience
+            .clone()
+            .filter(|a| !a.is_empty())
+            .context("oidc_issuer needs oidc_audience (the client id of the tokens)")?;
+        anyhow::ensure!(
+            !self.oidc_groups_claim.is_empty() && !self.oidc_username_claim.is_empty(),
+            "oidc_groups_claim and oidc_username_claim must not be empty"
+        );
+        Ok(Some(OidcConfig {
+            issuer: issuer.clone(),
+            audience,
+            groups_claim: self.oidc_groups_claim.clone(),
+            username_claim: self.oidc_username_claim.clone(),
+            jwks_refresh_min: std::time::Duration::from_secs(self.oidc_jwks_refresh_min_secs),
+        }))
     }
 
     /// The request limit in force; `None`: unlimited.
@@ -374,6 +449,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         cfg.listen
     );
     cfg.auth_setting()?;
+    cfg.oidc()?;
     anyhow::ensure!(cfg.token_ttl_secs >= 1, "token_ttl_secs must be at least 1");
     Ok(cfg)
 }
@@ -499,6 +575,30 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&bogus).is_err());
+    }
+
+    #[test]
+    fn oidc_needs_an_audience_and_a_safe_issuer() {
+        let with = |issuer: Option<&str>, audience: Option<&str>| ServeArgs {
+            oidc_issuer: issuer.map(String::from),
+            oidc_audience: audience.map(String::from),
+            ..ServeArgs::default()
+        };
+        assert!(load(&with(None, None)).unwrap().oidc().unwrap().is_none());
+        let cfg = load(&with(Some("http://127.0.0.1:9000/realm"), Some("berth"))).unwrap();
+        let oidc = cfg.oidc().unwrap().unwrap();
+        assert_eq!(oidc.groups_claim, "groups");
+        assert_eq!(oidc.username_claim, "sub");
+        assert!(load(&with(Some("https://id.example"), Some("berth"))).is_ok());
+        for (issuer, audience, why) in [
+            (Some("http://id.example"), Some("berth"), "https"),
+            (Some("not a url"), Some("berth"), "not a URL"),
+            (Some("https://id.example"), None, "oidc_audience"),
+            (None, Some("berth"), "oidc_issuer is not"),
+        ] {
+            let err = load(&with(issuer, audience)).unwrap_err().to_string();
+            assert!(err.contains(why), "{issuer:?} {audience:?}: {err}");
+        }
     }
 
     #[test]

@@ -166,6 +166,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         rate_limit_rps: cfg.rate_limit()?,
         failed_logins_per_minute: cfg.failed_logins_per_minute,
         audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
+        oidc: cfg.oidc()?,
         ..AuthConfig::open()
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -267,6 +268,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         AuthSetting::Enforced => {
             bootstrap_admin(&cfg.data, &app).await?;
             tracing::info!("authentication enforced");
+            if let Some(oidc) = &app.auth.oidc {
+                tracing::info!(issuer = %oidc.config.issuer, audience = %oidc.config.audience, "OIDC ID tokens accepted");
+            }
         }
     }
 

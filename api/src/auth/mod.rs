@@ -1,12 +1,15 @@
 //! Authentication and authorization: who is calling ([`Caller`], from Basic
 //! credentials or a bearer token), what they may do ([`policy`], decided once per
 //! request from the parsed endpoint), the Docker token service ([`token`]), password
-//! hashing ([`password`]), the audit log ([`audit`]) and rate limits ([`ratelimit`]).
+//! hashing ([`password`]), the audit log ([`audit`]), rate limits ([`ratelimit`]) and
+//! external identities: OpenID Connect ID tokens ([`oidc`]), whose groups map to
+//! project roles through group bindings in Raft.
 //!
 //! In [`AuthMode::Open`] every request is allowed as an anonymous administrator (the
 //! embedded loopback default); in [`AuthMode::Enforced`] every request is checked.
 
 pub mod audit;
+pub mod oidc;
 pub mod password;
 pub mod policy;
 pub mod ratelimit;
@@ -23,8 +26,8 @@ use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_consensus::tenancy::{
-    AuditOutcome, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
-    UserRecord,
+    AuditOutcome, IdentityProvider, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand,
+    TenancyOutcome, UserRecord,
 };
 use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
 use berth_types::RepoName;
@@ -44,6 +47,9 @@ pub const SERVICE: &str = "berth";
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most cached credential verifications.
 const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 10_000;
+/// The user name that says "the password is an OIDC ID token" in Basic credentials
+/// and the token endpoint's password grant (`docker login -u oidc -p <ID token>`).
+pub const OIDC_USER: &str = "oidc";
 
 /// Whether requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +74,8 @@ pub struct AuthConfig {
     pub failed_logins_per_minute: u32,
     /// Audit entries older than this are pruned.
     pub audit_retention: Duration,
+    /// The OIDC issuer whose ID tokens are accepted, if any.
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 impl AuthConfig {
@@ -79,6 +87,7 @@ impl AuthConfig {
             rate_limit_rps: None,
             failed_logins_per_minute: 10,
             audit_retention: Duration::from_secs(90 * 86_400),
+            oidc: None,
         }
     }
 }
@@ -89,6 +98,18 @@ pub enum Principal {
     Anonymous,
     User(UserRecord),
     Robot(RobotRecord),
+    /// Someone an external provider vouched for; their roles come from group
+    /// bindings.
+    External(ExternalIdentity),
+}
+
+/// An identity from an external provider: `oidc:<name>` or `ldap:<name>` (local names
+/// cannot hold `:`, so they never collide) and the provider's groups of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub name: String,
+    pub provider: IdentityProvider,
+    pub groups: Vec<String>,
 }
 
 /// Who is calling, and how.
@@ -119,6 +140,7 @@ impl Caller {
             Principal::Anonymous => ANONYMOUS,
             Principal::User(u) => &u.name,
             Principal::Robot(r) => &r.name,
+            Principal::External(e) => &e.name,
         }
     }
 
@@ -149,6 +171,9 @@ impl Caller {
                         facts.robot = facts.robot.union(Actions::of_robot(g.actions));
                     }
                 }
+            }
+            Principal::External(e) => {
+                facts.role = v.group_role(&project, e.provider, &e.groups)?;
             }
         }
         Ok(facts)
@@ -194,6 +219,11 @@ pub enum AuthFailure {
         retry_after: Duration,
     },
     Metadata(ConsensusError),
+    /// The external identity provider that must vouch for the caller cannot be
+    /// reached.
+    ProviderUnavailable {
+        provider: IdentityProvider,
+    },
 }
 
 impl From<ConsensusError> for AuthFailure {
@@ -209,6 +239,8 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], Instant>>,
     pub limits: ratelimit::Limits,
     pub audit: audit::AuditLog,
+    /// The OIDC verifier, when an issuer is configured.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 impl Auth {
@@ -218,6 +250,7 @@ impl Auth {
             audit: audit::AuditLog::new(),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
+            oidc: config.oidc.clone().map(oidc::Oidc::new),
             config,
         }
     }
@@ -303,6 +336,18 @@ impl Auth {
                 client,
                 open,
             }
+        } else if scheme.eq_ignore_ascii_case("bearer")
+            && let Some(oidc) = &self.oidc
+            && oidc::Oidc::unverified_issuer(rest.trim()).as_deref()
+                == Some(oidc.config.issuer.as_str())
+        {
+            let principal = self.oidc_login(rest.trim(), &client).await?;
+            Caller {
+                principal,
+                token: None,
+                client,
+                open,
+            }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let keys = self.keys(meta).await?;
             let claims = keys
@@ -310,6 +355,14 @@ impl Auth {
                 .map_err(|_| AuthFailure::BadCredentials)?;
             let principal = if claims.sub == ANONYMOUS {
                 Principal::Anonymous
+            } else if let Some(provider) = IdentityProvider::of_identity(&claims.sub) {
+                // An external identity holds what its groups hold now; the token
+                // carries the groups the provider vouched for at login.
+                Principal::External(ExternalIdentity {
+                    name: claims.sub.clone(),
+                    provider,
+                    groups: claims.groups.clone(),
+                })
             } else {
                 self.principal(meta, &claims.sub).await?
             };
@@ -359,6 +412,9 @@ impl Auth {
         if let Some(wait) = self.limits.login_blocked(client, name) {
             return Err(AuthFailure::Throttled { retry_after: wait });
         }
+        if name == OIDC_USER && self.oidc.is_some() {
+            return self.oidc_login(password, client).await;
+        }
         let principal = match self.principal(meta, name).await {
             Ok(p) => Some(p),
             Err(AuthFailure::BadCredentials) => None,
@@ -386,6 +442,47 @@ impl Auth {
                     client,
                     "auth-failure",
                     "login",
+                    None,
+                    AuditOutcome::Denied,
+                ));
+                Err(AuthFailure::BadCredentials)
+            }
+        }
+    }
+
+    /// Verifies an OIDC ID token; failures are audited and throttled like failed
+    /// passwords.
+    async fn oidc_login(&self, token: &str, client: &str) -> Result<Principal, AuthFailure> {
+        let Some(oidc) = &self.oidc else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        if let Some(wait) = self.limits.login_blocked(client, OIDC_USER) {
+            return Err(AuthFailure::Throttled { retry_after: wait });
+        }
+        match oidc.verify(token).await {
+            Ok(identity) => Ok(Principal::External(identity)),
+            Err(oidc::OidcError::IssuerUnavailable(reason)) => {
+                tracing::warn!(%reason, "OIDC login impossible: the issuer cannot be reached");
+                self.audit.record(audit::entry(
+                    OIDC_USER,
+                    client,
+                    "auth-failure",
+                    "oidc: issuer unavailable",
+                    None,
+                    AuditOutcome::Failure,
+                ));
+                Err(AuthFailure::ProviderUnavailable {
+                    provider: IdentityProvider::Oidc,
+                })
+            }
+            Err(e) => {
+                tracing::info!(error = %e, client, "OIDC ID token refused");
+                self.limits.login_failed(client, OIDC_USER);
+                self.audit.record(audit::entry(
+                    OIDC_USER,
+                    client,
+                    "auth-failure",
+                    "oidc",
                     None,
                     AuditOutcome::Denied,
                 ));
@@ -497,6 +594,10 @@ impl AuthFailure {
             ),
             AuthFailure::Throttled { retry_after } => ratelimit::too_many(retry_after),
             AuthFailure::Metadata(e) => OciError::from(e),
+            AuthFailure::ProviderUnavailable { provider } => OciError::new(
+                Code::Unavailable,
+                format!("the {provider} identity provider cannot be reached; retry later"),
+            ),
         }
     }
 }
