@@ -118,7 +118,7 @@ async fn group_change(
 }
 
 /// `GET /api/v1/identity-providers` (administrators): the configured OIDC issuer
-/// and its claims (`null` when none is configured).
+/// and its claims, and the LDAP directory (each `null` when not configured).
 pub async fn identity_providers(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
@@ -134,5 +134,14 @@ pub async fn identity_providers(
             "key_fetches": o.fetches(),
         })
     });
-    Ok(Json(json!({ "oidc": oidc })).into_response())
+    let ldap = app.auth.ldap.as_ref().map(|l| {
+        json!({
+            "url": l.config.url,
+            "user_dn": l.config.user_dn,
+            "group_base": l.config.group_base,
+            "group_filter": l.config.group_filter,
+            "group_attribute": l.config.group_attribute,
+        })
+    });
+    Ok(Json(json!({ "oidc": oidc, "ldap": ldap })).into_response())
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use berth_api::auth::ldap::LdapConfig;
 use berth_api::auth::oidc::OidcConfig;
 use berth_types::EcProfile;
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
@@ -137,6 +138,29 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oidc_jwks_refresh_min_secs: Option<u64>,
+    /// LDAP directory (`ldap://host:port`) that checks the passwords of users without
+    /// a local account. Needs --ldap-user-dn and --ldap-group-base.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_url: Option<String>,
+    /// The DN a user binds as, `{user}` standing for the user name, e.g.
+    /// `uid={user},ou=people,dc=example,dc=org`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_user_dn: Option<String>,
+    /// Where the user's groups are searched (subtree).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_base: Option<String>,
+    /// Filter of the user's groups; `{dn}` is the user's DN, `{user}` the name
+    /// (default `(&(objectClass=groupOfNames)(member={dn}))`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_filter: Option<String>,
+    /// The attribute that names a group (default `cn`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_attribute: Option<String>,
 }
 
 /// Whether requests are authenticated.
@@ -176,6 +200,11 @@ pub struct Config {
     pub oidc_groups_claim: String,
     pub oidc_username_claim: String,
     pub oidc_jwks_refresh_min_secs: u64,
+    pub ldap_url: Option<String>,
+    pub ldap_user_dn: Option<String>,
+    pub ldap_group_base: Option<String>,
+    pub ldap_group_filter: String,
+    pub ldap_group_attribute: String,
 }
 
 /// Enforced mode's request limit per address and identity when none is configured.
@@ -211,6 +240,11 @@ impl Default for Config {
             oidc_groups_claim: "groups".into(),
             oidc_username_claim: "sub".into(),
             oidc_jwks_refresh_min_secs: 60,
+            ldap_url: None,
+            ldap_user_dn: None,
+            ldap_group_base: None,
+            ldap_group_filter: "(&(objectClass=groupOfNames)(member={dn}))".into(),
+            ldap_group_attribute: "cn".into(),
         }
     }
 }
@@ -273,6 +307,38 @@ impl Config {
             groups_claim: self.oidc_groups_claim.clone(),
             username_claim: self.oidc_username_claim.clone(),
             jwks_refresh_min: std::time::Duration::from_secs(self.oidc_jwks_refresh_min_secs),
+        }))
+    }
+
+    /// The LDAP settings, if a directory is configured.
+    pub fn ldap(&self) -> anyhow::Result<Option<LdapConfig>> {
+        let Some(url) = &self.ldap_url else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            url.starts_with("ldap://"),
+            "ldap_url must be an ldap:// URL (ldaps:// and StartTLS are not supported yet), not {url:?}"
+        );
+        let user_dn = self
+            .ldap_user_dn
+            .clone()
+            .filter(|t| t.contains("{user}"))
+            .context("ldap_url needs ldap_user_dn, a DN template containing {user}")?;
+        let group_base = self
+            .ldap_group_base
+            .clone()
+            .filter(|b| !b.is_empty())
+            .context("ldap_url needs ldap_group_base, where groups are searched")?;
+        anyhow::ensure!(
+            !self.ldap_group_attribute.is_empty() && self.ldap_group_filter.starts_with('('),
+            "ldap_group_attribute must not be empty and ldap_group_filter must be an LDAP filter"
+        );
+        Ok(Some(LdapConfig {
+            url: url.clone(),
+            user_dn,
+            group_base,
+            group_filter: self.ldap_group_filter.clone(),
+            group_attribute: self.ldap_group_attribute.clone(),
         }))
     }
 
@@ -450,6 +516,7 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
     );
     cfg.auth_setting()?;
     cfg.oidc()?;
+    cfg.ldap()?;
     anyhow::ensure!(cfg.token_ttl_secs >= 1, "token_ttl_secs must be at least 1");
     Ok(cfg)
 }

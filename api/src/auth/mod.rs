@@ -2,13 +2,14 @@
 //! credentials or a bearer token), what they may do ([`policy`], decided once per
 //! request from the parsed endpoint), the Docker token service ([`token`]), password
 //! hashing ([`password`]), the audit log ([`audit`]), rate limits ([`ratelimit`]) and
-//! external identities: OpenID Connect ID tokens ([`oidc`]), whose groups map to
-//! project roles through group bindings in Raft.
+//! external identities: OpenID Connect ID tokens ([`oidc`]) and LDAP bind logins
+//! ([`ldap`]), whose groups map to project roles through group bindings in Raft.
 //!
 //! In [`AuthMode::Open`] every request is allowed as an anonymous administrator (the
 //! embedded loopback default); in [`AuthMode::Enforced`] every request is checked.
 
 pub mod audit;
+pub mod ldap;
 pub mod oidc;
 pub mod password;
 pub mod policy;
@@ -76,6 +77,8 @@ pub struct AuthConfig {
     pub audit_retention: Duration,
     /// The OIDC issuer whose ID tokens are accepted, if any.
     pub oidc: Option<oidc::OidcConfig>,
+    /// The LDAP directory that checks passwords of non-local users, if any.
+    pub ldap: Option<ldap::LdapConfig>,
 }
 
 impl AuthConfig {
@@ -88,6 +91,7 @@ impl AuthConfig {
             failed_logins_per_minute: 10,
             audit_retention: Duration::from_secs(90 * 86_400),
             oidc: None,
+            ldap: None,
         }
     }
 }
@@ -241,6 +245,8 @@ pub struct Auth {
     pub audit: audit::AuditLog,
     /// The OIDC verifier, when an issuer is configured.
     pub oidc: Option<oidc::Oidc>,
+    /// The LDAP authenticator, when a directory is configured.
+    pub ldap: Option<ldap::Ldap>,
 }
 
 impl Auth {
@@ -251,6 +257,7 @@ impl Auth {
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
             oidc: config.oidc.clone().map(oidc::Oidc::new),
+            ldap: config.ldap.clone().map(ldap::Ldap::new),
             config,
         }
     }
@@ -420,6 +427,10 @@ impl Auth {
             Err(AuthFailure::BadCredentials) => None,
             Err(e) => return Err(e),
         };
+        // Names without a local account are the directory's.
+        if principal.is_none() && self.ldap.is_some() && !name.starts_with("robot$") {
+            return self.ldap_login(name, name, password, client).await;
+        }
         let hash = match &principal {
             Some(Principal::User(u)) => Some(u.password_hash.clone()),
             Some(Principal::Robot(r)) => Some(r.secret_hash.clone()),
@@ -483,6 +494,50 @@ impl Auth {
                     client,
                     "auth-failure",
                     "oidc",
+                    None,
+                    AuditOutcome::Denied,
+                ));
+                Err(AuthFailure::BadCredentials)
+            }
+        }
+    }
+
+    /// Checks `user`'s password by binding to the LDAP directory; failures are
+    /// audited (as `name`, the name the client sent) and throttled like failed
+    /// passwords.
+    async fn ldap_login(
+        &self,
+        name: &str,
+        user: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<Principal, AuthFailure> {
+        let Some(directory) = &self.ldap else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        match directory.login(user, password).await {
+            Ok(identity) => Ok(Principal::External(identity)),
+            Err(ldap::LdapError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "LDAP login impossible: the directory cannot be reached");
+                self.audit.record(audit::entry(
+                    name,
+                    client,
+                    "auth-failure",
+                    "ldap: directory unavailable",
+                    None,
+                    AuditOutcome::Failure,
+                ));
+                Err(AuthFailure::ProviderUnavailable {
+                    provider: IdentityProvider::Ldap,
+                })
+            }
+            Err(ldap::LdapError::BadCredentials) => {
+                self.limits.login_failed(client, name);
+                self.audit.record(audit::entry(
+                    name,
+                    client,
+                    "auth-failure",
+                    "ldap",
                     None,
                     AuditOutcome::Denied,
                 ));
