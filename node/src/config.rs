@@ -669,6 +669,33 @@ mod tests {
     }
 
     #[test]
+    fn ldap_needs_a_user_dn_template_and_a_group_base() {
+        let with = |url: &str, dn: Option<&str>, base: Option<&str>| ServeArgs {
+            ldap_url: Some(url.into()),
+            ldap_user_dn: dn.map(String::from),
+            ldap_group_base: base.map(String::from),
+            ..ServeArgs::default()
+        };
+        let cfg = load(&with(
+            "ldap://127.0.0.1:389",
+            Some("uid={user},dc=x"),
+            Some("ou=groups,dc=x"),
+        ))
+        .unwrap();
+        let ldap = cfg.ldap().unwrap().unwrap();
+        assert_eq!(ldap.group_attribute, "cn");
+        assert!(ldap.group_filter.contains("{dn}"));
+        for (url, dn, base, why) in [
+            ("ldaps://h", Some("uid={user}"), Some("b"), "ldap:// URL"),
+            ("ldap://h", Some("uid=alice"), Some("b"), "{user}"),
+            ("ldap://h", Some("uid={user}"), None, "ldap_group_base"),
+        ] {
+            let err = load(&with(url, dn, base)).unwrap_err().to_string();
+            assert!(err.contains(why), "{url} {dn:?} {base:?}: {err}");
+        }
+    }
+
+    #[test]
     fn auth_is_open_on_loopback_only() {
         let cfg = load(&ServeArgs::default()).unwrap();
         assert_eq!(cfg.auth_setting().unwrap(), AuthSetting::Open);
