@@ -416,11 +416,11 @@ impl Auth {
         password: &str,
         client: &str,
     ) -> Result<Principal, AuthFailure> {
-        if let Some(wait) = self.limits.login_blocked(client, name) {
-            return Err(AuthFailure::Throttled { retry_after: wait });
-        }
         if name == OIDC_USER && self.oidc.is_some() {
             return self.oidc_login(password, client).await;
+        }
+        if let Some(wait) = self.limits.login_blocked(client, name) {
+            return Err(AuthFailure::Throttled { retry_after: wait });
         }
         let principal = match self.principal(meta, name).await {
             Ok(p) => Some(p),
@@ -467,7 +467,10 @@ impl Auth {
         let Some(oidc) = &self.oidc else {
             return Err(AuthFailure::BadCredentials);
         };
-        if let Some(wait) = self.limits.login_blocked(client, OIDC_USER) {
+        // Every OIDC login uses the one name `oidc`: failures are counted per client
+        // address only, so bad tokens from one address cannot lock everyone out.
+        let account = format!("oidc token from {client}");
+        if let Some(wait) = self.limits.login_blocked(client, &account) {
             return Err(AuthFailure::Throttled { retry_after: wait });
         }
         match oidc.verify(token).await {
@@ -488,7 +491,7 @@ impl Auth {
             }
             Err(e) => {
                 tracing::info!(error = %e, client, "OIDC ID token refused");
-                self.limits.login_failed(client, OIDC_USER);
+                self.limits.login_failed(client, &account);
                 self.audit.record(audit::entry(
                     OIDC_USER,
                     client,
