@@ -36,6 +36,24 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1; the
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iptables
 fi
+# slapd for the LDAP tests (tests/tests/ldap.rs start their own on a free port). The
+# packaged service must not run: a policy-rc.d keeps the installer from starting it.
+if ! command -v slapd >/dev/null 2>&1 && [ ! -x /usr/sbin/slapd ] \
+    || ! command -v ldapwhoami >/dev/null 2>&1; then
+    echo "test.sh: installing slapd and ldap-utils (service not started)"
+    policy_rc=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e "$policy_rc" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy_rc" >/dev/null
+        as_root chmod 755 "$policy_rc"
+        made_policy=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y slapd ldap-utils
+    if [ "$made_policy" -eq 1 ]; then
+        as_root rm -f "$policy_rc"
+    fi
+fi
 if ! python3 -c 'import oras.provider' >/dev/null 2>&1; then
     echo "test.sh: installing oras-py"
     python3 -m pip install --quiet oras \

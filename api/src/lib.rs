@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod maintenance;
 pub mod manage;
+pub mod manage_identity;
 pub mod manifest;
 pub mod metrics;
 pub mod oci;
@@ -103,6 +104,18 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/robots/{name}", delete(manage::delete_robot))
         .route("/api/v1/audit", get(manage::audit_log))
         .merge(access::routes())
+        .route(
+            "/api/v1/projects/{name}/groups",
+            get(manage_identity::list_groups),
+        )
+        .route(
+            "/api/v1/projects/{name}/groups/{provider}/{group}",
+            put(manage_identity::set_group).delete(manage_identity::remove_group),
+        )
+        .route(
+            "/api/v1/identity-providers",
+            get(manage_identity::identity_providers),
+        )
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             metrics::track,

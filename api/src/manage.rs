@@ -110,6 +110,10 @@ impl From<AuthFailure> for ApiError {
                 ),
             ),
             AuthFailure::Metadata(e) => e.into(),
+            AuthFailure::ProviderUnavailable { provider } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the {provider} identity provider cannot be reached; retry later"),
+            ),
         }
     }
 }
@@ -196,11 +200,21 @@ pub(crate) async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> A
     if caller.is_admin() {
         return Ok(true);
     }
-    let Principal::User(u) = &caller.principal else {
-        return Ok(false);
+    let p = project.clone();
+    let role = match &caller.principal {
+        Principal::User(u) => {
+            let name = u.name.clone();
+            app.meta.read(move |v| v.role(&p, &name)).await?
+        }
+        Principal::External(e) => {
+            let e = e.clone();
+            app.meta
+                .read(move |v| v.group_role(&p, e.provider, &e.groups))
+                .await?
+        }
+        Principal::Anonymous | Principal::Robot(_) => None,
     };
-    let (p, name) = (project.clone(), u.name.clone());
-    Ok(app.meta.read(move |v| v.role(&p, &name)).await? == Some(ProjectRole::Owner))
+    Ok(role == Some(ProjectRole::Owner))
 }
 
 #[derive(Debug, Serialize)]
@@ -241,6 +255,9 @@ pub async fn list_projects(State(app): State<AppState>, Mgmt(caller): Mgmt) -> A
                     || match &caller.principal {
                         Principal::User(u) => v.role(&p.name, &u.name)?.is_some(),
                         Principal::Robot(r) => r.grants.iter().any(|g| g.project == p.name),
+                        Principal::External(e) => {
+                            v.group_role(&p.name, e.provider, &e.groups)?.is_some()
+                        }
                         Principal::Anonymous => false,
                     };
                 if sees {
@@ -310,6 +327,7 @@ pub async fn get_project(
                 || match &c.principal {
                     Principal::User(u) => v.role(&n, &u.name)?.is_some(),
                     Principal::Robot(r) => r.grants.iter().any(|g| g.project == n),
+                    Principal::External(e) => v.group_role(&n, e.provider, &e.groups)?.is_some(),
                     Principal::Anonymous => false,
                 };
             Ok(sees.then_some(p))

@@ -17,6 +17,8 @@ pub const ACCOUNT_NAME_BYTES_MAX: usize = 128;
 pub const AUDIT_BATCH_ENTRIES_MAX: usize = 1_000;
 /// Most grants one robot may hold.
 pub const ROBOT_GRANTS_MAX: usize = 100;
+/// Longest external group name, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 256;
 
 /// A project name: one repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -266,6 +268,68 @@ impl OneTimeTokenRecord {
     }
 }
 
+/// An external identity provider whose groups map to project roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityProvider {
+    /// OpenID Connect ID tokens from the configured issuer.
+    Oidc,
+    /// Bind authentication against the configured LDAP directory.
+    Ldap,
+}
+
+impl IdentityProvider {
+    /// The spelling in identities (`oidc:alice`), paths and keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityProvider::Oidc => "oidc",
+            IdentityProvider::Ldap => "ldap",
+        }
+    }
+
+    /// The provider an identity name belongs to (`oidc:alice` -> OIDC).
+    pub fn of_identity(name: &str) -> Option<IdentityProvider> {
+        let (prefix, rest) = name.split_once(':')?;
+        if rest.is_empty() {
+            return None;
+        }
+        prefix.parse().ok()
+    }
+}
+
+impl FromStr for IdentityProvider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "oidc" => Ok(IdentityProvider::Oidc),
+            "ldap" => Ok(IdentityProvider::Ldap),
+            _ => Err(format!("unknown identity provider {s:?}: use oidc or ldap")),
+        }
+    }
+}
+
+impl fmt::Display for IdentityProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether `group` is a valid external group name: 1 to [`GROUP_NAME_BYTES_MAX`]
+/// bytes without control characters (LDAP and OIDC group names hold spaces, `=` or
+/// `/`).
+pub fn valid_group_name(group: &str) -> bool {
+    !group.is_empty() && group.len() <= GROUP_NAME_BYTES_MAX && !group.chars().any(char::is_control)
+}
+
+/// Members of `group` at `provider` hold `role` in `project`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupBinding {
+    pub provider: IdentityProvider,
+    pub group: String,
+    pub project: ProjectName,
+    pub role: ProjectRole,
+}
+
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -367,6 +431,14 @@ pub enum TenancyCommand {
         key: SigningKeyRecord,
         retire_previous_at_ms: u64,
     },
+    /// Binds the members of an external `group` to `role` in `project`, or unbinds
+    /// with `None`.
+    SetGroupBinding {
+        provider: IdentityProvider,
+        group: String,
+        project: ProjectName,
+        role: Option<ProjectRole>,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -405,6 +477,15 @@ impl fmt::Display for TenancyCommand {
                 key,
                 retire_previous_at_ms,
             } => write!(f, "rotate-signing-key {} {retire_previous_at_ms}", key.kid),
+            TenancyCommand::SetGroupBinding {
+                provider,
+                group,
+                project,
+                role,
+            } => write!(
+                f,
+                "set-group-binding {provider}:{group:?} {project} {role:?}"
+            ),
         }
     }
 }
@@ -493,5 +574,25 @@ mod tests {
         assert!(!valid_user_name(""));
         assert!(ProjectRole::Owner > ProjectRole::Maintainer);
         assert!(ProjectRole::Developer > ProjectRole::Reader);
+    }
+
+    #[test]
+    fn identity_providers() {
+        assert_eq!(
+            IdentityProvider::of_identity("oidc:alice"),
+            Some(IdentityProvider::Oidc)
+        );
+        assert_eq!(
+            IdentityProvider::of_identity("ldap:bob"),
+            Some(IdentityProvider::Ldap)
+        );
+        assert_eq!(IdentityProvider::of_identity("oidc:"), None);
+        assert_eq!(IdentityProvider::of_identity("alice"), None);
+        assert_eq!(IdentityProvider::of_identity("saml:x"), None);
+        // Local names cannot hold `:`, so external identities never collide.
+        assert!(!valid_user_name("oidc:alice"));
+        assert!(valid_group_name("cn=devs,ou=groups"));
+        assert!(!valid_group_name(""));
+        assert!(!valid_group_name("a\nb"));
     }
 }

@@ -10,9 +10,9 @@ use crate::error::ConsensusError;
 use crate::state::{BytesRead, contains, read_record};
 use crate::tables::{BytesTable, key, prefix_range};
 use crate::tenancy::{
-    AUDIT_BATCH_ENTRIES_MAX, AuditRecord, OneTimeTokenRecord, ProjectName, ProjectRecord,
-    ProjectRole, ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord, TenancyCommand, TenancyOutcome,
-    TenancyRejection, UserRecord,
+    AUDIT_BATCH_ENTRIES_MAX, AuditRecord, GroupBinding, IdentityProvider, OneTimeTokenRecord,
+    ProjectName, ProjectRecord, ProjectRole, ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord,
+    TenancyCommand, TenancyOutcome, TenancyRejection, UserRecord, valid_group_name,
 };
 use crate::view::StateView;
 
@@ -43,10 +43,12 @@ pub(crate) const ACCESS_TABLES: [(&str, BytesTable); 2] = [
     ("one_time_tokens", ONE_TIME_TOKENS),
     ("signing_key_retirement", KEY_RETIREMENT),
 ];
+/// `project\0provider\0group` -> `GroupBinding`.
+pub(crate) const GROUP_BINDINGS: BytesTable = TableDefinition::new("group_bindings");
 
 /// The tenancy tables, in the fixed order snapshots and the state digest use after
 /// the registry tables.
-pub(crate) const TENANCY_TABLES: [(&str, BytesTable); 7] = [
+pub(crate) const TENANCY_TABLES: [(&str, BytesTable); 8] = [
     ("projects", PROJECTS),
     ("users", USERS),
     ("members", MEMBERS),
@@ -54,6 +56,7 @@ pub(crate) const TENANCY_TABLES: [(&str, BytesTable); 7] = [
     ("signing_keys", SIGNING_KEYS),
     ("audit", AUDIT),
     ("tenancy_meta", TENANCY_META),
+    ("group_bindings", GROUP_BINDINGS),
 ];
 
 type BytesTableMut<'txn> = Table<'txn, &'static [u8], &'static [u8]>;
@@ -69,6 +72,15 @@ pub(crate) struct TenancyTables<'txn> {
     meta: BytesTableMut<'txn>,
     one_time: BytesTableMut<'txn>,
     retirement: BytesTableMut<'txn>,
+    groups: BytesTableMut<'txn>,
+}
+
+fn group_key(project: &ProjectName, provider: IdentityProvider, group: &str) -> Vec<u8> {
+    key(&[
+        project.as_str().as_bytes(),
+        provider.as_str().as_bytes(),
+        group.as_bytes(),
+    ])
 }
 
 fn robot_prefix(project: &ProjectName) -> String {
@@ -87,6 +99,7 @@ impl<'txn> TenancyTables<'txn> {
             meta: txn.open_table(TENANCY_META)?,
             one_time: txn.open_table(ONE_TIME_TOKENS)?,
             retirement: txn.open_table(KEY_RETIREMENT)?,
+            groups: txn.open_table(GROUP_BINDINGS)?,
         })
     }
 
@@ -279,6 +292,45 @@ impl<'txn> TenancyTables<'txn> {
                 key,
                 retire_previous_at_ms,
             } => self.rotate_signing_key(key, *retire_previous_at_ms)?,
+            TenancyCommand::SetGroupBinding {
+                provider,
+                group,
+                project,
+                role,
+            } => self.set_group_binding(*provider, group, project, *role)?,
+        })
+    }
+
+    fn set_group_binding(
+        &mut self,
+        provider: IdentityProvider,
+        group: &str,
+        project: &ProjectName,
+        role: Option<ProjectRole>,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        if !valid_group_name(group) {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::TooLarge));
+        }
+        if !contains(&self.projects, project.as_str().as_bytes())? {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::ProjectUnknown));
+        }
+        let k = group_key(project, provider, group);
+        Ok(match role {
+            Some(role) => {
+                let record = GroupBinding {
+                    provider,
+                    group: group.to_owned(),
+                    project: project.clone(),
+                    role,
+                };
+                self.groups
+                    .insert(k.as_slice(), codec::encode(&record).as_slice())?;
+                TenancyOutcome::Done
+            }
+            None => match self.groups.remove(k.as_slice())? {
+                Some(_) => TenancyOutcome::Done,
+                None => TenancyOutcome::NotFound,
+            },
         })
     }
 
@@ -451,6 +503,16 @@ impl<'txn> TenancyTables<'txn> {
         for k in robots {
             self.robots.remove(k.as_slice())?;
         }
+        let mut bindings = Vec::new();
+        for entry in self
+            .groups
+            .range::<&[u8]>(start.as_slice()..stop.as_slice())?
+        {
+            bindings.push(entry?.0.value().to_vec());
+        }
+        for k in bindings {
+            self.groups.remove(k.as_slice())?;
+        }
         Ok(TenancyOutcome::Done)
     }
 }
@@ -533,6 +595,42 @@ impl StateView {
                 .filter(|r| r.project.as_ref() == Some(p))
                 .collect(),
         })
+    }
+
+    /// The group bindings of `project` (`None`: of every project), by project,
+    /// provider and group.
+    pub fn group_bindings(
+        &self,
+        project: Option<&ProjectName>,
+    ) -> Result<Vec<GroupBinding>, ConsensusError> {
+        let Some(project) = project else {
+            return self.all(GROUP_BINDINGS, "group binding");
+        };
+        let (start, end) = prefix_range(&[project.as_str().as_bytes()]);
+        let table = self.table(GROUP_BINDINGS)?;
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+            out.push(codec::decode("group binding", entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The strongest role that any of `groups` at `provider` holds in `project`.
+    pub fn group_role(
+        &self,
+        project: &ProjectName,
+        provider: IdentityProvider,
+        groups: &[String],
+    ) -> Result<Option<ProjectRole>, ConsensusError> {
+        let table = self.table(GROUP_BINDINGS)?;
+        let mut best = None;
+        for g in groups {
+            let k = group_key(project, provider, g);
+            if let Some(b) = read_record::<GroupBinding>(&table, "group binding", &k)? {
+                best = best.max(Some(b.role));
+            }
+        }
+        Ok(best)
     }
 
     /// The signing keys, by key id.

@@ -1,5 +1,6 @@
 //! `berth admin ...`: tenancy management against a running node's `/api/v1/` with
-//! Basic credentials: projects, members, users, robots, the audit log, and a
+//! Basic credentials: projects, members, users, robots, OIDC/LDAP group roles, the
+//! identity providers, the audit log, and a
 //! Kubernetes `dockerconfigjson` pull secret for a robot.
 
 use std::time::Duration;
@@ -38,6 +39,11 @@ pub enum AdminCommand {
     /// Robot accounts.
     #[command(subcommand)]
     Robot(RobotCommand),
+    /// Roles of OIDC and LDAP groups in projects.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// The configured external identity providers.
+    Providers,
     /// Audit entries (JSON lines, or CSV with --csv).
     Audit {
         /// Milliseconds since the epoch.
@@ -124,6 +130,39 @@ pub enum MemberCommand {
     List {
         project: String,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub enum GroupCommand {
+    /// Give the members of GROUP at PROVIDER (oidc or ldap) ROLE (owner, maintainer,
+    /// developer, reader) in PROJECT.
+    Set {
+        project: String,
+        provider: String,
+        group: String,
+        role: String,
+    },
+    Remove {
+        project: String,
+        provider: String,
+        group: String,
+    },
+    List {
+        project: String,
+    },
+}
+
+/// Percent-encodes one URL path segment (group names hold spaces, `=` or `/`).
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(clap::Subcommand)]
@@ -310,6 +349,53 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await?,
             ),
         },
+        AdminCommand::Group(c) => match c {
+            GroupCommand::Set {
+                project,
+                provider,
+                group,
+                role,
+            } => {
+                api.call(
+                    Method::PUT,
+                    &format!(
+                        "/api/v1/projects/{project}/groups/{provider}/{}",
+                        segment(&group)
+                    ),
+                    Some(json!({ "role": role })),
+                )
+                .await?;
+                println!("{provider} group {group} is {role} in {project}");
+            }
+            GroupCommand::Remove {
+                project,
+                provider,
+                group,
+            } => {
+                api.call(
+                    Method::DELETE,
+                    &format!(
+                        "/api/v1/projects/{project}/groups/{provider}/{}",
+                        segment(&group)
+                    ),
+                    None,
+                )
+                .await?;
+                println!("{provider} group {group} removed from {project}");
+            }
+            GroupCommand::List { project } => print_json(
+                &api.call(
+                    Method::GET,
+                    &format!("/api/v1/projects/{project}/groups"),
+                    None,
+                )
+                .await?,
+            ),
+        },
+        AdminCommand::Providers => print_json(
+            &api.call(Method::GET, "/api/v1/identity-providers", None)
+                .await?,
+        ),
         AdminCommand::User(c) => match c {
             UserCommand::Create {
                 name,

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use berth_api::auth::ldap::LdapConfig;
+use berth_api::auth::oidc::OidcConfig;
 use berth_types::EcProfile;
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
 use figment::Figment;
@@ -118,6 +120,52 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrent_requests_max: Option<u32>,
+    /// OpenID Connect issuer URL whose ID tokens are accepted (https, or http on
+    /// loopback). Needs --oidc-audience.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_issuer: Option<String>,
+    /// The client id the ID tokens must be issued to (their `aud`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_audience: Option<String>,
+    /// The ID token claim that lists the caller's groups (default `groups`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_groups_claim: Option<String>,
+    /// The ID token claim that names the caller (default `sub`; e.g.
+    /// `preferred_username`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_username_claim: Option<String>,
+    /// Least seconds between two fetches of the issuer's keys caused by tokens that
+    /// name an unknown key id (default 60).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc_jwks_refresh_min_secs: Option<u64>,
+    /// LDAP directory (`ldap://host:port`) that checks the passwords of users without
+    /// a local account. Needs --ldap-user-dn and --ldap-group-base.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_url: Option<String>,
+    /// The DN a user binds as, `{user}` standing for the user name, e.g.
+    /// `uid={user},ou=people,dc=example,dc=org`.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_user_dn: Option<String>,
+    /// Where the user's groups are searched (subtree).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_base: Option<String>,
+    /// Filter of the user's groups; `{dn}` is the user's DN, `{user}` the name
+    /// (default `(&(objectClass=groupOfNames)(member={dn}))`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_filter: Option<String>,
+    /// The attribute that names a group (default `cn`).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap_group_attribute: Option<String>,
 }
 
 /// Whether requests are authenticated.
@@ -153,6 +201,16 @@ pub struct Config {
     pub failed_logins_per_minute: u32,
     pub audit_retention_days: u64,
     pub concurrent_requests_max: Option<u32>,
+    pub oidc_issuer: Option<String>,
+    pub oidc_audience: Option<String>,
+    pub oidc_groups_claim: String,
+    pub oidc_username_claim: String,
+    pub oidc_jwks_refresh_min_secs: u64,
+    pub ldap_url: Option<String>,
+    pub ldap_user_dn: Option<String>,
+    pub ldap_group_base: Option<String>,
+    pub ldap_group_filter: String,
+    pub ldap_group_attribute: String,
 }
 
 /// Enforced mode's concurrency limit per address and identity when none is configured.
@@ -186,6 +244,16 @@ impl Default for Config {
             failed_logins_per_minute: 10,
             audit_retention_days: 90,
             concurrent_requests_max: None,
+            oidc_issuer: None,
+            oidc_audience: None,
+            oidc_groups_claim: "groups".into(),
+            oidc_username_claim: "sub".into(),
+            oidc_jwks_refresh_min_secs: 60,
+            ldap_url: None,
+            ldap_user_dn: None,
+            ldap_group_base: None,
+            ldap_group_filter: "(&(objectClass=groupOfNames)(member={dn}))".into(),
+            ldap_group_attribute: "cn".into(),
         }
     }
 }
@@ -218,6 +286,79 @@ impl Config {
             (None, AuthSetting::Open) => None,
             (None, AuthSetting::Enforced) => Some(CONCURRENT_REQUESTS_ENFORCED_DEFAULT),
         })
+    }
+
+    /// The OIDC settings, if an issuer is configured.
+    pub fn oidc(&self) -> anyhow::Result<Option<OidcConfig>> {
+        let Some(issuer) = &self.oidc_issuer else {
+            anyhow::ensure!(
+                self.oidc_audience.is_none(),
+                "oidc_audience is set but oidc_issuer is not"
+            );
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(issuer)
+            .with_context(|| format!("oidc_issuer {issuer:?} is not a URL"))?;
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        anyhow::ensure!(
+            url.scheme() == "https" || (url.scheme() == "http" && loopback),
+            "oidc_issuer must be an https URL (plain http only on loopback), not {issuer:?}"
+        );
+        let audience = self
+            .oidc_audience
+            .clone()
+            .filter(|a| !a.is_empty())
+            .context("oidc_issuer needs oidc_audience (the client id of the tokens)")?;
+        anyhow::ensure!(
+            !self.oidc_groups_claim.is_empty() && !self.oidc_username_claim.is_empty(),
+            "oidc_groups_claim and oidc_username_claim must not be empty"
+        );
+        Ok(Some(OidcConfig {
+            issuer: issuer.clone(),
+            audience,
+            groups_claim: self.oidc_groups_claim.clone(),
+            username_claim: self.oidc_username_claim.clone(),
+            jwks_refresh_min: std::time::Duration::from_secs(self.oidc_jwks_refresh_min_secs),
+        }))
+    }
+
+    /// The LDAP settings, if a directory is configured.
+    pub fn ldap(&self) -> anyhow::Result<Option<LdapConfig>> {
+        let Some(url) = &self.ldap_url else {
+            return Ok(None);
+        };
+        anyhow::ensure!(
+            url.starts_with("ldap://"),
+            "ldap_url must be an ldap:// URL (ldaps:// and StartTLS are not supported yet), not {url:?}"
+        );
+        let user_dn = self
+            .ldap_user_dn
+            .clone()
+            .filter(|t| t.contains("{user}"))
+            .context("ldap_url needs ldap_user_dn, a DN template containing {user}")?;
+        let group_base = self
+            .ldap_group_base
+            .clone()
+            .filter(|b| !b.is_empty())
+            .context("ldap_url needs ldap_group_base, where groups are searched")?;
+        anyhow::ensure!(
+            !self.ldap_group_attribute.is_empty() && self.ldap_group_filter.starts_with('('),
+            "ldap_group_attribute must not be empty and ldap_group_filter must be an LDAP filter"
+        );
+        Ok(Some(LdapConfig {
+            url: url.clone(),
+            user_dn,
+            group_base,
+            group_filter: self.ldap_group_filter.clone(),
+            group_attribute: self.ldap_group_attribute.clone(),
+        }))
     }
 
     /// The request limit in force; `None`: unlimited.
@@ -393,6 +534,8 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         cfg.listen
     );
     cfg.auth_setting()?;
+    cfg.oidc()?;
+    cfg.ldap()?;
     anyhow::ensure!(cfg.token_ttl_secs >= 1, "token_ttl_secs must be at least 1");
     Ok(cfg)
 }
@@ -518,6 +661,57 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&bogus).is_err());
+    }
+
+    #[test]
+    fn oidc_needs_an_audience_and_a_safe_issuer() {
+        let with = |issuer: Option<&str>, audience: Option<&str>| ServeArgs {
+            oidc_issuer: issuer.map(String::from),
+            oidc_audience: audience.map(String::from),
+            ..ServeArgs::default()
+        };
+        assert!(load(&with(None, None)).unwrap().oidc().unwrap().is_none());
+        let cfg = load(&with(Some("http://127.0.0.1:9000/realm"), Some("berth"))).unwrap();
+        let oidc = cfg.oidc().unwrap().unwrap();
+        assert_eq!(oidc.groups_claim, "groups");
+        assert_eq!(oidc.username_claim, "sub");
+        assert!(load(&with(Some("https://id.example"), Some("berth"))).is_ok());
+        for (issuer, audience, why) in [
+            (Some("http://id.example"), Some("berth"), "https"),
+            (Some("not a url"), Some("berth"), "not a URL"),
+            (Some("https://id.example"), None, "oidc_audience"),
+            (None, Some("berth"), "oidc_issuer is not"),
+        ] {
+            let err = load(&with(issuer, audience)).unwrap_err().to_string();
+            assert!(err.contains(why), "{issuer:?} {audience:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn ldap_needs_a_user_dn_template_and_a_group_base() {
+        let with = |url: &str, dn: Option<&str>, base: Option<&str>| ServeArgs {
+            ldap_url: Some(url.into()),
+            ldap_user_dn: dn.map(String::from),
+            ldap_group_base: base.map(String::from),
+            ..ServeArgs::default()
+        };
+        let cfg = load(&with(
+            "ldap://127.0.0.1:389",
+            Some("uid={user},dc=x"),
+            Some("ou=groups,dc=x"),
+        ))
+        .unwrap();
+        let ldap = cfg.ldap().unwrap().unwrap();
+        assert_eq!(ldap.group_attribute, "cn");
+        assert!(ldap.group_filter.contains("{dn}"));
+        for (url, dn, base, why) in [
+            ("ldaps://h", Some("uid={user}"), Some("b"), "ldap:// URL"),
+            ("ldap://h", Some("uid=alice"), Some("b"), "{user}"),
+            ("ldap://h", Some("uid={user}"), None, "ldap_group_base"),
+        ] {
+            let err = load(&with(url, dn, base)).unwrap_err().to_string();
+            assert!(err.contains(why), "{url} {dn:?} {base:?}: {err}");
+        }
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         concurrent_requests_max: cfg.concurrency_limit()?,
         failed_logins_per_minute: cfg.failed_logins_per_minute,
         audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
+        oidc: cfg.oidc()?,
+        ldap: cfg.ldap()?,
         ..AuthConfig::open()
     };
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -268,6 +270,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         AuthSetting::Enforced => {
             bootstrap_admin(&cfg.data, &app).await?;
             tracing::info!("authentication enforced");
+            if let Some(oidc) = &app.auth.oidc {
+                tracing::info!(issuer = %oidc.config.issuer, audience = %oidc.config.audience, "OIDC ID tokens accepted");
+            }
+            if let Some(ldap) = &app.auth.ldap {
+                tracing::info!(url = %ldap.config.url, "LDAP logins accepted for users without a local account");
+            }
         }
     }
 

@@ -1,13 +1,17 @@
 //! Authentication and authorization: who is calling ([`Caller`], from Basic
 //! credentials or a bearer token), what they may do ([`policy`], decided once per
 //! request from the parsed endpoint), the Docker token service ([`token`]), password
-//! hashing ([`password`]), the audit log ([`audit`]) and rate limits ([`ratelimit`]).
+//! hashing ([`password`]), the audit log ([`audit`]), rate limits ([`ratelimit`]) and
+//! external identities: OpenID Connect ID tokens ([`oidc`]) and LDAP bind logins
+//! ([`ldap`]), whose groups map to project roles through group bindings in Raft.
 //!
 //! In [`AuthMode::Open`] every request is allowed as an anonymous administrator (the
 //! embedded loopback default); in [`AuthMode::Enforced`] every request is checked.
 
 pub mod access;
 pub mod audit;
+pub mod ldap;
+pub mod oidc;
 pub mod password;
 pub mod policy;
 pub mod ratelimit;
@@ -24,7 +28,8 @@ use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_consensus::tenancy::{
-    AuditOutcome, ONE_TIME_PREFIX, ProjectName, RobotRecord, SigningKeyRecord, TenancyCommand,
+    AuditOutcome, IdentityProvider, ONE_TIME_PREFIX, ProjectName, RobotRecord, SigningKeyRecord,
+    TenancyCommand,
     TenancyOutcome, UserRecord,
 };
 use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
@@ -48,6 +53,10 @@ const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 10_000;
 /// How long a node uses the signing keys it loaded before reading them again (so a
 /// rotation through another node takes effect here within this time).
 const KEYS_REFRESH: Duration = Duration::from_secs(5);
+
+/// The user name that says "the password is an OIDC ID token" in Basic credentials
+/// and the token endpoint's password grant (`docker login -u oidc -p <ID token>`).
+pub const OIDC_USER: &str = "oidc";
 
 /// Whether requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +83,10 @@ pub struct AuthConfig {
     pub audit_retention: Duration,
     /// Requests in flight per client address and per identity; `None`: unlimited.
     pub concurrent_requests_max: Option<u32>,
+    /// The OIDC issuer whose ID tokens are accepted, if any.
+    pub oidc: Option<oidc::OidcConfig>,
+    /// The LDAP directory that checks passwords of non-local users, if any.
+    pub ldap: Option<ldap::LdapConfig>,
 }
 
 impl AuthConfig {
@@ -86,6 +99,8 @@ impl AuthConfig {
             failed_logins_per_minute: 10,
             audit_retention: Duration::from_secs(90 * 86_400),
             concurrent_requests_max: None,
+            oidc: None,
+            ldap: None,
         }
     }
 }
@@ -96,6 +111,18 @@ pub enum Principal {
     Anonymous,
     User(UserRecord),
     Robot(RobotRecord),
+    /// Someone an external provider vouched for; their roles come from group
+    /// bindings.
+    External(ExternalIdentity),
+}
+
+/// An identity from an external provider: `oidc:<name>` or `ldap:<name>` (local names
+/// cannot hold `:`, so they never collide) and the provider's groups of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub name: String,
+    pub provider: IdentityProvider,
+    pub groups: Vec<String>,
 }
 
 /// Who is calling, and how.
@@ -126,6 +153,7 @@ impl Caller {
             Principal::Anonymous => ANONYMOUS,
             Principal::User(u) => &u.name,
             Principal::Robot(r) => &r.name,
+            Principal::External(e) => &e.name,
         }
     }
 
@@ -156,6 +184,9 @@ impl Caller {
                         facts.robot = facts.robot.union(Actions::of_robot(g.actions));
                     }
                 }
+            }
+            Principal::External(e) => {
+                facts.role = v.group_role(&project, e.provider, &e.groups)?;
             }
         }
         Ok(facts)
@@ -201,6 +232,11 @@ pub enum AuthFailure {
         retry_after: Duration,
     },
     Metadata(ConsensusError),
+    /// The external identity provider that must vouch for the caller cannot be
+    /// reached.
+    ProviderUnavailable {
+        provider: IdentityProvider,
+    },
 }
 
 impl From<ConsensusError> for AuthFailure {
@@ -218,6 +254,10 @@ pub struct Auth {
     pub audit: audit::AuditLog,
     /// Requests in flight per address and identity, when limited.
     pub concurrency: Option<ratelimit::Concurrency>,
+    /// The OIDC verifier, when an issuer is configured.
+    pub oidc: Option<oidc::Oidc>,
+    /// The LDAP authenticator, when a directory is configured.
+    pub ldap: Option<ldap::Ldap>,
 }
 
 impl Auth {
@@ -230,6 +270,8 @@ impl Auth {
                 .map(ratelimit::Concurrency::new),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
+            oidc: config.oidc.clone().map(oidc::Oidc::new),
+            ldap: config.ldap.clone().map(ldap::Ldap::new),
             config,
         }
     }
@@ -335,6 +377,18 @@ impl Auth {
                 client,
                 open,
             }
+        } else if scheme.eq_ignore_ascii_case("bearer")
+            && let Some(oidc) = &self.oidc
+            && oidc::Oidc::unverified_issuer(rest.trim()).as_deref()
+                == Some(oidc.config.issuer.as_str())
+        {
+            let principal = self.oidc_login(rest.trim(), &client).await?;
+            Caller {
+                principal,
+                token: None,
+                client,
+                open,
+            }
         } else if scheme.eq_ignore_ascii_case("bearer") {
             let keys = self.keys_for(meta, rest.trim()).await?;
             let claims = keys
@@ -342,6 +396,14 @@ impl Auth {
                 .map_err(|_| AuthFailure::BadCredentials)?;
             let principal = if claims.sub == ANONYMOUS {
                 Principal::Anonymous
+            } else if let Some(provider) = IdentityProvider::of_identity(&claims.sub) {
+                // An external identity holds what its groups hold now; the token
+                // carries the groups the provider vouched for at login.
+                Principal::External(ExternalIdentity {
+                    name: claims.sub.clone(),
+                    provider,
+                    groups: claims.groups.clone(),
+                })
             } else {
                 self.principal(meta, &claims.sub).await?
             };
@@ -391,6 +453,9 @@ impl Auth {
         password: &str,
         client: &str,
     ) -> Result<Principal, AuthFailure> {
+        if name == OIDC_USER && self.oidc.is_some() {
+            return self.oidc_login(password, client).await;
+        }
         if let Some(wait) = self.limits.login_blocked(client, name) {
             return Err(AuthFailure::Throttled { retry_after: wait });
         }
@@ -402,6 +467,10 @@ impl Auth {
             Err(AuthFailure::BadCredentials) => None,
             Err(e) => return Err(e),
         };
+        // Names without a local account are the directory's.
+        if principal.is_none() && self.ldap.is_some() && !name.starts_with("robot$") {
+            return self.ldap_login(name, name, password, client).await;
+        }
         let hash = match &principal {
             Some(Principal::User(u)) => Some(u.password_hash.clone()),
             Some(Principal::Robot(r)) => Some(r.secret_hash.clone()),
@@ -424,6 +493,94 @@ impl Auth {
                     client,
                     "auth-failure",
                     "login",
+                    None,
+                    AuditOutcome::Denied,
+                ));
+                Err(AuthFailure::BadCredentials)
+            }
+        }
+    }
+
+    /// Verifies an OIDC ID token; failures are audited and throttled like failed
+    /// passwords.
+    async fn oidc_login(&self, token: &str, client: &str) -> Result<Principal, AuthFailure> {
+        let Some(oidc) = &self.oidc else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        // Every OIDC login uses the one name `oidc`: failures are counted per client
+        // address only, so bad tokens from one address cannot lock everyone out.
+        let account = format!("oidc token from {client}");
+        if let Some(wait) = self.limits.login_blocked(client, &account) {
+            return Err(AuthFailure::Throttled { retry_after: wait });
+        }
+        match oidc.verify(token).await {
+            Ok(identity) => Ok(Principal::External(identity)),
+            Err(oidc::OidcError::IssuerUnavailable(reason)) => {
+                tracing::warn!(%reason, "OIDC login impossible: the issuer cannot be reached");
+                self.audit.record(audit::entry(
+                    OIDC_USER,
+                    client,
+                    "auth-failure",
+                    "oidc: issuer unavailable",
+                    None,
+                    AuditOutcome::Failure,
+                ));
+                Err(AuthFailure::ProviderUnavailable {
+                    provider: IdentityProvider::Oidc,
+                })
+            }
+            Err(e) => {
+                tracing::info!(error = %e, client, "OIDC ID token refused");
+                self.limits.login_failed(client, &account);
+                self.audit.record(audit::entry(
+                    OIDC_USER,
+                    client,
+                    "auth-failure",
+                    "oidc",
+                    None,
+                    AuditOutcome::Denied,
+                ));
+                Err(AuthFailure::BadCredentials)
+            }
+        }
+    }
+
+    /// Checks `user`'s password by binding to the LDAP directory; failures are
+    /// audited (as `name`, the name the client sent) and throttled like failed
+    /// passwords.
+    async fn ldap_login(
+        &self,
+        name: &str,
+        user: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<Principal, AuthFailure> {
+        let Some(directory) = &self.ldap else {
+            return Err(AuthFailure::BadCredentials);
+        };
+        match directory.login(user, password).await {
+            Ok(identity) => Ok(Principal::External(identity)),
+            Err(ldap::LdapError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "LDAP login impossible: the directory cannot be reached");
+                self.audit.record(audit::entry(
+                    name,
+                    client,
+                    "auth-failure",
+                    "ldap: directory unavailable",
+                    None,
+                    AuditOutcome::Failure,
+                ));
+                Err(AuthFailure::ProviderUnavailable {
+                    provider: IdentityProvider::Ldap,
+                })
+            }
+            Err(ldap::LdapError::BadCredentials) => {
+                self.limits.login_failed(client, name);
+                self.audit.record(audit::entry(
+                    name,
+                    client,
+                    "auth-failure",
+                    "ldap",
                     None,
                     AuditOutcome::Denied,
                 ));
@@ -535,6 +692,10 @@ impl AuthFailure {
             ),
             AuthFailure::Throttled { retry_after } => ratelimit::too_many(retry_after),
             AuthFailure::Metadata(e) => OciError::from(e),
+            AuthFailure::ProviderUnavailable { provider } => OciError::new(
+                Code::Unavailable,
+                format!("the {provider} identity provider cannot be reached; retry later"),
+            ),
         }
     }
 }

@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use super::policy::Actions;
-use super::{Auth, AuthFailure, Caller, SERVICE, audit, client_addr};
+use super::{Auth, AuthFailure, Caller, Principal, SERVICE, audit, client_addr};
 use crate::AppState;
 use crate::uploads::now_ms;
 
@@ -61,6 +61,10 @@ pub struct Claims {
     pub access: Vec<AccessClaim>,
     #[serde(rename = "use")]
     pub token_use: TokenUse,
+    /// The groups an external provider vouched for at login (external identities
+    /// only); their bindings decide what the token's holder may do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// The actions `claims` grant on `repo`.
@@ -209,6 +213,7 @@ fn new_claims(sub: &str, ttl_secs: u64, access: Vec<AccessClaim>, token_use: Tok
         jti: hex::encode(rand::random::<[u8; 16]>()),
         access,
         token_use,
+        groups: Vec::new(),
     }
 }
 
@@ -396,7 +401,11 @@ pub async fn token(State(app): State<AppState>, req: Request<Body>) -> Response 
         open: app.auth.is_open(),
     };
     // A one-time token gets no refresh token: its access token is all it gets.
-    let refresh = want_refresh && !caller.is_anonymous() && !Auth::is_one_time(caller.name());
+    // External identities log in again at their provider rather than refresh.
+    let refresh = want_refresh
+        && !caller.is_anonymous()
+        && !Auth::is_one_time(caller.name())
+        && !matches!(caller.principal, Principal::External(_));
     match issue(&app, &caller, scopes, refresh).await {
         Ok(body) => {
             if !caller.is_anonymous() {
@@ -442,7 +451,10 @@ async fn issue(
         .await?;
     let keys = app.auth.keys(&app.meta).await?;
     let ttl = app.auth.config.token_ttl.as_secs().max(1);
-    let claims = new_claims(caller.name(), ttl, granted, TokenUse::Access);
+    let mut claims = new_claims(caller.name(), ttl, granted, TokenUse::Access);
+    if let Principal::External(e) = &caller.principal {
+        claims.groups = e.groups.clone();
+    }
     let token = keys.sign(&claims).map_err(|e| {
         tracing::error!(error = %e, "signing a token");
         AuthFailure::Metadata(berth_consensus::ConsensusError::Malformed {

@@ -347,3 +347,84 @@ async fn a_snapshot_carries_the_tenancy_state() {
     };
     assert_eq!(v.audit(&q).unwrap().len(), 2);
 }
+
+/// Group bindings: set, replace, look up the strongest role of a caller's groups, unbind,
+/// refuse unknown projects and invalid group names, and go away with their project.
+#[test]
+fn group_bindings_map_external_groups_to_roles() {
+    use crate::tenancy::IdentityProvider::{Ldap, Oidc};
+    let db = TestDb::new();
+    assert_eq!(t(&db, new_project("team", false)), TenancyOutcome::Done);
+    let bind = |provider, group: &str, project_name: &str, role| T::SetGroupBinding {
+        provider,
+        group: group.into(),
+        project: project(project_name),
+        role,
+    };
+    assert_eq!(
+        t(
+            &db,
+            bind(Oidc, "devs", "ghost", Some(ProjectRole::Developer))
+        ),
+        TenancyOutcome::Rejected(TenancyRejection::ProjectUnknown)
+    );
+    assert_eq!(
+        t(&db, bind(Oidc, "", "team", Some(ProjectRole::Developer))),
+        TenancyOutcome::Rejected(TenancyRejection::TooLarge)
+    );
+    for (provider, group, role) in [
+        (Oidc, "devs", ProjectRole::Developer),
+        (Oidc, "readers", ProjectRole::Reader),
+        (Ldap, "devs", ProjectRole::Owner),
+    ] {
+        assert_eq!(
+            t(&db, bind(provider, group, "team", Some(role))),
+            TenancyOutcome::Done
+        );
+    }
+    let groups = |g: &[&str]| g.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let role = |provider, g: &[&str]| {
+        db.view()
+            .group_role(&project("team"), provider, &groups(g))
+            .unwrap()
+    };
+    assert_eq!(
+        role(Oidc, &["readers", "devs"]),
+        Some(ProjectRole::Developer)
+    );
+    assert_eq!(role(Oidc, &["readers"]), Some(ProjectRole::Reader));
+    // The same group name at another provider is another group.
+    assert_eq!(role(Ldap, &["devs"]), Some(ProjectRole::Owner));
+    assert_eq!(role(Ldap, &["readers"]), None);
+    assert_eq!(role(Oidc, &[]), None);
+    assert_eq!(db.view().group_bindings(None).unwrap().len(), 3);
+
+    assert_eq!(
+        t(
+            &db,
+            bind(Oidc, "devs", "team", Some(ProjectRole::Maintainer))
+        ),
+        TenancyOutcome::Done
+    );
+    assert_eq!(role(Oidc, &["devs"]), Some(ProjectRole::Maintainer));
+    assert_eq!(
+        t(&db, bind(Oidc, "devs", "team", None)),
+        TenancyOutcome::Done
+    );
+    assert_eq!(
+        t(&db, bind(Oidc, "devs", "team", None)),
+        TenancyOutcome::NotFound
+    );
+    assert_eq!(role(Oidc, &["devs"]), None);
+
+    assert_eq!(
+        t(
+            &db,
+            T::DeleteProject {
+                name: project("team")
+            }
+        ),
+        TenancyOutcome::Done
+    );
+    assert!(db.view().group_bindings(None).unwrap().is_empty());
+}
