@@ -75,6 +75,16 @@ pub struct Status {
     pub term: u64,
     pub committed: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The applied index and state digest, read together (absent while the node's
+    /// state cannot be read).
+    #[serde(default)]
+    pub state: Option<AppliedState>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppliedState {
+    pub applied: Option<u64>,
+    pub digest: String,
 }
 
 pub async fn status(client: &Client, node: &Endpoint) -> Result<Status> {
@@ -492,22 +502,25 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Applied index and tag map of every node, once all applied indices agree (bounded).
+/// Applied index, state digest and tag map of every node, once all applied indices
+/// (Raft's and the one read with the digest) agree (bounded).
 async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> Vec<NodeState> {
     let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
     let mut states = Vec::new();
     while tokio::time::Instant::now() < deadline {
         states.clear();
         for n in nodes {
-            let (applied, leader, error) = match status(client, n).await {
-                Ok(st) => (st.last_applied, st.leader, None),
-                Err(e) => (None, None, Some(format!("{e:#}"))),
+            let (applied, leader, state, error) = match status(client, n).await {
+                Ok(st) => (st.last_applied, st.leader, st.state, None),
+                Err(e) => (None, None, None, Some(format!("{e:#}"))),
             };
             states.push(NodeState {
                 node: n.id,
                 last_applied: applied,
                 leader,
                 tags: BTreeMap::new(),
+                state_applied: state.as_ref().and_then(|s| s.applied),
+                state_digest: state.map(|s| s.digest),
                 error,
             });
         }
@@ -515,7 +528,7 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
         if first.is_some()
             && states
                 .iter()
-                .all(|s| s.last_applied == first && s.error.is_none())
+                .all(|s| s.last_applied == first && s.state_applied == first && s.error.is_none())
         {
             break;
         }
