@@ -44,7 +44,14 @@ pub struct Settings {
     pub max_ops: u64,
     pub hot_tags: usize,
     pub max_blob: usize,
+    /// Delay a latency fault adds to each direction of a node's cluster traffic.
+    pub latency: Duration,
 }
+
+/// Probability that a lossy link drops a packet.
+pub const LOSS_PROBABILITY: f64 = 0.2;
+/// The slow-link fault's token-bucket filter.
+pub const SLOW_LINK_TBF: [&str; 6] = ["rate", "1mbit", "burst", "32kbit", "latency", "400ms"];
 
 /// Everything a drill produced.
 pub struct Outcome {
@@ -172,6 +179,7 @@ async fn inject_local(
     client: &Client,
     nodes: &[Endpoint],
     p: &Planned,
+    s: &Settings,
 ) -> Result<Option<(FaultRecord, Heal)>> {
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
     let Some(leader) = leader(client, nodes).await else {
@@ -289,6 +297,37 @@ async fn inject_local(
                 Heal::Network,
             )
         }
+        FaultKind::LatencyOne | FaultKind::SlowLink | FaultKind::LossyOne => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let role = if t == leader { "leader" } else { "follower" };
+            let (times, what) = match p.kind {
+                FaultKind::LatencyOne => (
+                    timed(&|| lab.add_latency(t, s.latency))?,
+                    format!(
+                        "node {t} ({role}): cluster traffic delayed {} ms each way",
+                        s.latency.as_millis()
+                    ),
+                ),
+                FaultKind::SlowLink => (
+                    timed(&|| lab.slow_link(t, &SLOW_LINK_TBF))?,
+                    format!(
+                        "node {t} ({role}): link limited by tbf {}",
+                        SLOW_LINK_TBF.join(" ")
+                    ),
+                ),
+                _ => (
+                    timed(&|| lab.lossy(t, LOSS_PROBABILITY))?,
+                    format!(
+                        "node {t} ({role}): {:.0} % of packets to and from peers dropped",
+                        LOSS_PROBABILITY * 100.0
+                    ),
+                ),
+            };
+            // Degraded, not cut off: the node may still acknowledge writes.
+            (record(times, vec![t], vec![], what), Heal::Network)
+        }
     };
     Ok(Some(out))
 }
@@ -374,7 +413,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
                     ));
                     continue;
                 }
-                inject_local(lab, &rec, &client, &nodes, p).await?
+                inject_local(lab, &rec, &client, &nodes, p, s).await?
             }
             (Driver::Deployed(t), _) => {
                 let f = &t.faults[topo_next % t.faults.len()];

@@ -28,9 +28,15 @@ pub enum FaultKind {
     PartitionSplit,
     /// One node stops receiving from every other node but can still send.
     OneWay,
+    /// One node's cluster traffic (both directions) goes through a delay proxy.
+    LatencyOne,
+    /// One node's link is limited to 1 mbit/s by a tbf qdisc on its veth.
+    SlowLink,
+    /// 20 % of the packets between one node and its peers are dropped.
+    LossyOne,
 }
 
-pub const ALL: [FaultKind; 8] = [
+pub const ALL: [FaultKind; 11] = [
     FaultKind::KillLeader,
     FaultKind::KillFollower,
     FaultKind::KillRandom,
@@ -39,6 +45,9 @@ pub const ALL: [FaultKind; 8] = [
     FaultKind::PartitionOne,
     FaultKind::PartitionSplit,
     FaultKind::OneWay,
+    FaultKind::LatencyOne,
+    FaultKind::SlowLink,
+    FaultKind::LossyOne,
 ];
 
 impl FaultKind {
@@ -52,14 +61,22 @@ impl FaultKind {
             FaultKind::PartitionOne => "partition-one",
             FaultKind::PartitionSplit => "partition-split",
             FaultKind::OneWay => "one-way",
+            FaultKind::LatencyOne => "latency-one",
+            FaultKind::SlowLink => "slow-link",
+            FaultKind::LossyOne => "lossy-one",
         }
     }
 
-    /// Needs packet drops, hence network namespaces.
+    /// Needs packet drops, NAT or qdiscs, hence network namespaces.
     pub fn is_network(self) -> bool {
         matches!(
             self,
-            FaultKind::PartitionOne | FaultKind::PartitionSplit | FaultKind::OneWay
+            FaultKind::PartitionOne
+                | FaultKind::PartitionSplit
+                | FaultKind::OneWay
+                | FaultKind::LatencyOne
+                | FaultKind::SlowLink
+                | FaultKind::LossyOne
         )
     }
 }

@@ -12,6 +12,12 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Net;
+use crate::proxy::{Proxy, ProxySpec, Rules};
+
+/// Firewall mark of the delay proxies' upstream connections (NAT leaves them alone).
+const PROXY_MARK: u32 = 0x6263;
+/// Port of a node's inbound delay proxy; its outbound proxies use this plus the peer id.
+const PROXY_PORT_BASE: u16 = 6100;
 
 /// Where one node lives.
 #[derive(Debug, Clone)]
@@ -41,6 +47,8 @@ pub struct Lab {
     members: String,
     procs: Mutex<Vec<Proc>>,
     net: Mutex<Option<Net>>,
+    /// Delay proxies of a running latency fault.
+    proxies: Mutex<Vec<Proxy>>,
     /// Why the lab runs on loopback, when it does.
     pub loopback_reason: Option<String>,
 }
@@ -122,6 +130,7 @@ impl Lab {
             members,
             procs: Mutex::new(Vec::new()),
             net: Mutex::new(net),
+            proxies: Mutex::new(Vec::new()),
             loopback_reason,
         };
         for s in &lab.specs {
@@ -241,12 +250,86 @@ impl Lab {
         }
     }
 
-    /// Removes every partition rule.
-    pub fn heal_network(&self) -> Result<()> {
+    /// Adds `delay` to every byte node `id` sends to and receives from its peers on the
+    /// cluster path: a proxy in its namespace for inbound cluster connections and one
+    /// per peer for its outbound ones, with NAT rules steering the traffic through them.
+    pub fn add_latency(&self, id: u64, delay: std::time::Duration) -> Result<()> {
+        let net = self.net.lock().unwrap();
+        let Some(net) = net.as_ref() else {
+            bail!("latency needs network namespaces");
+        };
+        let spec = &self.specs[self.index(id)?];
+        let ns = spec.netns.clone();
+        let peers: Vec<&NodeSpec> = self.specs.iter().filter(|s| s.id != id).collect();
+        let rules = std::sync::Arc::new(Rules::default());
+        // Every message crosses exactly one of the node's proxies, so each proxy
+        // delays both directions: a request and its answer each wait `delay`.
+        rules.set_delay(delay, delay);
+        let mut proxies = self.proxies.lock().unwrap();
+        let at = |port: u16| SocketAddr::new(spec.grpc.ip(), port);
+        proxies.push(Proxy::start(
+            ProxySpec {
+                netns: ns.clone(),
+                listen: at(PROXY_PORT_BASE),
+                upstream: spec.grpc,
+                mark: Some(PROXY_MARK),
+            },
+            rules.clone(),
+        )?);
+        for p in &peers {
+            proxies.push(Proxy::start(
+                ProxySpec {
+                    netns: ns.clone(),
+                    listen: at(out_port(p.id)),
+                    upstream: p.grpc,
+                    mark: Some(PROXY_MARK),
+                },
+                rules.clone(),
+            )?);
+        }
+        let peer_ids: Vec<u64> = peers.iter().map(|p| p.id).collect();
+        net.steer_cluster(
+            id,
+            &peer_ids,
+            spec.grpc.port(),
+            PROXY_PORT_BASE,
+            out_port,
+            PROXY_MARK,
+        )
+    }
+
+    /// Limits node `id`'s link with a tbf qdisc on both ends of its veth.
+    pub fn slow_link(&self, id: u64, tbf: &[&str]) -> Result<()> {
         match self.net.lock().unwrap().as_ref() {
+            Some(net) => net.shape(id, tbf),
+            None => bail!("link limits need network namespaces"),
+        }
+    }
+
+    /// Drops packets between node `id` and its peers with probability `p`.
+    pub fn lossy(&self, id: u64, p: f64) -> Result<()> {
+        let peers: Vec<u64> = self
+            .specs
+            .iter()
+            .map(|s| s.id)
+            .filter(|&s| s != id)
+            .collect();
+        match self.net.lock().unwrap().as_ref() {
+            Some(net) => net.lossy(id, &peers, p),
+            None => bail!("packet loss needs network namespaces"),
+        }
+    }
+
+    /// Removes every partition, loss, NAT and link-limit rule, then stops the delay
+    /// proxies (their connections close; the nodes reconnect directly).
+    pub fn heal_network(&self) -> Result<()> {
+        let healed = match self.net.lock().unwrap().as_ref() {
             Some(net) => net.heal(),
             None => Ok(()),
-        }
+        };
+        let proxies: Vec<Proxy> = self.proxies.lock().unwrap().drain(..).collect();
+        drop(proxies);
+        healed
     }
 
     /// Stops every node (SIGKILL, which also ends a paused one) and removes the
@@ -260,6 +343,8 @@ impl Lab {
             }
         }
         drop(procs);
+        let proxies: Vec<Proxy> = self.proxies.lock().unwrap().drain(..).collect();
+        drop(proxies);
         if let Some(mut net) = self.net.lock().unwrap().take() {
             net.teardown();
         }
@@ -287,6 +372,10 @@ fn spec(
         data: dir.join(format!("node-{id}")),
         log: dir.join(format!("node-{id}.log")),
     }
+}
+
+fn out_port(peer: u64) -> u16 {
+    PROXY_PORT_BASE + u16::try_from(peer).unwrap_or(99).min(99)
 }
 
 /// A loopback port below the ephemeral range that is free right now.

@@ -45,6 +45,10 @@ struct Args {
     /// How long a fault is held (varied by the seed between 75 % and 125 %).
     #[arg(long, default_value = "15s")]
     hold: String,
+    /// Delay the latency-one fault adds to each direction of a node's cluster traffic
+    /// (a request and its answer each wait this long).
+    #[arg(long, default_value = "100ms")]
+    latency: String,
     /// Pause after a fault has healed and converged.
     #[arg(long, default_value = "5s")]
     gap: String,
@@ -112,8 +116,14 @@ fn replay_command(args: &Args, seed: u64, nodes: u64, duration: &str, faults: &s
         c += &format!(" --nodes {nodes}");
     }
     c += &format!(
-        " --hold {} --gap {} --warmup {} --workers-per-node {} --hot-tags {} --max-blob-bytes {}",
-        args.hold, args.gap, args.warmup, args.workers_per_node, args.hot_tags, args.max_blob_bytes
+        " --hold {} --gap {} --warmup {} --workers-per-node {} --hot-tags {} --max-blob-bytes {} --latency {}",
+        args.hold,
+        args.gap,
+        args.warmup,
+        args.workers_per_node,
+        args.hot_tags,
+        args.max_blob_bytes,
+        args.latency
     );
     if args.loopback {
         c += " --loopback";
@@ -148,6 +158,7 @@ async fn run(args: Args) -> Result<bool> {
         max_ops: args.max_ops,
         hot_tags: args.hot_tags.clamp(1, 64),
         max_blob: args.max_blob_bytes.clamp(64, 64 << 20),
+        latency: parse_duration(&args.latency)?.min(berth_chaos::proxy::DELAY_MAX),
     };
     let replay = replay_command(&args, seed, nodes, &duration_s, &faults_s);
     let suffix = format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff);
