@@ -44,12 +44,20 @@ pub struct Settings {
     pub max_ops: u64,
     pub hot_tags: usize,
     pub max_blob: usize,
+    /// One layer blob in this many is large (erasure-coded); 0 for none.
+    pub large_blob_every: u32,
     /// Delay a latency fault adds to each direction of a node's cluster traffic.
     pub latency: Duration,
 }
 
 /// Probability that a lossy link drops a packet.
 pub const LOSS_PROBABILITY: f64 = 0.2;
+/// How long a rolling restart waits for a node to exit after SIGTERM before SIGKILL.
+pub const STOP_BOUND: Duration = Duration::from_secs(20);
+/// Time a rolling restart is expected to take per node, to fit it into the drill.
+const ROLL_PER_NODE_MS: u64 = 12_000;
+/// Shard files a corrupt-shards or delete-shards fault damages.
+pub const SHARD_FILES_PER_FAULT: usize = 20;
 /// The slow-link fault's token-bucket filter.
 pub const SLOW_LINK_TBF: [&str; 6] = ["rate", "1mbit", "burst", "32kbit", "latency", "400ms"];
 
@@ -165,6 +173,9 @@ async fn wait_caught_up(client: &Client, nodes: &[Endpoint]) -> bool {
 
 /// What an injected fault needs to be healed.
 enum Heal {
+    /// Damage that stays (corrupted or deleted shards): berth must read around it.
+    Nothing,
+    FreeDisk(u64),
     Restart(u64),
     Resume(u64),
     Network,
@@ -328,12 +339,119 @@ async fn inject_local(
             // Degraded, not cut off: the node may still acknowledge writes.
             (record(times, vec![t], vec![], what), Heal::Network)
         }
+        FaultKind::CorruptShards | FaultKind::DeleteShards => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let at = rec.now_ms();
+            let files = if p.kind == FaultKind::CorruptShards {
+                lab.corrupt_shards(t, SHARD_FILES_PER_FAULT, p.pick)?
+            } else {
+                lab.delete_shards(t, SHARD_FILES_PER_FAULT, p.pick)?
+            };
+            let placed = rec.now_ms();
+            let verb = if p.kind == FaultKind::CorruptShards {
+                "corrupted"
+            } else {
+                "deleted"
+            };
+            let disk = files
+                .first()
+                .and_then(|f| {
+                    f.ancestors().find(|a| {
+                        a.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("disk"))
+                    })
+                })
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "(no shard files yet)".into());
+            (
+                record(
+                    (at, placed),
+                    vec![t],
+                    vec![],
+                    format!("node {t}: {} shard files {verb} on {disk}", files.len()),
+                ),
+                Heal::Nothing,
+            )
+        }
+        FaultKind::RollingRestart => {
+            let mut order = followers.clone();
+            order.push(leader);
+            let at = rec.now_ms();
+            let mut placed = None;
+            let mut steps = Vec::new();
+            for &id in &order {
+                let t0 = rec.now_ms();
+                let graceful = lab.stop(id, STOP_BOUND)?;
+                placed.get_or_insert(rec.now_ms());
+                let stopped = rec.now_ms();
+                lab.restart(id)?;
+                let caught_up = wait_caught_up(client, nodes).await;
+                steps.push(format!(
+                    "node {id}{} stopped in {:.1} s{}, {} {:.1} s after restart",
+                    if id == leader { " (leader)" } else { "" },
+                    (stopped - t0) as f64 / 1000.0,
+                    if graceful {
+                        ""
+                    } else {
+                        " (SIGKILL after the bound)"
+                    },
+                    if caught_up {
+                        "caught up"
+                    } else {
+                        "NOT caught up"
+                    },
+                    (rec.now_ms() - stopped) as f64 / 1000.0,
+                ));
+                if !caught_up {
+                    break;
+                }
+            }
+            (
+                record(
+                    (at, placed.unwrap_or(at)),
+                    order.clone(),
+                    vec![],
+                    steps.join("; "),
+                ),
+                Heal::Nothing,
+            )
+        }
+        FaultKind::DiskFull => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let at = rec.now_ms();
+            let bytes = lab.fill_disk(t)?;
+            let placed = rec.now_ms();
+            (
+                record(
+                    (at, placed),
+                    vec![t],
+                    vec![],
+                    format!(
+                        "node {t}: disk {} full (tmpfs shrunk to the {} MiB it holds)",
+                        tmpfs_disk_name(),
+                        bytes >> 20
+                    ),
+                ),
+                Heal::FreeDisk(t),
+            )
+        }
     };
     Ok(Some(out))
 }
 
+/// The disk a disk-full fault fills: each node's last `--disk`.
+fn tmpfs_disk_name() -> String {
+    format!("disk{}", crate::lab::DISKS_PER_NODE - 1)
+}
+
 fn heal_local(lab: &Lab, heal: &Heal) -> Result<()> {
     match heal {
+        Heal::Nothing => Ok(()),
+        Heal::FreeDisk(id) => lab.free_disk(*id),
         Heal::Restart(id) => lab.restart(*id),
         Heal::Resume(id) => lab.resume(*id),
         Heal::Network => lab.heal_network(),
@@ -374,6 +492,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         rec.clone(),
         s.hot_tags,
         s.max_blob,
+        s.large_blob_every,
     )?);
     work.setup(&mut StdRng::seed_from_u64(s.seed)).await?;
 
@@ -392,7 +511,11 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         let (planned, hold_ms) = match &driver {
             Driver::Local(_) => {
                 let p = schedule.next_fault();
-                let h = p.hold_ms;
+                let h = if p.kind == FaultKind::RollingRestart {
+                    ROLL_PER_NODE_MS * nodes.len() as u64
+                } else {
+                    p.hold_ms
+                };
                 (Some(p), h)
             }
             Driver::Deployed(t) => match t.faults.get(topo_next % t.faults.len().max(1)) {
@@ -404,13 +527,14 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         if rec.now_ms() + hold_ms + ms(s.gap) + 10_000 > deadline_ms {
             break;
         }
+        // Probes start with the injection (a rolling restart happens inside it) and
+        // end with the heal.
+        let probe_stop = Arc::new(AtomicBool::new(false));
+        let probe_task = probe(&work, &nodes, hold_ms * 2, probe_stop.clone());
         let injected = match (&driver, &planned) {
             (Driver::Local(lab), Some(p)) => {
-                if p.kind.is_network() && !lab.has_namespaces() {
-                    notes.push(format!(
-                        "skipped {}: partitions need network namespaces",
-                        p.kind
-                    ));
+                if !lab.supports(p.kind) {
+                    notes.push(format!("skipped {}: needs network namespaces", p.kind));
                     continue;
                 }
                 inject_local(lab, &rec, &client, &nodes, p, s).await?
@@ -438,6 +562,8 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             _ => None,
         };
         let Some((mut record, heal)) = injected else {
+            probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            probes.push(probe_task);
             notes.push("a fault was skipped: no leader to aim at".into());
             tokio::time::sleep(s.gap).await;
             continue;
@@ -446,13 +572,19 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             "berth-chaos: {} ms: {} ({})",
             record.inject_ms, record.kind, record.note
         );
-        probes.push(probe(&work, &nodes, hold_ms));
-        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        let rolled = planned
+            .as_ref()
+            .is_some_and(|p| p.kind == FaultKind::RollingRestart);
+        if !rolled {
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        }
         match &driver {
             Driver::Local(lab) => heal_local(lab, &heal)?,
             Driver::Deployed(_) => heal_local_command(&heal)?,
         }
         record.heal_ms = Some(rec.now_ms());
+        probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        probes.push(probe_task);
         if wait_caught_up(&client, &nodes).await {
             record.converged_ms = Some(rec.now_ms());
         } else {
@@ -491,6 +623,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         notes.push("the cluster did not converge after the drill".into());
     }
     let states = final_states(&client, &work, &nodes).await;
+    notes.push(reconstructions(&client, &nodes).await);
     if let Some(note) = verify(&work, &rec, &nodes).await {
         notes.push(note);
     }
@@ -504,18 +637,26 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
     })
 }
 
-/// While a fault holds, sends a write to every node every half second (bounded by
-/// the hold; the task ends when every probe has been answered and recorded). The
+/// While a fault holds, sends a write to every node every half second (until `stop`,
+/// bounded by `max_ms`; the task ends when every probe has been answered and recorded). The
 /// workers are closed loops, so while their requests wait out a dead leader they
 /// invoke nothing new; these open-loop probes make the first acknowledged write after
 /// the injection (the recovery time) and the writes a cut-off node refuses visible
 /// whatever the workers are stuck on.
-fn probe(work: &Arc<Workload>, nodes: &[Endpoint], hold_ms: u64) -> tokio::task::JoinHandle<()> {
+fn probe(
+    work: &Arc<Workload>,
+    nodes: &[Endpoint],
+    max_ms: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     let work = work.clone();
     let targets = nodes.to_vec();
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        for seq in 0..hold_ms / PROBE_INTERVAL_MS {
+        for seq in 0..max_ms / PROBE_INTERVAL_MS {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             for n in &targets {
                 let (work, n) = (work.clone(), n.clone());
                 tasks.spawn(async move {
@@ -586,6 +727,35 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
         }
     }
     states
+}
+
+/// The `berth_shard_reconstructions` counter of every node, in words: how often a
+/// read rebuilt a missing or corrupt shard from parity (the read-back has not run yet,
+/// so this counts what the workload's reads needed).
+async fn reconstructions(client: &Client, nodes: &[Endpoint]) -> String {
+    let mut parts = Vec::new();
+    for n in nodes {
+        let got = async {
+            let body = client
+                .get(format!("{}/metrics", n.url))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            body.lines()
+                .find_map(|l| l.strip_prefix("berth_shard_reconstructions "))
+                .map(|v| v.trim().to_string())
+        }
+        .await;
+        parts.push(format!("node {}: {}", n.id, got.as_deref().unwrap_or("?")));
+    }
+    format!(
+        "shard reconstructions from parity during the workload (berth_shard_reconstructions): {}",
+        parts.join(", ")
+    )
 }
 
 /// Reads every acknowledged push and every acknowledged delete back through every

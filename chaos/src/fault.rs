@@ -34,9 +34,18 @@ pub enum FaultKind {
     SlowLink,
     /// 20 % of the packets between one node and its peers are dropped.
     LossyOne,
+    /// Bytes flipped in shard files on one disk of one node, while it runs.
+    CorruptShards,
+    /// Shard files deleted on one disk of one node, while it runs.
+    DeleteShards,
+    /// One node's small disk filled up; freed at the heal.
+    DiskFull,
+    /// Every node in turn (followers first, the leader last) stopped with SIGTERM
+    /// (SIGKILL after a bound), restarted, and waited for until it has caught up.
+    RollingRestart,
 }
 
-pub const ALL: [FaultKind; 11] = [
+pub const ALL: [FaultKind; 15] = [
     FaultKind::KillLeader,
     FaultKind::KillFollower,
     FaultKind::KillRandom,
@@ -48,6 +57,10 @@ pub const ALL: [FaultKind; 11] = [
     FaultKind::LatencyOne,
     FaultKind::SlowLink,
     FaultKind::LossyOne,
+    FaultKind::CorruptShards,
+    FaultKind::DeleteShards,
+    FaultKind::DiskFull,
+    FaultKind::RollingRestart,
 ];
 
 impl FaultKind {
@@ -64,6 +77,10 @@ impl FaultKind {
             FaultKind::LatencyOne => "latency-one",
             FaultKind::SlowLink => "slow-link",
             FaultKind::LossyOne => "lossy-one",
+            FaultKind::CorruptShards => "corrupt-shards",
+            FaultKind::DeleteShards => "delete-shards",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::RollingRestart => "rolling-restart",
         }
     }
 
@@ -77,6 +94,16 @@ impl FaultKind {
                 | FaultKind::LatencyOne
                 | FaultKind::SlowLink
                 | FaultKind::LossyOne
+        )
+    }
+}
+
+impl FaultKind {
+    /// Acts on shard files, which exist only for blobs above the inline size.
+    pub fn is_disk(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CorruptShards | FaultKind::DeleteShards | FaultKind::DiskFull
         )
     }
 }

@@ -10,9 +10,10 @@
 //! can leave the proxy's own traffic alone. Everything is bounded: connections, chunks
 //! in flight per direction, the delay; stopping the proxy closes every connection.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -77,6 +78,84 @@ impl Rules {
     }
 }
 
+/// Which node a connection comes from (by the client's address), if known.
+pub type Resolver = Arc<dyn Fn(SocketAddr) -> Option<u64> + Send + Sync>;
+
+/// Faults between nodes, shared by the proxies in front of every node (loopback
+/// mode): cut links (`from` -> `to`: bytes held) and one node whose traffic is delayed.
+#[derive(Default)]
+pub struct Links {
+    cut: Mutex<BTreeSet<(u64, u64)>>,
+    delayed: Mutex<Option<(u64, Duration)>>,
+}
+
+impl Links {
+    /// Holds every byte `from` sends to `to`.
+    pub fn cut(&self, from: u64, to: u64) {
+        self.cut.lock().unwrap().insert((from, to));
+    }
+
+    /// Delays every byte to and from `node` by `delay` (per direction).
+    pub fn delay(&self, node: u64, delay: Duration) {
+        *self.delayed.lock().unwrap() = Some((node, delay.min(DELAY_MAX)));
+    }
+
+    /// Removes every cut and delay.
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+        *self.delayed.lock().unwrap() = None;
+    }
+
+    fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.cut.lock().unwrap().contains(&(from, to))
+    }
+
+    fn delay_of(&self, a: u64, b: u64) -> Duration {
+        match *self.delayed.lock().unwrap() {
+            Some((n, d)) if n == a || n == b => d,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The node a proxy stands in front of, the shared link faults, and how to tell which
+/// node a client connection comes from.
+#[derive(Clone)]
+pub struct LinkView {
+    pub node: u64,
+    pub links: Arc<Links>,
+    pub resolve: Resolver,
+}
+
+/// One forwarded connection: the proxy's rules plus, when its client is a known node,
+/// the link faults between that node and the proxied one.
+struct Conn {
+    rules: Arc<Rules>,
+    link: Option<(u64, LinkView)>,
+}
+
+impl Conn {
+    /// `up` is client -> upstream, i.e. from the client node to the proxied node.
+    fn stalled(&self, up: bool) -> bool {
+        self.rules.stalled(up)
+            || self.link.as_ref().is_some_and(|(from, v)| {
+                if up {
+                    v.links.is_cut(*from, v.node)
+                } else {
+                    v.links.is_cut(v.node, *from)
+                }
+            })
+    }
+
+    fn delay(&self, up: bool) -> Duration {
+        let link = self
+            .link
+            .as_ref()
+            .map_or(Duration::ZERO, |(from, v)| v.links.delay_of(*from, v.node));
+        self.rules.delay(up) + link
+    }
+}
+
 /// Where a proxy listens and forwards to.
 #[derive(Debug, Clone)]
 pub struct ProxySpec {
@@ -86,6 +165,14 @@ pub struct ProxySpec {
     pub upstream: SocketAddr,
     /// Firewall mark (`SO_MARK`) set on upstream connections.
     pub mark: Option<u32>,
+    /// Per-link faults, when the proxy stands in front of a node (loopback mode).
+    pub link: Option<LinkView>,
+}
+
+impl std::fmt::Debug for LinkView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkView(node {})", self.node)
+    }
 }
 
 /// A running proxy. Dropping it stops it.
@@ -213,21 +300,26 @@ async fn serve(
             a = l.accept() => a,
             _ = stop.changed() => return,
         };
-        let Ok((client, _)) = accepted else {
+        let Ok((client, peer)) = accepted else {
             continue;
         };
         let (spec, rules) = (spec.clone(), rules.clone());
         conns.spawn(async move {
             let _permit = permit;
-            let _ = forward(client, &spec, rules).await;
+            let link = spec
+                .link
+                .as_ref()
+                .and_then(|v| (v.resolve)(peer).map(|from| (from, v.clone())));
+            let conn = Arc::new(Conn { rules, link });
+            let _ = forward(client, &spec, conn).await;
         });
         while conns.try_join_next().is_some() {}
     }
 }
 
-async fn forward(client: TcpStream, spec: &ProxySpec, rules: Arc<Rules>) -> Result<()> {
+async fn forward(client: TcpStream, spec: &ProxySpec, conn: Arc<Conn>) -> Result<()> {
     // A stalled proxy passes no new connection on either (like a dropped SYN).
-    while rules.stalled(true) {
+    while conn.stalled(true) {
         tokio::time::sleep(STALL_POLL).await;
     }
     let socket = if spec.upstream.is_ipv4() {
@@ -245,15 +337,15 @@ async fn forward(client: TcpStream, spec: &ProxySpec, rules: Arc<Rules>) -> Resu
     upstream.set_nodelay(true)?;
     let (cr, cw) = client.into_split();
     let (ur, uw) = upstream.into_split();
-    let up = pipe(cr, uw, rules.clone(), true);
-    let down = pipe(ur, cw, rules, false);
+    let up = pipe(cr, uw, conn.clone(), true);
+    let down = pipe(ur, cw, conn, false);
     let _ = tokio::join!(up, down);
     Ok(())
 }
 
 /// Copies one direction: a reader stamps each chunk with its due time, a writer sends
 /// it once due (and not stalled), so the delay adds latency without cutting throughput.
-async fn pipe<R, W>(mut r: R, mut w: W, rules: Arc<Rules>, up: bool)
+async fn pipe<R, W>(mut r: R, mut w: W, rules: Arc<Conn>, up: bool)
 where
     R: AsyncReadExt + Unpin + Send + 'static,
     W: AsyncWriteExt + Unpin + Send + 'static,
@@ -332,6 +424,7 @@ mod tests {
             listen: free_addr(),
             upstream,
             mark: None,
+            link: None,
         };
         let mut proxy = Proxy::start(spec.clone(), rules.clone()).unwrap();
 
@@ -372,5 +465,55 @@ mod tests {
 
         proxy.stop();
         assert!(TcpStream::connect(spec.listen).await.is_err());
+    }
+
+    /// In front of node 2, with every client taken for node 1: a cut 1 -> 2 holds the
+    /// requests, a cut 2 -> 1 holds the answers, a delayed node 1 slows both, and a
+    /// heal lifts everything.
+    #[tokio::test]
+    async fn link_faults_apply_per_direction_between_the_nodes() {
+        let upstream = echo_server().await;
+        let links = Arc::new(Links::default());
+        let spec = ProxySpec {
+            netns: None,
+            listen: free_addr(),
+            upstream,
+            mark: None,
+            link: Some(LinkView {
+                node: 2,
+                links: links.clone(),
+                resolve: Arc::new(|_| Some(1)),
+            }),
+        };
+        let _proxy = Proxy::start(spec.clone(), Arc::new(Rules::default())).unwrap();
+        let held = |cut: (u64, u64)| {
+            let links = links.clone();
+            async move {
+                let mut s = TcpStream::connect(spec.listen).await.unwrap();
+                links.cut(cut.0, cut.1);
+                s.write_all(b"ping").await.unwrap();
+                let mut got = [0u8; 4];
+                let early =
+                    tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut got)).await;
+                links.heal();
+                if early.is_err() {
+                    tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut got))
+                        .await
+                        .expect("released by the heal")
+                        .unwrap();
+                }
+                assert_eq!(&got, b"ping");
+                early.is_err()
+            }
+        };
+        assert!(held((1, 2)).await, "a cut 1 -> 2 let bytes through");
+        assert!(held((2, 1)).await, "a cut 2 -> 1 let bytes through");
+        assert!(!held((3, 2)).await, "a cut between other nodes held bytes");
+
+        links.delay(1, Duration::from_millis(120));
+        let delayed = round_trip(spec.listen).await;
+        assert!(delayed >= Duration::from_millis(240), "{delayed:?}");
+        links.heal();
+        assert!(round_trip(spec.listen).await < Duration::from_millis(150));
     }
 }

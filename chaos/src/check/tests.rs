@@ -265,6 +265,33 @@ fn a_500_and_a_503_outside_faults_are_caught() {
     assert_eq!(v.violations, 3, "{:?}", v.examples);
 }
 
+/// A 507 is the clear answer of the node whose disk a disk-full fault filled, while
+/// it holds; from another node, or after the fault, it is a violation.
+#[test]
+fn a_507_counts_only_from_the_full_disk_while_it_is_full() {
+    let mut h = correct();
+    let fault = FaultRecord {
+        kind: "disk-full".into(),
+        targets: vec![2],
+        minority: vec![],
+        inject_ms: 100,
+        in_place_ms: 120,
+        heal_ms: Some(200),
+        converged_ms: Some(300),
+        note: String::new(),
+    };
+    let op = || Op::PushBlob {
+        repo: "r".into(),
+        digest: "x".into(),
+    };
+    h.add(2, Phase::Workload, (150, 160), op(), Outcome::status(507));
+    assert!(statuses::check(&h.events, std::slice::from_ref(&fault), 50, 10_000).passed());
+    h.add(1, Phase::Workload, (150, 160), op(), Outcome::status(507));
+    h.add(2, Phase::Workload, (900, 910), op(), Outcome::status(507));
+    let v = statuses::check(&h.events, &[fault], 50, 10_000);
+    assert_eq!(v.violations, 2, "{:?}", v.examples);
+}
+
 #[test]
 fn an_isolated_node_acknowledging_a_write_is_caught() {
     let mut h = correct();
