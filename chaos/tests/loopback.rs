@@ -35,6 +35,8 @@ fn a_loopback_drill_cuts_and_delays_links_through_the_fault_proxies_and_passes()
         .args(["--faults", "partition-one,slow-link,latency-one"])
         .arg("--out")
         .arg(&out)
+        // The report is read from report.json; progress lines stay on stderr.
+        .stdout(std::process::Stdio::null())
         .status()
         .expect("running berth-chaos");
     let report: serde_json::Value =
