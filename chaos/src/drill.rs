@@ -623,10 +623,10 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         notes.push("the cluster did not converge after the drill".into());
     }
     let states = final_states(&client, &work, &nodes).await;
-    notes.push(reconstructions(&client, &nodes).await);
     if let Some(note) = verify(&work, &rec, &nodes).await {
         notes.push(note);
     }
+    notes.push(reconstructions(&client, &nodes).await);
     Ok(Outcome {
         events: rec.events(),
         faults,
@@ -730,8 +730,9 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
 }
 
 /// The `berth_shard_reconstructions` counter of every node, in words: how often a
-/// read rebuilt a missing or corrupt shard from parity (the read-back has not run yet,
-/// so this counts what the workload's reads needed).
+/// read rebuilt a missing or corrupt shard from parity, in the workload's reads and
+/// the read-back (which reads every acknowledged blob through every node). A node
+/// restarted during the drill counts only since its restart.
 async fn reconstructions(client: &Client, nodes: &[Endpoint]) -> String {
     let mut parts = Vec::new();
     for n in nodes {
@@ -753,7 +754,7 @@ async fn reconstructions(client: &Client, nodes: &[Endpoint]) -> String {
         parts.push(format!("node {}: {}", n.id, got.as_deref().unwrap_or("?")));
     }
     format!(
-        "shard reconstructions from parity during the workload (berth_shard_reconstructions): {}",
+        "shard reconstructions from parity, workload and read-back (berth_shard_reconstructions since each node's last start): {}",
         parts.join(", ")
     )
 }
