@@ -533,8 +533,8 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         let probe_task = probe(&work, &nodes, hold_ms * 2, probe_stop.clone());
         let injected = match (&driver, &planned) {
             (Driver::Local(lab), Some(p)) => {
-                if !lab.supports(p.kind) {
-                    notes.push(format!("skipped {}: needs network namespaces", p.kind));
+                if let Some(why) = lab.unsupported(p.kind) {
+                    notes.push(format!("skipped {}: {why}", p.kind));
                     continue;
                 }
                 inject_local(lab, &rec, &client, &nodes, p, s).await?

@@ -81,6 +81,8 @@ pub struct Lab {
     links: Arc<Links>,
     /// PID -> node id of the running nodes, to tell which node a connection is from.
     pids: Arc<Mutex<BTreeMap<u32, u64>>>,
+    /// Why the tmpfs disks for disk-full could not be mounted, or that none were asked.
+    small_disk_error: Option<String>,
     /// tmpfs mounts this lab made (unmounted on teardown).
     mounts: Mutex<Vec<PathBuf>>,
     /// Why the lab runs on loopback, when it does.
@@ -171,11 +173,14 @@ impl Lab {
             net: Mutex::new(net),
             proxies: Mutex::new(Vec::new()),
             mounts: Mutex::new(Vec::new()),
+            small_disk_error: (!small_disks)
+                .then(|| "the lab was started without tmpfs disks".to_string()),
             front: Mutex::new(Vec::new()),
             links: Arc::new(Links::default()),
             pids: Arc::new(Mutex::new(BTreeMap::new())),
             loopback_reason,
         };
+        let mut lab = lab;
         if !lab.has_namespaces() {
             lab.start_front_proxies()?;
         }
@@ -186,7 +191,7 @@ impl Lab {
             if small_disks {
                 let last = s.disks().pop().expect("disks");
                 let size = format!("size={TMPFS_DISK_BYTES}");
-                crate::netns::run(&[
+                let mounted = crate::netns::run(&[
                     "mount",
                     "-t",
                     "tmpfs",
@@ -194,9 +199,13 @@ impl Lab {
                     &size,
                     "tmpfs",
                     &last.to_string_lossy(),
-                ])
-                .context("a small disk for disk-full")?;
-                lab.mounts.lock().unwrap().push(last);
+                ]);
+                match mounted {
+                    Ok(()) => lab.mounts.lock().unwrap().push(last),
+                    Err(e) => {
+                        lab.small_disk_error = Some(format!("no tmpfs disk: {e:#}"));
+                    }
+                }
             }
         }
         for s in &lab.specs {
@@ -211,11 +220,22 @@ impl Lab {
         self.net.lock().unwrap().is_some()
     }
 
-    /// Whether this lab can inject `kind`: on loopback the fault proxies cut and
-    /// delay links, but packet loss and link limits need namespaces.
-    pub fn supports(&self, kind: crate::fault::FaultKind) -> bool {
+    /// Why this lab cannot inject `kind`, if it cannot: on loopback the fault proxies
+    /// cut and delay links, but packet loss and link limits need namespaces; a full
+    /// disk needs the tmpfs disks, which need root.
+    pub fn unsupported(&self, kind: crate::fault::FaultKind) -> Option<String> {
         use crate::fault::FaultKind;
-        self.has_namespaces() || !matches!(kind, FaultKind::SlowLink | FaultKind::LossyOne)
+        match kind {
+            FaultKind::SlowLink | FaultKind::LossyOne if !self.has_namespaces() => Some(
+                "it needs network namespaces (iptables/tc), which this run does not have".into(),
+            ),
+            FaultKind::DiskFull => self.small_disk_error.clone(),
+            _ => None,
+        }
+    }
+
+    pub fn supports(&self, kind: crate::fault::FaultKind) -> bool {
+        self.unsupported(kind).is_none()
     }
 
     /// Loopback mode: a fault proxy in front of every node's cluster listener. The

@@ -232,10 +232,10 @@ async fn run(args: Args) -> Result<bool> {
                      packets dropped)"
                 ),
             };
-            for k in kinds.iter().filter(|k| !lab.supports(**k)) {
-                skipped_kinds.push(format!(
-                    "skipped {k}: it needs network namespaces (iptables/tc), which this run does not have"
-                ));
+            for k in &kinds {
+                if let Some(why) = lab.unsupported(*k) {
+                    skipped_kinds.push(format!("skipped {k}: {why}"));
+                }
             }
             kinds.retain(|k| lab.supports(*k));
             (Some(lab), mode)
