@@ -383,7 +383,8 @@ async fn inject_local(
             let mut steps = Vec::new();
             for &id in &order {
                 let t0 = rec.now_ms();
-                let graceful = lab.stop(id, STOP_BOUND)?;
+                // Waiting for the exit blocks; keep it off the runtime's other tasks.
+                let graceful = tokio::task::block_in_place(|| lab.stop(id, STOP_BOUND))?;
                 placed.get_or_insert(rec.now_ms());
                 let stopped = rec.now_ms();
                 lab.restart(id)?;
@@ -601,6 +602,14 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         tokio::time::sleep(s.gap).await;
     }
 
+    if faults.is_empty() {
+        notes.push(
+            "NO FAULT WAS INJECTED: none fitted into --duration after the warm-up (a fault \
+             needs its hold, the gap and 10 s to look at the healed cluster; a rolling \
+             restart reserves 12 s per node)"
+                .into(),
+        );
+    }
     // Workers stop at the deadline; a request in flight ends within its timeout.
     let stop_at = tokio::time::Instant::now()
         + Duration::from_millis(deadline_ms.saturating_sub(rec.now_ms()))
