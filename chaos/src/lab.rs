@@ -705,3 +705,30 @@ fn free_port() -> Result<SocketAddr> {
     }
     bail!("no free loopback port found")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loopback proxies tell nodes apart by the PID owning the client socket.
+    #[test]
+    fn a_loopback_client_is_traced_to_the_process_that_owns_its_socket() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_server, peer) = l.accept().unwrap();
+        let me = std::process::id();
+        assert_eq!(node_of_client(peer, &BTreeMap::from([(me, 7)])), Some(7));
+        // Another process (init) does not own it.
+        assert_eq!(node_of_client(peer, &BTreeMap::from([(1, 7)])), None);
+        drop(client);
+    }
+
+    #[test]
+    fn only_shard_files_are_picked_for_damage() {
+        assert!(is_shard_name("0190c3f1-upload.0"));
+        assert!(is_shard_name("u.12"));
+        for other in ["disk.json", ".1", "u.", "u.x1", "chaos-filler"] {
+            assert!(!is_shard_name(other), "{other}");
+        }
+    }
+}
