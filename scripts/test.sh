@@ -68,14 +68,17 @@ test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
 # Failover drill: three nodes, each in its own network namespace, under a concurrent
-# workload; a leader kill, a follower pause and a one-node partition (real packet
-# drops). Fails on any violated invariant (lost acknowledged write, stale tag read,
-# bad digest, unexpected 5xx, a cut-off node acknowledging a write, no convergence).
+# workload; a leader kill, a follower pause, a one-node partition (real packet drops),
+# 200 ms added to one node's cluster round trips, and shard files corrupted on one
+# disk of one node (rebuilt from the 2+1 parity). Fails on any violated invariant
+# (lost acknowledged write, stale tag read, bad digest, unexpected 5xx, a cut-off node
+# acknowledging a write, no convergence or diverged state digests).
 cargo build -p berth-chaos
 chaos_out="$(mktemp -d)"
 as_root "$CARGO_TARGET_DIR/debug/berth-chaos" --berth "$CARGO_TARGET_DIR/debug/berth" \
-    --nodes 3 --duration 2m --seed "${BERTH_CHAOS_SEED:-1}" \
-    --faults kill-leader,pause-follower,partition-one --out "$chaos_out" 2>&1 | tail -n 40
+    --nodes 3 --duration 2m --seed "${BERTH_CHAOS_SEED:-1}" --hold 12s \
+    --faults kill-leader,pause-follower,partition-one,latency-one,corrupt-shards \
+    --out "$chaos_out" 2>&1 | tail -n 40
 echo "test.sh: failover drill passed; report in $chaos_out/report.md"
 # Benchmark smoke test: every scenario once, tiny sizes, berth beside Distribution.
 # It checks the bench and both servers work; it asserts no timing.

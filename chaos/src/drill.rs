@@ -44,7 +44,22 @@ pub struct Settings {
     pub max_ops: u64,
     pub hot_tags: usize,
     pub max_blob: usize,
+    /// One layer blob in this many is large (erasure-coded); 0 for none.
+    pub large_blob_every: u32,
+    /// Delay a latency fault adds to each direction of a node's cluster traffic.
+    pub latency: Duration,
 }
+
+/// Probability that a lossy link drops a packet.
+pub const LOSS_PROBABILITY: f64 = 0.2;
+/// How long a rolling restart waits for a node to exit after SIGTERM before SIGKILL.
+pub const STOP_BOUND: Duration = Duration::from_secs(20);
+/// Time a rolling restart is expected to take per node, to fit it into the drill.
+const ROLL_PER_NODE_MS: u64 = 12_000;
+/// Shard files a corrupt-shards or delete-shards fault damages.
+pub const SHARD_FILES_PER_FAULT: usize = 20;
+/// The slow-link fault's token-bucket filter.
+pub const SLOW_LINK_TBF: [&str; 6] = ["rate", "1mbit", "burst", "32kbit", "latency", "400ms"];
 
 /// Everything a drill produced.
 pub struct Outcome {
@@ -75,6 +90,16 @@ pub struct Status {
     pub term: u64,
     pub committed: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The applied index and state digest, read together (absent while the node's
+    /// state cannot be read).
+    #[serde(default)]
+    pub state: Option<AppliedState>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppliedState {
+    pub applied: Option<u64>,
+    pub digest: String,
 }
 
 pub async fn status(client: &Client, node: &Endpoint) -> Result<Status> {
@@ -148,6 +173,9 @@ async fn wait_caught_up(client: &Client, nodes: &[Endpoint]) -> bool {
 
 /// What an injected fault needs to be healed.
 enum Heal {
+    /// Damage that stays (corrupted or deleted shards): berth must read around it.
+    Nothing,
+    FreeDisk(u64),
     Restart(u64),
     Resume(u64),
     Network,
@@ -162,6 +190,7 @@ async fn inject_local(
     client: &Client,
     nodes: &[Endpoint],
     p: &Planned,
+    s: &Settings,
 ) -> Result<Option<(FaultRecord, Heal)>> {
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
     let Some(leader) = leader(client, nodes).await else {
@@ -279,12 +308,151 @@ async fn inject_local(
                 Heal::Network,
             )
         }
+        FaultKind::LatencyOne | FaultKind::SlowLink | FaultKind::LossyOne => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let role = if t == leader { "leader" } else { "follower" };
+            let (times, what) = match p.kind {
+                FaultKind::LatencyOne => (
+                    timed(&|| lab.add_latency(t, s.latency))?,
+                    format!(
+                        "node {t} ({role}): cluster traffic delayed {} ms each way",
+                        s.latency.as_millis()
+                    ),
+                ),
+                FaultKind::SlowLink => (
+                    timed(&|| lab.slow_link(t, &SLOW_LINK_TBF))?,
+                    format!(
+                        "node {t} ({role}): link limited by tbf {}",
+                        SLOW_LINK_TBF.join(" ")
+                    ),
+                ),
+                _ => (
+                    timed(&|| lab.lossy(t, LOSS_PROBABILITY))?,
+                    format!(
+                        "node {t} ({role}): {:.0} % of packets to and from peers dropped",
+                        LOSS_PROBABILITY * 100.0
+                    ),
+                ),
+            };
+            // Degraded, not cut off: the node may still acknowledge writes.
+            (record(times, vec![t], vec![], what), Heal::Network)
+        }
+        FaultKind::CorruptShards | FaultKind::DeleteShards => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let at = rec.now_ms();
+            let files = if p.kind == FaultKind::CorruptShards {
+                lab.corrupt_shards(t, SHARD_FILES_PER_FAULT, p.pick)?
+            } else {
+                lab.delete_shards(t, SHARD_FILES_PER_FAULT, p.pick)?
+            };
+            let placed = rec.now_ms();
+            let verb = if p.kind == FaultKind::CorruptShards {
+                "corrupted"
+            } else {
+                "deleted"
+            };
+            let disk = files
+                .first()
+                .and_then(|f| {
+                    f.ancestors().find(|a| {
+                        a.file_name()
+                            .is_some_and(|n| n.to_string_lossy().starts_with("disk"))
+                    })
+                })
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "(no shard files yet)".into());
+            (
+                record(
+                    (at, placed),
+                    vec![t],
+                    vec![],
+                    format!("node {t}: {} shard files {verb} on {disk}", files.len()),
+                ),
+                Heal::Nothing,
+            )
+        }
+        FaultKind::RollingRestart => {
+            let mut order = followers.clone();
+            order.push(leader);
+            let at = rec.now_ms();
+            let mut placed = None;
+            let mut steps = Vec::new();
+            for &id in &order {
+                let t0 = rec.now_ms();
+                // Waiting for the exit blocks; keep it off the runtime's other tasks.
+                let graceful = tokio::task::block_in_place(|| lab.stop(id, STOP_BOUND))?;
+                placed.get_or_insert(rec.now_ms());
+                let stopped = rec.now_ms();
+                lab.restart(id)?;
+                let caught_up = wait_caught_up(client, nodes).await;
+                steps.push(format!(
+                    "node {id}{} stopped in {:.1} s{}, {} {:.1} s after restart",
+                    if id == leader { " (leader)" } else { "" },
+                    (stopped - t0) as f64 / 1000.0,
+                    if graceful {
+                        ""
+                    } else {
+                        " (SIGKILL after the bound)"
+                    },
+                    if caught_up {
+                        "caught up"
+                    } else {
+                        "NOT caught up"
+                    },
+                    (rec.now_ms() - stopped) as f64 / 1000.0,
+                ));
+                if !caught_up {
+                    break;
+                }
+            }
+            (
+                record(
+                    (at, placed.unwrap_or(at)),
+                    order.clone(),
+                    vec![],
+                    steps.join("; "),
+                ),
+                Heal::Nothing,
+            )
+        }
+        FaultKind::DiskFull => {
+            let Some(t) = p.choose(&ids) else {
+                return Ok(None);
+            };
+            let at = rec.now_ms();
+            let bytes = lab.fill_disk(t)?;
+            let placed = rec.now_ms();
+            (
+                record(
+                    (at, placed),
+                    vec![t],
+                    vec![],
+                    format!(
+                        "node {t}: disk {} full (tmpfs shrunk to the {} MiB it holds)",
+                        tmpfs_disk_name(),
+                        bytes >> 20
+                    ),
+                ),
+                Heal::FreeDisk(t),
+            )
+        }
     };
     Ok(Some(out))
 }
 
+/// The disk a disk-full fault fills: each node's last `--disk`.
+fn tmpfs_disk_name() -> String {
+    format!("disk{}", crate::lab::DISKS_PER_NODE - 1)
+}
+
 fn heal_local(lab: &Lab, heal: &Heal) -> Result<()> {
     match heal {
+        Heal::Nothing => Ok(()),
+        Heal::FreeDisk(id) => lab.free_disk(*id),
         Heal::Restart(id) => lab.restart(*id),
         Heal::Resume(id) => lab.resume(*id),
         Heal::Network => lab.heal_network(),
@@ -325,6 +493,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         rec.clone(),
         s.hot_tags,
         s.max_blob,
+        s.large_blob_every,
     )?);
     work.setup(&mut StdRng::seed_from_u64(s.seed)).await?;
 
@@ -343,7 +512,11 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         let (planned, hold_ms) = match &driver {
             Driver::Local(_) => {
                 let p = schedule.next_fault();
-                let h = p.hold_ms;
+                let h = if p.kind == FaultKind::RollingRestart {
+                    ROLL_PER_NODE_MS * nodes.len() as u64
+                } else {
+                    p.hold_ms
+                };
                 (Some(p), h)
             }
             Driver::Deployed(t) => match t.faults.get(topo_next % t.faults.len().max(1)) {
@@ -355,16 +528,17 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         if rec.now_ms() + hold_ms + ms(s.gap) + 10_000 > deadline_ms {
             break;
         }
+        // Probes start with the injection (a rolling restart happens inside it) and
+        // end with the heal.
+        let probe_stop = Arc::new(AtomicBool::new(false));
+        let probe_task = probe(&work, &nodes, hold_ms * 2, probe_stop.clone());
         let injected = match (&driver, &planned) {
             (Driver::Local(lab), Some(p)) => {
-                if p.kind.is_network() && !lab.has_namespaces() {
-                    notes.push(format!(
-                        "skipped {}: partitions need network namespaces",
-                        p.kind
-                    ));
+                if let Some(why) = lab.unsupported(p.kind) {
+                    notes.push(format!("skipped {}: {why}", p.kind));
                     continue;
                 }
-                inject_local(lab, &rec, &client, &nodes, p).await?
+                inject_local(lab, &rec, &client, &nodes, p, s).await?
             }
             (Driver::Deployed(t), _) => {
                 let f = &t.faults[topo_next % t.faults.len()];
@@ -389,6 +563,8 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             _ => None,
         };
         let Some((mut record, heal)) = injected else {
+            probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            probes.push(probe_task);
             notes.push("a fault was skipped: no leader to aim at".into());
             tokio::time::sleep(s.gap).await;
             continue;
@@ -397,13 +573,19 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             "berth-chaos: {} ms: {} ({})",
             record.inject_ms, record.kind, record.note
         );
-        probes.push(probe(&work, &nodes, hold_ms));
-        tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        let rolled = planned
+            .as_ref()
+            .is_some_and(|p| p.kind == FaultKind::RollingRestart);
+        if !rolled {
+            tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+        }
         match &driver {
             Driver::Local(lab) => heal_local(lab, &heal)?,
             Driver::Deployed(_) => heal_local_command(&heal)?,
         }
         record.heal_ms = Some(rec.now_ms());
+        probe_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        probes.push(probe_task);
         if wait_caught_up(&client, &nodes).await {
             record.converged_ms = Some(rec.now_ms());
         } else {
@@ -420,6 +602,14 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         tokio::time::sleep(s.gap).await;
     }
 
+    if faults.is_empty() {
+        notes.push(
+            "NO FAULT WAS INJECTED: none fitted into --duration after the warm-up (a fault \
+             needs its hold, the gap and 10 s to look at the healed cluster; a rolling \
+             restart reserves 12 s per node)"
+                .into(),
+        );
+    }
     // Workers stop at the deadline; a request in flight ends within its timeout.
     let stop_at = tokio::time::Instant::now()
         + Duration::from_millis(deadline_ms.saturating_sub(rec.now_ms()))
@@ -445,6 +635,7 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
     if let Some(note) = verify(&work, &rec, &nodes).await {
         notes.push(note);
     }
+    notes.push(reconstructions(&client, &nodes).await);
     Ok(Outcome {
         events: rec.events(),
         faults,
@@ -455,18 +646,26 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
     })
 }
 
-/// While a fault holds, sends a write to every node every half second (bounded by
-/// the hold; the task ends when every probe has been answered and recorded). The
+/// While a fault holds, sends a write to every node every half second (until `stop`,
+/// bounded by `max_ms`; the task ends when every probe has been answered and recorded). The
 /// workers are closed loops, so while their requests wait out a dead leader they
 /// invoke nothing new; these open-loop probes make the first acknowledged write after
 /// the injection (the recovery time) and the writes a cut-off node refuses visible
 /// whatever the workers are stuck on.
-fn probe(work: &Arc<Workload>, nodes: &[Endpoint], hold_ms: u64) -> tokio::task::JoinHandle<()> {
+fn probe(
+    work: &Arc<Workload>,
+    nodes: &[Endpoint],
+    max_ms: u64,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     let work = work.clone();
     let targets = nodes.to_vec();
     tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
-        for seq in 0..hold_ms / PROBE_INTERVAL_MS {
+        for seq in 0..max_ms / PROBE_INTERVAL_MS {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             for n in &targets {
                 let (work, n) = (work.clone(), n.clone());
                 tasks.spawn(async move {
@@ -492,22 +691,25 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Applied index and tag map of every node, once all applied indices agree (bounded).
+/// Applied index, state digest and tag map of every node, once all applied indices
+/// (Raft's and the one read with the digest) agree (bounded).
 async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> Vec<NodeState> {
     let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
     let mut states = Vec::new();
     while tokio::time::Instant::now() < deadline {
         states.clear();
         for n in nodes {
-            let (applied, leader, error) = match status(client, n).await {
-                Ok(st) => (st.last_applied, st.leader, None),
-                Err(e) => (None, None, Some(format!("{e:#}"))),
+            let (applied, leader, state, error) = match status(client, n).await {
+                Ok(st) => (st.last_applied, st.leader, st.state, None),
+                Err(e) => (None, None, None, Some(format!("{e:#}"))),
             };
             states.push(NodeState {
                 node: n.id,
                 last_applied: applied,
                 leader,
                 tags: BTreeMap::new(),
+                state_applied: state.as_ref().and_then(|s| s.applied),
+                state_digest: state.map(|s| s.digest),
                 error,
             });
         }
@@ -515,7 +717,7 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
         if first.is_some()
             && states
                 .iter()
-                .all(|s| s.last_applied == first && s.error.is_none())
+                .all(|s| s.last_applied == first && s.state_applied == first && s.error.is_none())
         {
             break;
         }
@@ -534,6 +736,36 @@ async fn final_states(client: &Client, work: &Workload, nodes: &[Endpoint]) -> V
         }
     }
     states
+}
+
+/// The `berth_shard_reconstructions` counter of every node, in words: how often a
+/// read rebuilt a missing or corrupt shard from parity, in the workload's reads and
+/// the read-back (which reads every acknowledged blob through every node). A node
+/// restarted during the drill counts only since its restart.
+async fn reconstructions(client: &Client, nodes: &[Endpoint]) -> String {
+    let mut parts = Vec::new();
+    for n in nodes {
+        let got = async {
+            let body = client
+                .get(format!("{}/metrics", n.url))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            body.lines()
+                .find_map(|l| l.strip_prefix("berth_shard_reconstructions "))
+                .map(|v| v.trim().to_string())
+        }
+        .await;
+        parts.push(format!("node {}: {}", n.id, got.as_deref().unwrap_or("?")));
+    }
+    format!(
+        "shard reconstructions from parity, workload and read-back (berth_shard_reconstructions since each node's last start): {}",
+        parts.join(", ")
+    )
 }
 
 /// Reads every acknowledged push and every acknowledged delete back through every

@@ -28,9 +28,24 @@ pub enum FaultKind {
     PartitionSplit,
     /// One node stops receiving from every other node but can still send.
     OneWay,
+    /// One node's cluster traffic (both directions) goes through a delay proxy.
+    LatencyOne,
+    /// One node's link is limited to 1 mbit/s by a tbf qdisc on its veth.
+    SlowLink,
+    /// 20 % of the packets between one node and its peers are dropped.
+    LossyOne,
+    /// Bytes flipped in shard files on one disk of one node, while it runs.
+    CorruptShards,
+    /// Shard files deleted on one disk of one node, while it runs.
+    DeleteShards,
+    /// One node's small disk filled up; freed at the heal.
+    DiskFull,
+    /// Every node in turn (followers first, the leader last) stopped with SIGTERM
+    /// (SIGKILL after a bound), restarted, and waited for until it has caught up.
+    RollingRestart,
 }
 
-pub const ALL: [FaultKind; 8] = [
+pub const ALL: [FaultKind; 15] = [
     FaultKind::KillLeader,
     FaultKind::KillFollower,
     FaultKind::KillRandom,
@@ -39,6 +54,13 @@ pub const ALL: [FaultKind; 8] = [
     FaultKind::PartitionOne,
     FaultKind::PartitionSplit,
     FaultKind::OneWay,
+    FaultKind::LatencyOne,
+    FaultKind::SlowLink,
+    FaultKind::LossyOne,
+    FaultKind::CorruptShards,
+    FaultKind::DeleteShards,
+    FaultKind::DiskFull,
+    FaultKind::RollingRestart,
 ];
 
 impl FaultKind {
@@ -52,14 +74,36 @@ impl FaultKind {
             FaultKind::PartitionOne => "partition-one",
             FaultKind::PartitionSplit => "partition-split",
             FaultKind::OneWay => "one-way",
+            FaultKind::LatencyOne => "latency-one",
+            FaultKind::SlowLink => "slow-link",
+            FaultKind::LossyOne => "lossy-one",
+            FaultKind::CorruptShards => "corrupt-shards",
+            FaultKind::DeleteShards => "delete-shards",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::RollingRestart => "rolling-restart",
         }
     }
 
-    /// Needs packet drops, hence network namespaces.
+    /// Needs packet drops, NAT or qdiscs, hence network namespaces.
     pub fn is_network(self) -> bool {
         matches!(
             self,
-            FaultKind::PartitionOne | FaultKind::PartitionSplit | FaultKind::OneWay
+            FaultKind::PartitionOne
+                | FaultKind::PartitionSplit
+                | FaultKind::OneWay
+                | FaultKind::LatencyOne
+                | FaultKind::SlowLink
+                | FaultKind::LossyOne
+        )
+    }
+}
+
+impl FaultKind {
+    /// Acts on shard files, which exist only for blobs above the inline size.
+    pub fn is_disk(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CorruptShards | FaultKind::DeleteShards | FaultKind::DiskFull
         )
     }
 }

@@ -9,6 +9,7 @@ pub mod fault;
 pub mod history;
 pub mod lab;
 pub mod netns;
+pub mod proxy;
 pub mod report;
 pub mod topology;
 pub mod workload;

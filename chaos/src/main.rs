@@ -45,6 +45,10 @@ struct Args {
     /// How long a fault is held (varied by the seed between 75 % and 125 %).
     #[arg(long, default_value = "15s")]
     hold: String,
+    /// Delay the latency-one fault adds to each direction of a node's cluster traffic
+    /// (a request and its answer each wait this long).
+    #[arg(long, default_value = "100ms")]
+    latency: String,
     /// Pause after a fault has healed and converged.
     #[arg(long, default_value = "5s")]
     gap: String,
@@ -60,12 +64,19 @@ struct Args {
     /// Shared tags repointed by the workload.
     #[arg(long, default_value_t = 4)]
     hot_tags: usize,
-    /// Largest layer blob pushed (bytes).
+    /// Largest layer blob pushed (bytes); up to 64 KiB a blob is stored inline in the
+    /// metadata.
     #[arg(long, default_value_t = 32 * 1024)]
     max_blob_bytes: usize,
-    /// Run nodes on loopback instead of network namespaces (no partitions then).
+    /// One layer blob in this many is large (64-256 KiB, erasure-coded into shard
+    /// files on three disks); default 16 when a disk fault is listed, else none.
     #[arg(long)]
-    loopback: bool,
+    large_blob_every: Option<u32>,
+    /// Local network: `namespaces` (one per node; needs root), `loopback` (nodes on
+    /// 127.0.0.1 behind userspace fault proxies; no packet loss or link limits), or
+    /// `auto` (namespaces, falling back to loopback when they cannot be created).
+    #[arg(long, value_enum, default_value_t = Network::Auto)]
+    network: Network,
     /// Drill a deployed cluster described by this TOML file instead of starting nodes.
     #[arg(long)]
     topology: Option<PathBuf>,
@@ -75,6 +86,13 @@ struct Args {
     /// Keep the nodes' data folders after the drill.
     #[arg(long)]
     keep_data: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Network {
+    Auto,
+    Namespaces,
+    Loopback,
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
@@ -104,7 +122,14 @@ async fn main() -> ExitCode {
     }
 }
 
-fn replay_command(args: &Args, seed: u64, nodes: u64, duration: &str, faults: &str) -> String {
+fn replay_command(
+    args: &Args,
+    seed: u64,
+    nodes: u64,
+    duration: &str,
+    faults: &str,
+    large_every: u32,
+) -> String {
     let mut c = format!("berth-chaos --seed {seed} --duration {duration} --faults {faults}");
     if let Some(t) = &args.topology {
         c += &format!(" --topology {}", t.display());
@@ -112,11 +137,18 @@ fn replay_command(args: &Args, seed: u64, nodes: u64, duration: &str, faults: &s
         c += &format!(" --nodes {nodes}");
     }
     c += &format!(
-        " --hold {} --gap {} --warmup {} --workers-per-node {} --hot-tags {} --max-blob-bytes {}",
-        args.hold, args.gap, args.warmup, args.workers_per_node, args.hot_tags, args.max_blob_bytes
+        " --hold {} --gap {} --warmup {} --workers-per-node {} --hot-tags {} --max-blob-bytes {} --latency {} --large-blob-every {}",
+        args.hold,
+        args.gap,
+        args.warmup,
+        args.workers_per_node,
+        args.hot_tags,
+        args.max_blob_bytes,
+        args.latency,
+        large_every
     );
-    if args.loopback {
-        c += " --loopback";
+    if args.network == Network::Loopback {
+        c += " --network loopback";
     }
     c
 }
@@ -136,6 +168,10 @@ async fn run(args: Args) -> Result<bool> {
         }
     });
     let mut kinds = fault::parse_list(&faults_s)?;
+    let disk_faults = kinds.iter().any(|k| k.is_disk());
+    let large_every = args
+        .large_blob_every
+        .unwrap_or(if disk_faults { 16 } else { 0 });
     let settings_base = Settings {
         seed,
         duration: parse_duration(&duration_s)?,
@@ -148,8 +184,10 @@ async fn run(args: Args) -> Result<bool> {
         max_ops: args.max_ops,
         hot_tags: args.hot_tags.clamp(1, 64),
         max_blob: args.max_blob_bytes.clamp(64, 64 << 20),
+        large_blob_every: large_every,
+        latency: parse_duration(&args.latency)?.min(berth_chaos::proxy::DELAY_MAX),
     };
-    let replay = replay_command(&args, seed, nodes, &duration_s, &faults_s);
+    let replay = replay_command(&args, seed, nodes, &duration_s, &faults_s, large_every);
     let suffix = format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff);
     let out = args
         .out
@@ -163,6 +201,7 @@ async fn run(args: Args) -> Result<bool> {
     let mut terminate = signal(SignalKind::terminate())?;
 
     let topology = args.topology.as_deref().map(Topology::load).transpose()?;
+    let mut skipped_kinds: Vec<String> = Vec::new();
     let (lab, mode) = match &topology {
         Some(_) => (None, "deployed cluster (topology file)".to_string()),
         None => {
@@ -170,18 +209,35 @@ async fn run(args: Args) -> Result<bool> {
                 .berth
                 .clone()
                 .context("--berth (or BERTH_BIN) must name the berth binary")?;
-            let lab = Lab::start(&berth, nodes, &out, args.loopback, &suffix)?;
+            let lab = Lab::start(
+                &berth,
+                nodes,
+                &out,
+                args.network == Network::Loopback,
+                &suffix,
+                kinds.contains(&FaultKind::DiskFull),
+            )?;
+            if args.network == Network::Namespaces
+                && let Some(why) = &lab.loopback_reason
+            {
+                bail!("--network namespaces: {why}");
+            }
             let mode = match &lab.loopback_reason {
                 None => format!(
                     "local, {nodes} nodes each in its own network namespace (suffix {suffix}); partitions are iptables drops"
                 ),
-                Some(why) => {
-                    format!("local, {nodes} nodes on loopback ({why}); partition faults skipped")
-                }
+                Some(why) => format!(
+                    "LOOPBACK FALLBACK: local, {nodes} nodes on 127.0.0.1 ({why}); partitions and latency \
+                     are a userspace fault proxy in front of each node's cluster port (bytes held, not \
+                     packets dropped)"
+                ),
             };
-            if !lab.has_namespaces() {
-                kinds.retain(|k| !k.is_network());
+            for k in &kinds {
+                if let Some(why) = lab.unsupported(*k) {
+                    skipped_kinds.push(format!("skipped {k}: {why}"));
+                }
             }
+            kinds.retain(|k| lab.supports(*k));
             (Some(lab), mode)
         }
     };
@@ -194,7 +250,6 @@ async fn run(args: Args) -> Result<bool> {
     };
     settings.workers =
         u32::try_from(node_count)?.saturating_mul(args.workers_per_node.clamp(1, 16));
-    let skipped = settings.faults.len() - kinds.len();
     settings.faults = kinds;
     if settings.faults.is_empty() {
         settings.faults = vec![FaultKind::KillFollower];
@@ -218,11 +273,7 @@ async fn run(args: Args) -> Result<bool> {
         }
     }
     let mut outcome = result?;
-    if skipped > 0 {
-        outcome.notes.push(format!(
-            "{skipped} network fault kind(s) left out: no network namespaces"
-        ));
-    }
+    outcome.notes.extend(skipped_kinds);
     let report = build_report(&outcome, seed, replay, mode);
     write_report(&out, &report, &outcome)?;
     println!("{}", report::markdown(&report));

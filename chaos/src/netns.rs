@@ -1,8 +1,11 @@
 //! Network namespaces for a local drill: one namespace per node, each joined by a veth
 //! pair to a bridge in the host namespace, addresses in a private 10.x/24 chosen per
 //! run. Partitions and one-way cuts are iptables DROP rules inside the nodes'
-//! namespaces, so they are real packet drops; the runner itself talks to every node
-//! through the bridge, which the rules never touch. Every name carries a per-run
+//! namespaces, so they are real packet drops; packet loss is the same with a
+//! `statistic` match; bandwidth limits are a tbf qdisc on a node's veth; latency is
+//! NAT rules steering a node's cluster connections through delay proxies
+//! ([`crate::proxy`]). The runner itself talks to every node through the bridge, which
+//! drop and loss rules never touch. Every name carries a per-run
 //! suffix; everything created is removed by [`Net::teardown`] (also on drop).
 
 use std::net::Ipv4Addr;
@@ -74,8 +77,7 @@ impl Net {
             let ns = self.namespace(id);
             run(&["ip", "netns", "add", &ns])?;
             self.namespaces.push(ns.clone());
-            let host_veth = format!("vc{}{id}", self.suffix);
-            let peer = format!("vp{}{id}", self.suffix);
+            let (host_veth, peer) = self.veths(id);
             run(&[
                 "ip", "link", "add", &host_veth, "type", "veth", "peer", "name", &peer,
             ])?;
@@ -131,10 +133,148 @@ impl Net {
         Ok(())
     }
 
-    /// Removes every rule from every node namespace.
+    /// Drops each packet between `id` and every node in `peers`, both directions, with
+    /// probability `p` (iptables `statistic` match; the runner's traffic is untouched).
+    pub fn lossy(&self, id: u64, peers: &[u64], p: f64) -> Result<()> {
+        let ns = self.namespace(id);
+        let prob = format!("{p:.3}");
+        for &peer in peers {
+            let addr = self.addr(peer).to_string();
+            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns,
+                    "iptables",
+                    "-A",
+                    chain,
+                    dir,
+                    &addr,
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &prob,
+                    "-j",
+                    "DROP",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Limits node `id`'s link (both ends of its veth, so both directions) with a
+    /// token-bucket filter, e.g. `rate 1mbit burst 32kbit latency 400ms`.
+    pub fn shape(&self, id: u64, tbf: &[&str]) -> Result<()> {
+        let (host, peer) = self.veths(id);
+        let mut args = vec!["tc", "qdisc", "add", "dev", &host, "root", "tbf"];
+        args.extend_from_slice(tbf);
+        run(&args)?;
+        let ns = self.namespace(id);
+        let mut args = vec![
+            "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &peer, "root", "tbf",
+        ];
+        args.extend_from_slice(tbf);
+        run(&args)
+    }
+
+    /// Steers node `id`'s cluster traffic through proxies in its namespace: connections
+    /// to its cluster port go to `in_port`, and its own connections to each peer's
+    /// cluster port go to `out_port(peer)`; packets carrying `mark` (the proxies'
+    /// upstream connections) are left alone. Then every established cluster connection
+    /// of the node is destroyed (`ss -K`), so the peers reconnect through the proxies.
+    pub fn steer_cluster(
+        &self,
+        id: u64,
+        peers: &[u64],
+        cluster_port: u16,
+        in_port: u16,
+        out_port: impl Fn(u64) -> u16,
+        mark: u32,
+    ) -> Result<()> {
+        let ns = self.namespace(id);
+        let me = self.addr(id).to_string();
+        let port = cluster_port.to_string();
+        let mark = format!("0x{mark:x}");
+        let to_in = format!("{me}:{in_port}");
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "-d",
+            &me,
+            "--dport",
+            &port,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to_in,
+        ])?;
+        for &peer in peers {
+            let addr = self.addr(peer).to_string();
+            let to_out = format!("{me}:{}", out_port(peer));
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                &addr,
+                "--dport",
+                &port,
+                "-m",
+                "mark",
+                "!",
+                "--mark",
+                &mark,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to_out,
+            ])?;
+        }
+        let filter = format!("( sport = :{cluster_port} or dport = :{cluster_port} )");
+        run(&["ip", "netns", "exec", &ns, "ss", "-K", "-t", &filter])
+    }
+
+    /// Node `id`'s veth ends: (host side on the bridge, side inside its namespace).
+    fn veths(&self, id: u64) -> (String, String) {
+        (
+            format!("vc{}{id}", self.suffix),
+            format!("vp{}{id}", self.suffix),
+        )
+    }
+
+    /// Removes every drop, loss and NAT rule and every link limit.
     pub fn heal(&self) -> Result<()> {
-        for ns in &self.namespaces {
-            run(&["ip", "netns", "exec", ns, "iptables", "-F", "INPUT"])?;
+        for (&id, ns) in self.nodes.iter().zip(&self.namespaces) {
+            for chain in ["INPUT", "OUTPUT"] {
+                run(&["ip", "netns", "exec", ns, "iptables", "-F", chain])?;
+            }
+            run(&["ip", "netns", "exec", ns, "iptables", "-t", "nat", "-F"])?;
+            // Only present after a slow-link fault; "no such qdisc" is fine.
+            let (host, peer) = self.veths(id);
+            let _ = run(&["tc", "qdisc", "del", "dev", &host, "root"]);
+            let _ = run(&[
+                "ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", &peer, "root",
+            ]);
         }
         Ok(())
     }

@@ -214,15 +214,22 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     let _ = writeln!(s, "\n## Final node states\n");
-    let _ = writeln!(s, "| node | applied index | leader | error |");
-    let _ = writeln!(s, "| ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        s,
+        "| node | applied index | leader | state digest (at index) | error |"
+    );
+    let _ = writeln!(s, "| ---: | ---: | ---: | --- | --- |");
     for n in &r.final_states {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             n.node,
             n.last_applied.map_or("-".into(), |v| v.to_string()),
             n.leader.map_or("-".into(), |v| v.to_string()),
+            match (&n.state_digest, n.state_applied) {
+                (Some(d), Some(i)) => format!("`{}` ({i})", d.get(..16).unwrap_or(d)),
+                _ => "-".into(),
+            },
             n.error.clone().unwrap_or_default()
         );
     }

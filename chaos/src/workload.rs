@@ -86,8 +86,15 @@ pub struct Workload {
     known: Mutex<Known>,
     hot_tags: usize,
     max_blob: usize,
+    large_blob_every: u32,
     base: Mutex<Option<Base>>,
 }
+
+/// Largest "large" layer blob: above the inline size, so it is erasure-coded into
+/// shard files (one stripe).
+pub const LARGE_BLOB_BYTES_MAX: usize = 256 * 1024;
+/// Smallest large blob: one byte above berth's inline threshold (64 KiB).
+pub const LARGE_BLOB_BYTES_MIN: usize = 64 * 1024 + 1;
 
 /// Result of one request: outcome plus the body for reads.
 struct Answer {
@@ -104,6 +111,7 @@ impl Workload {
         rec: Arc<Recorder>,
         hot_tags: usize,
         max_blob: usize,
+        large_blob_every: u32,
     ) -> Result<Workload> {
         Ok(Workload {
             client: client()?,
@@ -112,6 +120,7 @@ impl Workload {
             known: Mutex::new(Known::default()),
             hot_tags: hot_tags.max(1),
             max_blob: max_blob.max(64),
+            large_blob_every,
             base: Mutex::new(None),
         })
     }
@@ -259,7 +268,12 @@ impl Workload {
         rng: &mut StdRng,
         repo: &str,
     ) -> Option<String> {
-        let size = rng.random_range(64..=self.max_blob);
+        let large = self.large_blob_every > 0 && rng.random_ratio(1, self.large_blob_every);
+        let size = if large {
+            rng.random_range(LARGE_BLOB_BYTES_MIN..=LARGE_BLOB_BYTES_MAX)
+        } else {
+            rng.random_range(64..=self.max_blob)
+        };
         let mut layer = vec![0u8; size];
         rng.fill_bytes(&mut layer);
         let config = serde_json::to_vec(&json!({

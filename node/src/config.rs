@@ -63,6 +63,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_listen: Option<SocketAddr>,
+    /// The cluster address other nodes reach this one at, when it differs from
+    /// --grpc-listen (a proxy or NAT in between). Default: --grpc-listen.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_advertise: Option<SocketAddr>,
     /// Founding members of a new cluster, `ID=HOST:PORT,...` (their gRPC addresses).
     /// Used only on the first start of an empty data folder.
     #[arg(long)]
@@ -188,6 +193,7 @@ pub struct Config {
     pub allow_insecure_http: bool,
     pub node_id: Option<u64>,
     pub grpc_listen: Option<SocketAddr>,
+    pub grpc_advertise: Option<SocketAddr>,
     pub initial_cluster: Option<String>,
     pub join: Option<String>,
     pub cluster_ca: Option<PathBuf>,
@@ -231,6 +237,7 @@ impl Default for Config {
             allow_insecure_http: false,
             node_id: None,
             grpc_listen: None,
+            grpc_advertise: None,
             initial_cluster: None,
             join: None,
             cluster_ca: None,
@@ -405,6 +412,9 @@ impl Config {
 pub struct ClusterConfig {
     pub node_id: u64,
     pub grpc_listen: SocketAddr,
+    /// The address the membership lists for this node (`--grpc-advertise`, else
+    /// the listen address).
+    pub advertise: SocketAddr,
     pub members: BTreeMap<u64, String>,
     /// HTTP URL of a member to ask for admission.
     pub join: Option<String>,
@@ -491,6 +501,7 @@ impl Config {
         Ok(Some(ClusterConfig {
             node_id,
             grpc_listen,
+            advertise: self.grpc_advertise.unwrap_or(grpc_listen),
             members,
             join: self.join.clone(),
             tls,
@@ -585,6 +596,17 @@ mod tests {
         };
         let cluster = load(&args).unwrap().cluster().unwrap().unwrap();
         assert_eq!(cluster.node_id, 2);
+        assert_eq!(cluster.advertise, cluster.grpc_listen);
+        let behind_proxy = ServeArgs {
+            node_id: Some(2),
+            grpc_listen: Some("127.0.0.1:6002".parse().unwrap()),
+            grpc_advertise: Some("127.0.0.1:7002".parse().unwrap()),
+            initial_cluster: Some("1=127.0.0.1:6001,2=127.0.0.1:7002".into()),
+            ..ServeArgs::default()
+        };
+        let cluster = load(&behind_proxy).unwrap().cluster().unwrap().unwrap();
+        assert_eq!(cluster.advertise.to_string(), "127.0.0.1:7002");
+        assert_eq!(cluster.grpc_listen.to_string(), "127.0.0.1:6002");
         let stranger = ServeArgs {
             node_id: Some(9),
             ..args

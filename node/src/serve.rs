@@ -199,7 +199,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let (meta, raft) = Metadata::open_cluster(
                 &cfg.data.join("meta"),
                 node,
-                c.grpc_listen.to_string(),
+                c.advertise.to_string(),
                 if c.members.is_empty() {
                     ClusterInit::Join
                 } else {
@@ -241,7 +241,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let task = tokio::spawn(server);
             if let Some(url) = &c.join {
                 let known = recorded_cluster_id(&cfg.data)?;
-                ask_to_join(url, node, &c.grpc_listen.to_string(), known).await?;
+                ask_to_join(url, node, &c.advertise.to_string(), known).await?;
             }
             meta.wait_for_leader(Duration::from_secs(60))
                 .await

@@ -1,8 +1,9 @@
-//! Convergence after healing: every node reports the same Raft applied index and, read
-//! through each node, the same tag -> digest map. berth exposes no state digest, so the
-//! map is the stand-in; reads are linearizable (read-index), so the map mainly proves
-//! every node answers and agrees with the leader, while the applied index proves
-//! every state machine has applied the same log prefix.
+//! Convergence after healing: every node reports the same Raft applied index, the same
+//! leader, the same tag -> digest map read through it, and, once the applied indices
+//! agree, the same state digest. The digest (`state` of `/api/v1/cluster/status`: the
+//! applied index and a SHA-256 over every state table, read in one local transaction)
+//! is what proves the state machines hold the same state; tag reads are linearizable
+//! (read-index), so the map mainly proves every node answers and agrees with the leader.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,10 @@ pub struct NodeState {
     pub leader: Option<u64>,
     /// `repo:tag` -> digest, as read through this node.
     pub tags: BTreeMap<String, String>,
+    /// The applied index the state digest reflects (read with it, locally).
+    pub state_applied: Option<u64>,
+    /// SHA-256 of the node's applied state, hex.
+    pub state_digest: Option<String>,
     /// Why the node could not be read, if it could not.
     pub error: Option<String>,
 }
@@ -25,7 +30,7 @@ pub struct NodeState {
 pub fn check(states: &[NodeState]) -> Verdict {
     let mut v = Verdict::new(
         "convergence",
-        "after healing every node has the same applied index and the same tag map",
+        "after healing every node has the same applied index, tag map and state digest",
     );
     let Some(first) = states.first() else {
         v.violation("no node states were collected".into());
@@ -64,5 +69,35 @@ pub fn check(states: &[NodeState]) -> Verdict {
             ));
         }
     }
+    check_digests(states, &mut v);
     v
+}
+
+/// Nodes that report the same `state.applied` must report the same `state.digest`.
+/// Two nodes at different indices are not compared (the applied-index check above
+/// already flags them); a node that reports no digest is a violation.
+fn check_digests(states: &[NodeState], v: &mut Verdict) {
+    let mut by_applied: BTreeMap<u64, (u64, &str)> = BTreeMap::new();
+    for s in states.iter().filter(|s| s.error.is_none()) {
+        let (Some(applied), Some(digest)) = (s.state_applied, s.state_digest.as_deref()) else {
+            v.violation(format!("node {} reports no state digest", s.node));
+            continue;
+        };
+        match by_applied.get(&applied) {
+            None => {
+                by_applied.insert(applied, (s.node, digest));
+            }
+            Some((other, d)) if *d != digest => v.violation(format!(
+                "state diverged: at applied index {applied} node {} has digest {} and node {other} has {}",
+                s.node,
+                short(digest),
+                short(d)
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+fn short(d: &str) -> &str {
+    d.get(..12).unwrap_or(d)
 }

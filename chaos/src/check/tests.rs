@@ -265,6 +265,33 @@ fn a_500_and_a_503_outside_faults_are_caught() {
     assert_eq!(v.violations, 3, "{:?}", v.examples);
 }
 
+/// A 507 is the clear answer of the node whose disk a disk-full fault filled, while
+/// it holds; from another node, or after the fault, it is a violation.
+#[test]
+fn a_507_counts_only_from_the_full_disk_while_it_is_full() {
+    let mut h = correct();
+    let fault = FaultRecord {
+        kind: "disk-full".into(),
+        targets: vec![2],
+        minority: vec![],
+        inject_ms: 100,
+        in_place_ms: 120,
+        heal_ms: Some(200),
+        converged_ms: Some(300),
+        note: String::new(),
+    };
+    let op = || Op::PushBlob {
+        repo: "r".into(),
+        digest: "x".into(),
+    };
+    h.add(2, Phase::Workload, (150, 160), op(), Outcome::status(507));
+    assert!(statuses::check(&h.events, std::slice::from_ref(&fault), 50, 10_000).passed());
+    h.add(1, Phase::Workload, (150, 160), op(), Outcome::status(507));
+    h.add(2, Phase::Workload, (900, 910), op(), Outcome::status(507));
+    let v = statuses::check(&h.events, &[fault], 50, 10_000);
+    assert_eq!(v.violations, 2, "{:?}", v.examples);
+}
+
 #[test]
 fn an_isolated_node_acknowledging_a_write_is_caught() {
     let mut h = correct();
@@ -315,6 +342,8 @@ fn diverged_nodes_are_caught() {
         last_applied: Some(applied),
         leader: Some(1),
         tags: BTreeMap::from([("r:t".to_string(), digest.to_string())]),
+        state_applied: Some(applied),
+        state_digest: Some("d".repeat(64)),
         error: None,
     };
     assert!(convergence::check(&[state(1, 9, "a"), state(2, 9, "a"), state(3, 9, "a")]).passed());
@@ -322,4 +351,45 @@ fn diverged_nodes_are_caught() {
         convergence::check(&[state(1, 9, "a"), state(2, 8, "a"), state(3, 9, "b")]).violations,
         2
     );
+}
+
+/// A planted divergence: every node reports the same applied index, leader and tags,
+/// but one node's state digest differs. Only the state digest shows it.
+#[test]
+fn a_diverged_state_digest_at_the_same_applied_index_is_caught() {
+    let state = |node, digest: Option<&str>| NodeState {
+        node,
+        last_applied: Some(40),
+        leader: Some(1),
+        tags: BTreeMap::from([("r:t".to_string(), "sha256:a".to_string())]),
+        state_applied: Some(40),
+        state_digest: digest.map(str::to_string),
+        error: None,
+    };
+    let same = "ab".repeat(32);
+    let other = "cd".repeat(32);
+    let agreed = [
+        state(1, Some(&same)),
+        state(2, Some(&same)),
+        state(3, Some(&same)),
+    ];
+    assert!(convergence::check(&agreed).passed());
+
+    let diverged = [
+        state(1, Some(&same)),
+        state(2, Some(&other)),
+        state(3, Some(&same)),
+    ];
+    let v = convergence::check(&diverged);
+    assert_eq!(v.violations, 1, "{:?}", v.examples);
+    assert!(v.examples[0].contains("state diverged"), "{:?}", v.examples);
+
+    let missing = [state(1, Some(&same)), state(2, None), state(3, Some(&same))];
+    assert_eq!(convergence::check(&missing).violations, 1);
+
+    // Digests taken at different applied indices are not compared with each other.
+    let mut later = state(3, Some(&other));
+    later.state_applied = Some(41);
+    let v = convergence::check(&[state(1, Some(&same)), state(2, Some(&same)), later]);
+    assert_eq!(v.violations, 0, "{:?}", v.examples);
 }
