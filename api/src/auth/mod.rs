@@ -29,8 +29,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_consensus::tenancy::{
     AuditOutcome, IdentityProvider, ONE_TIME_PREFIX, ProjectName, RobotRecord, SigningKeyRecord,
-    TenancyCommand,
-    TenancyOutcome, UserRecord,
+    TenancyCommand, TenancyOutcome, UserRecord,
 };
 use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
 use berth_types::RepoName;
