@@ -33,7 +33,7 @@ pub struct MemberStatus {
 }
 
 /// What a node says about itself to the node answering a cluster status.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeReport {
     pub node: u64,
     pub state: Option<AppliedState>,
@@ -63,16 +63,26 @@ async fn local_report(app: &AppState) -> NodeReport {
             state: format!("{:?}", d.state).to_lowercase(),
         })
         .collect();
+    // The digest hashes the whole state: computed once per applied index, not once
+    // per status request.
+    let cached = app.applied_state.lock().unwrap().clone();
     let state = app
         .meta
-        .read_local(|v| {
+        .read_local(move |v| {
+            let applied = v.applied_index()?;
+            if let Some(c) = cached.filter(|c| c.applied == applied) {
+                return Ok(c);
+            }
             Ok(AppliedState {
-                applied: v.applied_index()?,
+                applied,
                 digest: hex::encode(v.state_digest()?),
             })
         })
         .await
         .ok();
+    if let Some(s) = &state {
+        *app.applied_state.lock().unwrap() = Some(s.clone());
+    }
     NodeReport {
         node: app.node.0,
         state,
@@ -152,14 +162,7 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
                 .and_then(|r| r.get(id).copied().flatten());
             let (report, unreachable) = match report {
                 Ok(Some(r)) => (Some(r), None),
-                Ok(None) => (
-                    Some(NodeReport {
-                        node: here.node,
-                        state: here.state.clone(),
-                        disks: here.disks.clone(),
-                    }),
-                    None,
-                ),
+                Ok(None) => (Some(here.clone()), None),
                 Err(e) => (None, Some(e)),
             };
             MemberStatus {

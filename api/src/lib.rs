@@ -38,6 +38,8 @@ pub struct App {
     /// Passes requests for upload sessions other nodes own on to them.
     pub proxy: proxy::UploadProxy,
     pub auth: auth::Auth,
+    /// The last state digest reported, with the applied index it reflects.
+    pub applied_state: std::sync::Mutex<Option<admin::AppliedState>>,
 }
 
 pub type AppState = Arc<App>;
@@ -52,6 +54,7 @@ impl App {
             metrics: metrics::Metrics::new(),
             proxy: proxy::UploadProxy::default(),
             auth: auth::Auth::new(auth),
+            applied_state: std::sync::Mutex::default(),
         })
     }
 }

@@ -78,12 +78,9 @@ impl UploadProxy {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let endpoint = berth_consensus::grpc::peer_endpoint(&addr)
+        let (channel, uri) = self
+            .channel_and_uri(&addr, &path)
             .map_err(|_| lost(id, "has an address berth cannot dial"))?;
-        let uri: Uri = format!("{}{path}", endpoint.uri().to_string().trim_end_matches('/'))
-            .parse()
-            .map_err(|_| lost(id, "has an address berth cannot dial"))?;
-        let channel = self.channel(&addr, endpoint);
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_2;
         for h in &HOP_BY_HOP {
@@ -111,11 +108,7 @@ impl UploadProxy {
         path: &str,
         timeout: std::time::Duration,
     ) -> Result<T, String> {
-        let endpoint = berth_consensus::grpc::peer_endpoint(addr).map_err(|e| e.to_string())?;
-        let uri: Uri = format!("{}{path}", endpoint.uri().to_string().trim_end_matches('/'))
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
-        let channel = self.channel(addr, endpoint);
+        let (channel, uri) = self.channel_and_uri(addr, path)?;
         let req = http::Request::get(uri)
             .version(http::Version::HTTP_2)
             .body(tonic::body::Body::empty())
@@ -135,12 +128,18 @@ impl UploadProxy {
             .map_err(|_| format!("no answer within {timeout:?}"))?
     }
 
-    fn channel(&self, addr: &str, endpoint: tonic::transport::Endpoint) -> Channel {
+    /// The channel to the internal listener at `addr`, and the URI of `path` there.
+    fn channel_and_uri(&self, addr: &str, path: &str) -> Result<(Channel, Uri), String> {
+        let endpoint = berth_consensus::grpc::peer_endpoint(addr).map_err(|e| e.to_string())?;
+        let uri: Uri = format!("{}{path}", endpoint.uri().to_string().trim_end_matches('/'))
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| e.to_string())?;
         let mut channels = self.channels.lock().expect("proxy channels lock poisoned");
-        channels
+        let channel = channels
             .entry(addr.to_owned())
             .or_insert_with(|| endpoint.connect_lazy())
-            .clone()
+            .clone();
+        Ok((channel, uri))
     }
 }
 
