@@ -51,18 +51,7 @@ pub async fn node_report(State(app): State<AppState>) -> Json<NodeReport> {
 }
 
 async fn local_report(app: &AppState) -> NodeReport {
-    let disks = app
-        .store
-        .disk_stats()
-        .into_iter()
-        .map(|d| DiskStatus {
-            id: d.id.0,
-            path: d.path,
-            total_bytes: d.total_bytes,
-            free_bytes: d.free_bytes,
-            state: format!("{:?}", d.state).to_lowercase(),
-        })
-        .collect();
+    let disks = app.store.disk_stats().iter().map(DiskStatus::of).collect();
     // The digest hashes the whole state: computed once per applied index, not once
     // per status request.
     let cached = app.applied_state.lock().unwrap().clone();

@@ -17,7 +17,9 @@ pub mod manifest;
 pub mod metrics;
 pub mod oci;
 mod ops;
+pub mod placement;
 pub mod proxy;
+pub mod repair;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -45,10 +47,17 @@ pub struct App {
 pub type AppState = Arc<App>;
 
 impl App {
-    pub fn new(node: NodeId, meta: Metadata, store: BlobStore, auth: auth::AuthConfig) -> AppState {
+    pub fn new(
+        node: NodeId,
+        meta: Metadata,
+        store: BlobStore,
+        auth: auth::AuthConfig,
+        placement: placement::PlacementConfig,
+    ) -> AppState {
+        let placer = placement::Placer::new(node, meta.clone(), store.clone(), placement);
         Arc::new(App {
             node,
-            uploads: uploads::Uploads::new(node, meta.clone(), store.clone()),
+            uploads: uploads::Uploads::new(node, meta.clone(), store.clone(), placer),
             meta,
             store,
             metrics: metrics::Metrics::new(),

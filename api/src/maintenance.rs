@@ -112,7 +112,7 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     let orphans = app
         .store
         .sweep_orphans(
-            move |digest, upload| {
+            move |digest, upload, index, here| {
                 let (digest, upload) = (digest.clone(), *upload);
                 // Only files older than the TTL are asked about; any commit of theirs
                 // happened long before the barrier above, so the local state is enough.
@@ -121,7 +121,8 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
                     .block_on(meta.read_local(move |v| {
                         Ok(matches!(
                             v.blob(&digest)?.map(|b| b.layout),
-                            Some(berth_types::BlobLayout::Striped(l)) if l.upload == upload
+                            Some(berth_types::BlobLayout::Striped(l))
+                                if l.upload == upload && l.shards.get(index) == Some(&here)
                         ))
                     }))
                     // When in doubt, keep the file.

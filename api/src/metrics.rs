@@ -50,6 +50,10 @@ pub struct Metrics {
     disk_free: Family<DiskLabels, Gauge>,
     shard_checksum_failures: Gauge,
     shard_reconstructions: Gauge,
+    repair_shards: Gauge,
+    repair_bytes: Gauge,
+    repair_failures: Gauge,
+    repair_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -78,6 +82,10 @@ impl Metrics {
             disk_free: Family::default(),
             shard_checksum_failures: Gauge::default(),
             shard_reconstructions: Gauge::default(),
+            repair_shards: Gauge::default(),
+            repair_bytes: Gauge::default(),
+            repair_failures: Gauge::default(),
+            repair_backlog: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +144,26 @@ impl Metrics {
             "Stripes rebuilt from parity on read",
             m.shard_reconstructions.clone(),
         );
+        registry.register(
+            "repair_rebuilt_shards",
+            "Shards this node rebuilt onto a new home and moved in the layout",
+            m.repair_shards.clone(),
+        );
+        registry.register(
+            "repair_rebuilt_bytes",
+            "Shard bytes written by repair on this node",
+            m.repair_bytes.clone(),
+        );
+        registry.register(
+            "repair_failures",
+            "Shard rebuilds that failed (retried on a later pass)",
+            m.repair_failures.clone(),
+        );
+        registry.register(
+            "repair_backlog_shards",
+            "Shards known to need a rebuild: this node's queue and, on the leader, the last scan's finds",
+            m.repair_backlog.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -163,7 +191,12 @@ impl Metrics {
     }
 
     /// Refreshes the gauges and encodes everything in the OpenMetrics text format.
-    pub fn render(&self, raft: &RaftStatus, store: &BlobStore) -> String {
+    pub fn render(
+        &self,
+        raft: &RaftStatus,
+        store: &BlobStore,
+        repair: &crate::repair::RepairStats,
+    ) -> String {
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.raft_term.set(as_gauge(raft.term));
         self.raft_last_applied
@@ -187,6 +220,10 @@ impl Metrics {
             .set(as_gauge(counters.checksum_failures()));
         self.shard_reconstructions
             .set(as_gauge(counters.reconstructions()));
+        self.repair_shards.set(as_gauge(repair.rebuilt_shards));
+        self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
+        self.repair_failures.set(as_gauge(repair.failures));
+        self.repair_backlog.set(as_gauge(repair.backlog_shards));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

@@ -22,7 +22,11 @@ pub async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let text = app.metrics.render(&app.meta.status(), &app.store);
+    let text = app.metrics.render(
+        &app.meta.status(),
+        &app.store,
+        &app.uploads.placer.repairs.stats(),
+    );
     (
         [(
             header::CONTENT_TYPE,

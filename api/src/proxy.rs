@@ -153,6 +153,10 @@ pub fn internal_router(app: AppState) -> Router {
             crate::admin::NODE_REPORT_PATH,
             axum::routing::get(crate::admin::node_report),
         )
+        .route(
+            crate::placement::DISK_REPORT_PATH,
+            axum::routing::get(crate::placement::disk_report),
+        )
         .with_state(app)
 }
 

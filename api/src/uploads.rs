@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt};
 use sha2::Digest as _;
 
 use crate::oci::error::{Code, OciError, OciResult};
+use crate::placement::Placer;
 
 /// An incremental hash of the algorithm the upload will most likely be named with.
 enum Hasher {
@@ -93,6 +94,8 @@ pub struct Uploads {
     node: NodeId,
     meta: Metadata,
     store: BlobStore,
+    /// Where new uploads' shards go.
+    pub placer: Placer,
     sessions: Mutex<HashMap<UploadId, SessionSlot>>,
 }
 
@@ -107,11 +110,12 @@ fn unknown() -> OciError {
 }
 
 impl Uploads {
-    pub fn new(node: NodeId, meta: Metadata, store: BlobStore) -> Uploads {
+    pub fn new(node: NodeId, meta: Metadata, store: BlobStore, placer: Placer) -> Uploads {
         Uploads {
             node,
             meta,
             store,
+            placer,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -235,7 +239,7 @@ impl Uploads {
                     buf.extend_from_slice(&frame);
                 }
                 Staged::Inline(buf) => {
-                    let mut writer = self.store.begin(session.id)?;
+                    let mut writer = self.placer.begin(session.id).await?;
                     writer.write(Bytes::from(std::mem::take(buf))).await?;
                     writer.write(frame).await?;
                     session.staged = Staged::Striped(writer);
@@ -370,6 +374,7 @@ impl Uploads {
         };
         let same_algorithm = hasher.algorithm() == digest.algorithm();
         let computed = same_algorithm.then(|| hasher.finish());
+        let mut missing = Vec::new();
         let layout = match staged {
             Staged::Inline(buf) => {
                 let ok = match &computed {
@@ -388,12 +393,14 @@ impl Uploads {
                     self.forget(id, recorded).await;
                     return Err(mismatch());
                 }
-                let striped = writer.commit(digest).await?;
+                let written = writer.commit(digest).await?;
+                let striped = written.layout;
                 if computed.is_none() && !self.rehash_matches(&striped, digest, len).await? {
-                    self.store.delete(&striped, digest).await?;
+                    self.delete_files(&striped, digest).await;
                     self.forget(id, recorded).await;
                     return Err(mismatch());
                 }
+                missing = written.missing;
                 BlobLayout::Striped(striped)
             }
         };
@@ -413,7 +420,11 @@ impl Uploads {
             Ok(Outcome::BlobCommitted { existing, .. }) => {
                 if existing && let BlobLayout::Striped(s) = &ours {
                     // The content was already stored by an earlier upload; ours is redundant.
-                    self.store.delete(s, digest).await?;
+                    self.delete_files(s, digest).await;
+                } else if !missing.is_empty() {
+                    tracing::warn!(%digest, ?missing,
+                        "blob committed with shards lost during the upload; they are rebuilt by repair");
+                    self.placer.repairs.queue(digest, &missing);
                 }
                 Ok(Committed {
                     digest: digest.clone(),
@@ -425,7 +436,7 @@ impl Uploads {
                 // The session expired while the bytes streamed in; its files may be
                 // swept already, so the blob was not recorded. The client starts over.
                 if let BlobLayout::Striped(s) = &ours {
-                    self.store.delete(s, digest).await?;
+                    self.delete_files(s, digest).await;
                 }
                 Err(unknown())
             }
@@ -434,6 +445,15 @@ impl Uploads {
                 // Not committed: the shard files become orphans the sweeper removes.
                 Err(e.into())
             }
+        }
+    }
+
+    /// Removes the shard files of a blob that was not recorded, or not as ours. A
+    /// failure (a peer down) leaves them to the orphan sweep.
+    async fn delete_files(&self, layout: &berth_types::StripedLayout, digest: &Digest) {
+        if let Err(e) = self.store.delete(layout, digest).await {
+            tracing::warn!(%digest, error = %e,
+                "could not remove the shard files of an unrecorded upload; the orphan sweep will");
         }
     }
 

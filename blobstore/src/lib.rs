@@ -21,8 +21,11 @@ mod writer;
 pub use codec::{Codec, CodecError, ReedSolomon, codec_for};
 pub use disk::{DirEntry, Disk, DiskFile, FsDisk};
 pub use error::BlobStoreError;
-pub use placement::{Candidate, DiskState, PlacementError, place};
+pub use placement::{
+    Candidate, ClusterMap, DiskState, NodeCandidates, PlacementError, cluster_profile, place,
+    place_across, place_shard,
+};
 pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use sim::{SimDisk, SimPower};
 pub use store::{BlobStore, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters};
-pub use writer::StripeWriter;
+pub use writer::{StripeWriter, Written};

@@ -1,11 +1,17 @@
 //! Placement: which disks hold the `k + m` shard files of an upload. A pure function of
-//! a key (the upload id) and the candidate disks, so every caller that sees the same
-//! disks computes the same answer, and tests need no I/O. Weighted rendezvous hashing:
-//! each disk draws a score from a hash of (key, disk) scaled by its free space; the
-//! best `width` scores win, in order. Adding or removing a disk only moves the shards
+//! a key (the upload id) and the candidates, so every caller that sees the same
+//! candidates computes the same answer, and tests need no I/O. Weighted rendezvous
+//! hashing: each disk draws a score from a hash of (key, disk) scaled by its free
+//! space, and the best scores win. Adding or removing a disk only moves the shards
 //! that it wins or held.
+//!
+//! [`place`] chooses among the disks of this node. [`place_across`] chooses across a
+//! [`ClusterMap`] (every live node of a cluster with its disks and zone): shard `i`
+//! goes to the best-scoring disk for `(key, i)` in a zone no earlier shard uses, else
+//! on a node no earlier shard uses, else on a disk no earlier shard uses, so losing a
+//! zone, a node or a disk loses as few shards of a stripe as the map allows.
 
-use berth_types::DiskId;
+use berth_types::{DiskId, EcProfile, NodeId, ShardPlacement};
 
 /// Whether a disk takes new shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +70,159 @@ fn score(key: &[u8], disk: DiskId, free_bytes: u64) -> f64 {
     let mut hasher = blake3::Hasher::new();
     hasher.update(key);
     hasher.update(&disk.0.to_le_bytes());
+    weighted(hasher, free_bytes)
+}
+
+/// A node of a cluster as placement sees it: its failure zone (nodes without one are
+/// each their own zone) and its disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCandidates {
+    pub node: NodeId,
+    pub zone: Option<String>,
+    pub disks: Vec<Candidate>,
+}
+
+/// The nodes that may take new shards, with their disks. Nodes that are down,
+/// draining or unknown are simply not in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterMap {
+    pub nodes: Vec<NodeCandidates>,
+}
+
+impl ClusterMap {
+    /// Active disks in the map.
+    pub fn active_disks(&self) -> usize {
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.disks)
+            .filter(|d| d.state == DiskState::Active)
+            .count()
+    }
+}
+
+/// The default profile of a cluster of `nodes` members: every stripe survives the
+/// loss of one node from two on, and of two nodes from five on, at a storage cost of
+/// at most 2x (and 1.5x from six nodes).
+pub fn cluster_profile(nodes: usize) -> EcProfile {
+    let (k, m) = match nodes {
+        0 | 1 => (1, 0),
+        2 => (1, 1),
+        3 | 4 => (2, 1),
+        5 => (3, 2),
+        _ => (4, 2),
+    };
+    EcProfile::new(k, m).expect("the default profiles are valid")
+}
+
+/// Chooses a placement for each of `width` shards of `key` across the map; entry `i`
+/// holds shard `i`. Shards go to distinct zones while unused zones remain, then to
+/// distinct nodes, then to distinct disks; full and failed disks are skipped.
+/// Candidates (nodes, and disks within a node) must have distinct ids.
+pub fn place_across(
+    key: &[u8],
+    map: &ClusterMap,
+    width: usize,
+) -> Result<Vec<ShardPlacement>, PlacementError> {
+    let available = map.active_disks();
+    if available < width {
+        return Err(PlacementError {
+            needed: width,
+            available,
+        });
+    }
+    let mut chosen = Vec::with_capacity(width);
+    for index in 0..width {
+        let placement = place_shard(key, map, index, &chosen)?;
+        chosen.push(placement);
+    }
+    Ok(chosen)
+}
+
+/// The placement of shard `index` of `key` given where the other shards of its stripe
+/// are (`others`, which need not be in the map: a shard on a lost node still counts
+/// against its node). What [`place_across`] does for each shard in turn, and what
+/// repair asks when one shard needs a new home while the others stay.
+pub fn place_shard(
+    key: &[u8],
+    map: &ClusterMap,
+    index: usize,
+    others: &[ShardPlacement],
+) -> Result<ShardPlacement, PlacementError> {
+    let zone_of = |node: NodeId| {
+        map.nodes
+            .iter()
+            .find(|n| n.node == node)
+            .and_then(|n| n.zone.as_deref())
+            .map_or(ZoneKey::Node(node), ZoneKey::Named)
+    };
+    let used_zones: Vec<ZoneKey> = others.iter().map(|p| zone_of(p.node)).collect();
+    let slots: Vec<Slot> = map
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.disks
+                .iter()
+                .filter(|d| d.state == DiskState::Active)
+                .map(move |d| (n, d))
+        })
+        .map(|(n, d)| {
+            let at = ShardPlacement {
+                node: n.node,
+                disk: d.disk,
+            };
+            (at, zone_of(n.node), d.free_bytes)
+        })
+        .filter(|(at, _, _)| !others.contains(at))
+        .collect();
+    let new_zone = |z: &ZoneKey| !used_zones.contains(z);
+    let new_node = |at: &ShardPlacement| !others.iter().any(|p| p.node == at.node);
+    let tiers: [&dyn Fn(&Slot) -> bool; 3] = [
+        &|(at, zone, _)| new_zone(zone) && new_node(at),
+        &|(at, _, _)| new_node(at),
+        &|_| true,
+    ];
+    tiers
+        .iter()
+        .find_map(|tier| {
+            slots
+                .iter()
+                .filter(|s| tier(s))
+                .map(|(at, _, free)| (cluster_score(key, index, *at, *free), *at))
+                // Equal scores (equal zero weights) fall to the lowest ids.
+                .max_by(|a, b| {
+                    a.0.total_cmp(&b.0)
+                        .then(b.1.node.cmp(&a.1.node))
+                        .then(b.1.disk.cmp(&a.1.disk))
+                })
+                .map(|(_, at)| at)
+        })
+        .ok_or(PlacementError {
+            needed: 1,
+            available: 0,
+        })
+}
+
+/// A disk that may take a shard: where it is, its zone and its free bytes.
+type Slot<'a> = (ShardPlacement, ZoneKey<'a>, u64);
+
+/// A failure zone: a named one, or the node itself for nodes without a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZoneKey<'a> {
+    Named(&'a str),
+    Node(NodeId),
+}
+
+/// The rendezvous score of a disk of a node for shard `index` of `key`.
+fn cluster_score(key: &[u8], index: usize, at: ShardPlacement, free_bytes: u64) -> f64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(key);
+    hasher.update(&(index as u32).to_le_bytes());
+    hasher.update(&at.node.0.to_le_bytes());
+    hasher.update(&at.disk.0.to_le_bytes());
+    weighted(hasher, free_bytes)
+}
+
+fn weighted(hasher: blake3::Hasher, free_bytes: u64) -> f64 {
     let hash = hasher.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&hash.as_bytes()[..8]);
@@ -151,5 +310,165 @@ mod tests {
             .count();
         // Expected 90%; the bound leaves room for hash noise over 2000 keys.
         assert!((1700..1900).contains(&big_wins), "{big_wins}");
+    }
+
+    fn cluster(nodes: u64, disks_per_node: u32, zones: Option<u64>) -> ClusterMap {
+        ClusterMap {
+            nodes: (1..=nodes)
+                .map(|n| NodeCandidates {
+                    node: NodeId(n),
+                    zone: zones.map(|z| format!("zone-{}", n % z)),
+                    disks: (0..disks_per_node)
+                        .map(|d| Candidate {
+                            disk: DiskId(d),
+                            free_bytes: 100 << 30,
+                            state: DiskState::Active,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn distinct_nodes(p: &[ShardPlacement]) -> usize {
+        let mut nodes: Vec<NodeId> = p.iter().map(|p| p.node).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes.len()
+    }
+
+    proptest! {
+        /// Deterministic, distinct placements, on as many distinct nodes as the map
+        /// allows, whatever the order of the map's entries.
+        #[test]
+        fn cluster_placement_is_deterministic_and_diverse(
+            key in any::<[u8; 16]>(), nodes in 1u64..9, disks in 1u32..4, width in 1usize..8,
+        ) {
+            let map = cluster(nodes, disks, None);
+            let mut reversed = map.clone();
+            reversed.nodes.reverse();
+            for n in &mut reversed.nodes {
+                n.disks.reverse();
+            }
+            match place_across(&key, &map, width) {
+                Ok(chosen) => {
+                    prop_assert_eq!(chosen.len(), width);
+                    let mut all = chosen.clone();
+                    all.sort_by_key(|p| (p.node, p.disk));
+                    all.dedup();
+                    prop_assert_eq!(all.len(), width);
+                    prop_assert_eq!(distinct_nodes(&chosen), width.min(nodes as usize));
+                    prop_assert_eq!(place_across(&key, &reversed, width).unwrap(), chosen);
+                }
+                Err(e) => {
+                    prop_assert!(width > (nodes as usize) * (disks as usize));
+                    prop_assert_eq!(e.needed, width);
+                }
+            }
+        }
+
+        /// With zones, a stripe spreads over as many zones as there are before it
+        /// doubles up in one.
+        #[test]
+        fn zones_come_before_nodes(key in any::<[u8; 16]>(), width in 1usize..7) {
+            let map = cluster(9, 2, Some(3));
+            let chosen = place_across(&key, &map, width).unwrap();
+            let mut zones: Vec<u64> = chosen.iter().map(|p| p.node.0 % 3).collect();
+            zones.sort();
+            zones.dedup();
+            prop_assert_eq!(zones.len(), width.min(3));
+            prop_assert_eq!(distinct_nodes(&chosen), width);
+        }
+
+        /// A repaired shard never lands where another shard of its stripe is, and
+        /// prefers a node the stripe does not use yet.
+        #[test]
+        fn a_repaired_shard_goes_to_a_fresh_node(key in any::<[u8; 16]>(), lost in 0usize..5) {
+            let map = cluster(6, 2, None);
+            let chosen = place_across(&key, &map, 5).unwrap();
+            let mut others = chosen.clone();
+            others.remove(lost);
+            let smaller = ClusterMap {
+                nodes: map.nodes.iter().filter(|n| n.node != chosen[lost].node).cloned().collect(),
+            };
+            let again = place_shard(&key, &smaller, lost, &others).unwrap();
+            prop_assert!(!others.contains(&again));
+            prop_assert!(others.iter().all(|p| p.node != again.node));
+            prop_assert!(again.node != chosen[lost].node);
+        }
+    }
+
+    /// Adding a node moves few shards: about `width / nodes` of them, the share the
+    /// new node should win, and never the bulk of the placements.
+    #[test]
+    fn adding_a_node_moves_little() {
+        for (nodes, width) in [(3u64, 3usize), (5, 5), (8, 6)] {
+            let before = cluster(nodes, 2, None);
+            let after = cluster(nodes + 1, 2, None);
+            let keys = 2000u32;
+            let mut moved = 0usize;
+            for key in 0..keys {
+                let a = place_across(&key.to_le_bytes(), &before, width).unwrap();
+                let b = place_across(&key.to_le_bytes(), &after, width).unwrap();
+                moved += a.iter().zip(&b).filter(|(x, y)| x != y).count();
+            }
+            let share = moved as f64 / (keys as usize * width) as f64;
+            let ideal = 1.0 / (nodes + 1) as f64;
+            assert!(
+                share < ideal * 2.0,
+                "{nodes}->{} nodes, width {width}: {share:.3} of shards moved, ideal {ideal:.3}",
+                nodes + 1
+            );
+        }
+    }
+
+    /// Equal nodes get equal shares of shards, within a few percent over many keys.
+    #[test]
+    fn shards_are_balanced_over_nodes_and_disks() {
+        let map = cluster(6, 2, None);
+        let mut per_node = [0usize; 6];
+        let mut per_disk = [0usize; 12];
+        let keys = 3000u32;
+        for key in 0..keys {
+            for p in place_across(&key.to_le_bytes(), &map, 4).unwrap() {
+                per_node[(p.node.0 - 1) as usize] += 1;
+                per_disk[((p.node.0 - 1) * 2 + u64::from(p.disk.0)) as usize] += 1;
+            }
+        }
+        let mean = (keys * 4) as f64 / 6.0;
+        for n in per_node {
+            assert!((n as f64 - mean).abs() < mean * 0.08, "{per_node:?}");
+        }
+        for d in per_disk {
+            assert!(
+                (d as f64 - mean / 2.0).abs() < mean / 2.0 * 0.12,
+                "{per_disk:?}"
+            );
+        }
+    }
+
+    /// Free space weighs: a node whose disks have twice the space takes more shards,
+    /// and a full or failed disk takes none.
+    #[test]
+    fn cluster_placement_follows_free_space_and_state() {
+        let mut map = cluster(4, 1, None);
+        map.nodes[0].disks[0].free_bytes = 400 << 30;
+        map.nodes[3].disks[0].state = DiskState::Full;
+        let mut first = 0;
+        for key in 0..2000u32 {
+            let chosen = place_across(&key.to_le_bytes(), &map, 2).unwrap();
+            assert!(chosen.iter().all(|p| p.node != NodeId(4)));
+            first += chosen.iter().filter(|p| p.node == NodeId(1)).count();
+        }
+        // Node 1 holds 4/6 of the weight; with two shards per stripe on distinct
+        // nodes it cannot exceed one per stripe, but it must clearly lead.
+        assert!(first > 2000 * 80 / 100, "{first}");
+        assert_eq!(
+            place_across(b"k", &map, 4),
+            Err(PlacementError {
+                needed: 4,
+                available: 3
+            })
+        );
     }
 }

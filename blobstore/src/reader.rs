@@ -46,9 +46,13 @@ struct RemoteSlot {
     /// Set once the peer cannot serve this shard (missing file, bad header, peer
     /// unreachable): the rest of the read does without it.
     unavailable: bool,
-    /// The GetChunks stream in progress and the stripe it yields next.
-    cursor: Option<(u64, BoxStream<'static, Result<Bytes, ShardRpcError>>)>,
+    /// The GetChunks stream in progress, the stripe it yields next and the stripe it
+    /// ends before.
+    cursor: Option<(u64, u64, ChunkStream)>,
 }
+
+/// The chunks of a GetChunks call, in stripe order.
+type ChunkStream = BoxStream<'static, Result<Bytes, ShardRpcError>>;
 
 struct ReadCtx {
     inner: Arc<StoreInner>,
@@ -86,30 +90,7 @@ pub(crate) fn read(
     } else {
         range.start / stripe_bytes..range.end.div_ceil(stripe_bytes)
     };
-    let sources = layout
-        .shards
-        .iter()
-        .map(|p| {
-            if p.node != inner.node
-                && let Some(client) = peers.as_ref().and_then(|peers| peers.client(p.node))
-            {
-                return Source::Remote(Box::new(tokio::sync::Mutex::new(RemoteSlot {
-                    client,
-                    unavailable: false,
-                    cursor: None,
-                })));
-            }
-            let disk = if p.node == inner.node {
-                inner.slot(p.disk).map(|s| s.disk.clone())
-            } else {
-                None
-            };
-            if disk.is_none() {
-                tracing::warn!(node = %p.node, disk = %p.disk, "shard is on no disk of this node and on no known peer");
-            }
-            Source::Local(Arc::new(Mutex::new(Slot::Unopened(disk))))
-        })
-        .collect();
+    let sources = sources(&inner, peers.as_ref(), &layout);
     let ctx = Arc::new(ReadCtx {
         codec: codec_for(layout.codec, layout.profile),
         inner,
@@ -138,26 +119,45 @@ async fn read_stripe(
     stripe: u64,
     within: Range<usize>,
 ) -> Result<Vec<Bytes>, BlobStoreError> {
+    let shard_bytes = ctx.layout.shard_bytes as usize;
+    let needed: Vec<usize> =
+        (within.start / shard_bytes..within.end.div_ceil(shard_bytes)).collect();
+    let shards = gather(&ctx, stripe, &needed).await?;
+    Ok(needed
+        .into_iter()
+        .zip(shards)
+        .map(|(i, shard)| {
+            let start = within.start.max(i * shard_bytes) - i * shard_bytes;
+            let end = within.end.min((i + 1) * shard_bytes) - i * shard_bytes;
+            shard.slice(start..end)
+        })
+        .collect())
+}
+
+/// The whole chunks of shards `needed` of one stripe, in that order: read and
+/// verified, or rebuilt from the stripe's other shards when they cannot be read.
+async fn gather(
+    ctx: &Arc<ReadCtx>,
+    stripe: u64,
+    needed: &[usize],
+) -> Result<Vec<Bytes>, BlobStoreError> {
     let k = ctx.layout.profile.k();
     let width = ctx.layout.profile.width();
-    let shard_bytes = ctx.layout.shard_bytes as usize;
-    let needed = within.start / shard_bytes..within.end.div_ceil(shard_bytes);
-
     let mut good: Vec<Option<Bytes>> = vec![None; width];
     let mut tried = vec![false; width];
-    let mut batch: Vec<usize> = needed.clone().collect();
+    let mut batch: Vec<usize> = needed.to_vec();
     loop {
         let results = join_all(batch.iter().map(|&i| read_chunk(ctx.clone(), i, stripe))).await;
         for (&i, chunk) in batch.iter().zip(results) {
             tried[i] = true;
             good[i] = chunk?;
         }
-        if needed.clone().all(|i| good[i].is_some()) {
+        if needed.iter().all(|&i| good[i].is_some()) {
             break;
         }
         let available = good.iter().flatten().count();
         if available >= k {
-            rebuild(&ctx, &mut good, needed.clone()).await?;
+            rebuild(ctx, &mut good, needed).await?;
             break;
         }
         // Untried data shards come before parity: they cost no decoding if the
@@ -174,15 +174,12 @@ async fn read_stripe(
             });
         }
     }
-
     Ok(needed
-        .map(|i| {
-            let shard = good[i]
+        .iter()
+        .map(|&i| {
+            good[i]
                 .take()
-                .expect("every needed shard is read or rebuilt");
-            let start = within.start.max(i * shard_bytes) - i * shard_bytes;
-            let end = within.end.min((i + 1) * shard_bytes) - i * shard_bytes;
-            shard.slice(start..end)
+                .expect("every needed shard is read or rebuilt")
         })
         .collect())
 }
@@ -191,9 +188,13 @@ async fn read_stripe(
 async fn rebuild(
     ctx: &Arc<ReadCtx>,
     good: &mut [Option<Bytes>],
-    needed: Range<usize>,
+    needed: &[usize],
 ) -> Result<(), BlobStoreError> {
-    let wanted: Vec<usize> = needed.filter(|&i| good[i].is_none()).collect();
+    let wanted: Vec<usize> = needed
+        .iter()
+        .copied()
+        .filter(|&i| good[i].is_none())
+        .collect();
     let codec = ctx.codec.clone();
     let shards = good.to_vec();
     let wanted_for_codec = wanted.clone();
@@ -207,6 +208,67 @@ async fn rebuild(
         good[i] = Some(Bytes::from(shard));
     }
     Ok(())
+}
+
+/// The chunks of shard `index` of a blob, stripe by stripe (each `shard_bytes` long):
+/// read from its file where that is good, rebuilt from the other shards where not.
+/// What repair writes to the shard's new home. One stripe ahead is read while the
+/// current chunk is written.
+pub(crate) fn shard_chunks(
+    inner: Arc<StoreInner>,
+    peers: Option<Peers>,
+    layout: StripedLayout,
+    digest: Digest,
+    size: u64,
+    index: usize,
+) -> impl Stream<Item = Result<Bytes, BlobStoreError>> + Send + 'static {
+    let stripes = 0..layout.stripe_count(size);
+    let ctx = Arc::new(ReadCtx {
+        codec: codec_for(layout.codec, layout.profile),
+        sources: sources(&inner, peers.as_ref(), &layout),
+        inner,
+        layout,
+        digest,
+        stripes: stripes.clone(),
+    });
+    stream::iter(stripes)
+        .map(move |stripe| {
+            let ctx = ctx.clone();
+            async move {
+                let mut shards = gather(&ctx, stripe, &[index]).await?;
+                Ok(shards.pop().expect("one shard was asked for"))
+            }
+        })
+        .buffered(READ_AHEAD_STRIPES)
+}
+
+/// One source per shard index of `layout`: a peer's shard service for shards on other
+/// nodes, a disk of this node otherwise.
+fn sources(inner: &Arc<StoreInner>, peers: Option<&Peers>, layout: &StripedLayout) -> Vec<Source> {
+    layout
+        .shards
+        .iter()
+        .map(|p| {
+            if p.node != inner.node
+                && let Some(client) = peers.and_then(|peers| peers.client(p.node))
+            {
+                return Source::Remote(Box::new(tokio::sync::Mutex::new(RemoteSlot {
+                    client,
+                    unavailable: false,
+                    cursor: None,
+                })));
+            }
+            let disk = if p.node == inner.node {
+                inner.slot(p.disk).map(|s| s.disk.clone())
+            } else {
+                None
+            };
+            if disk.is_none() {
+                tracing::warn!(node = %p.node, disk = %p.disk, "shard is on no disk of this node and on no known peer");
+            }
+            Source::Local(Arc::new(Mutex::new(Slot::Unopened(disk))))
+        })
+        .collect()
 }
 
 /// Reads and verifies the chunk of `stripe` of shard `i`, from a disk of this node or
@@ -260,7 +322,10 @@ async fn read_remote_chunk(
     if *unavailable {
         return None;
     }
-    if cursor.as_ref().is_none_or(|(next, _)| *next != stripe) {
+    if cursor
+        .as_ref()
+        .is_none_or(|(next, end, _)| *next != stripe || stripe >= *end)
+    {
         let end = if i < ctx.layout.profile.k() {
             ctx.stripes.end
         } else {
@@ -272,9 +337,9 @@ async fn read_remote_chunk(
             index: i as u8,
         };
         let chunks = client.get_chunks(&shard, &ctx.digest, &expected_header(ctx, i), stripe..end);
-        *cursor = Some((stripe, chunks.boxed()));
+        *cursor = Some((stripe, end, chunks.boxed()));
     }
-    let (next, chunks) = cursor.as_mut().expect("a stream at this stripe is open");
+    let (next, _, chunks) = cursor.as_mut().expect("a stream at this stripe is open");
     let item = chunks
         .next()
         .await

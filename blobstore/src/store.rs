@@ -11,13 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX};
-use berth_types::{
-    CodecId, Digest, DiskId, EcProfile, NodeId, ShardPlacement, StripedLayout, UploadId,
-};
+use berth_types::{Digest, DiskId, EcProfile, NodeId, ShardPlacement, StripedLayout, UploadId};
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::codec::{Codec, codec_for};
 use crate::disk::Disk;
 use crate::error::BlobStoreError;
 use crate::format::{self, BLOBS_DIR, DIGEST_ALGORITHMS, STAGING_DIR};
@@ -128,7 +125,6 @@ pub(crate) struct StoreInner {
     pub node: NodeId,
     pub disks: Vec<DiskSlot>,
     pub cfg: StoreConfig,
-    pub codec: Arc<dyn Codec>,
     pub counters: StoreCounters,
 }
 
@@ -261,7 +257,6 @@ impl BlobStore {
                     })
                     .collect(),
                 cfg,
-                codec: codec_for(CodecId::ReedSolomonV1, cfg.profile),
                 counters: StoreCounters::default(),
             }),
             peers: None,
@@ -344,11 +339,16 @@ impl BlobStore {
                 ShardTarget::local(self.inner.clone(), slot.disk.clone(), upload, i)
             })
             .collect();
-        Ok(StripeWriter::new(self.inner.clone(), upload, targets))
+        Ok(StripeWriter::new(
+            self.inner.clone(),
+            upload,
+            profile,
+            targets,
+        ))
     }
 
-    /// Starts writing the blob of `upload` onto the given placements, one per shard
-    /// index (`k + m`, all distinct): disks of this node are written directly, disks of
+    /// Starts writing the blob of `upload` with `profile` onto the given placements,
+    /// one per shard index (`k + m`, all distinct): disks of this node are written directly, disks of
     /// other nodes through their shard service (see `with_peers`). The writer is the
     /// same as `begin`'s; only where the shard files go differs. Fails with
     /// `InvalidLayout` for a wrong count or a repeated placement, `UnknownDisk` for a
@@ -357,9 +357,10 @@ impl BlobStore {
     pub fn begin_at(
         &self,
         upload: UploadId,
+        profile: EcProfile,
         placements: &[ShardPlacement],
     ) -> Result<StripeWriter, BlobStoreError> {
-        if placements.len() != self.inner.cfg.profile.width()
+        if placements.len() != profile.width()
             || placements
                 .iter()
                 .enumerate()
@@ -370,29 +371,14 @@ impl BlobStore {
         let targets = placements
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                if p.node == self.inner.node {
-                    let slot = self
-                        .inner
-                        .slot(p.disk)
-                        .ok_or(BlobStoreError::UnknownDisk { disk: p.disk })?;
-                    return Ok(ShardTarget::local(
-                        self.inner.clone(),
-                        slot.disk.clone(),
-                        upload,
-                        i,
-                    ));
-                }
-                let client = self.peer(i, p.node)?;
-                let shard = ShardRef {
-                    disk: p.disk,
-                    upload,
-                    index: i as u8,
-                };
-                Ok(ShardTarget::remote(client, shard))
-            })
+            .map(|(i, p)| self.target(upload, i, *p))
             .collect::<Result<Vec<_>, BlobStoreError>>()?;
-        Ok(StripeWriter::new(self.inner.clone(), upload, targets))
+        Ok(StripeWriter::new(
+            self.inner.clone(),
+            upload,
+            profile,
+            targets,
+        ))
     }
 
     /// The shard client of `node`, which holds shard `shard`.
@@ -422,6 +408,141 @@ impl BlobStore {
             size,
             range,
         )
+    }
+
+    /// Writes shard `index` of a committed blob anew at `to` (a disk of this node or of
+    /// a peer), from its current file where that is good and rebuilt from the other
+    /// shards where not: what repair, drain and rebalance do for one shard. The new
+    /// file is staged, made durable and only then renamed into place, so `to` may be
+    /// the shard's current placement (a corrupt file rewritten in place). Returns the
+    /// shard bytes written. On failure only the staging file is removed; the caller
+    /// changes the layout only after success.
+    pub async fn rebuild_shard(
+        &self,
+        layout: &StripedLayout,
+        digest: &Digest,
+        size: u64,
+        index: usize,
+        to: ShardPlacement,
+    ) -> Result<u64, BlobStoreError> {
+        if !layout.is_valid() || index >= layout.profile.width() {
+            return Err(BlobStoreError::InvalidLayout);
+        }
+        let mut target = self.target(layout.upload, index, to)?;
+        let result = self
+            .copy_shard(&mut target, layout, digest, size, index)
+            .await;
+        if result.is_err()
+            && let Err(e) = target.abort().await
+        {
+            tracing::warn!(%digest, shard = index, error = %e,
+                "could not remove the staging file of a failed shard rebuild; the sweeps will");
+        }
+        result
+    }
+
+    async fn copy_shard(
+        &self,
+        target: &mut ShardTarget,
+        layout: &StripedLayout,
+        digest: &Digest,
+        size: u64,
+        index: usize,
+    ) -> Result<u64, BlobStoreError> {
+        use futures::StreamExt;
+        target
+            .create(format::ShardHeader {
+                codec: layout.codec,
+                profile: layout.profile,
+                shard_index: index as u8,
+                shard_bytes: layout.shard_bytes,
+            })
+            .await?;
+        let chunks = reader::shard_chunks(
+            self.inner.clone(),
+            self.peers.clone(),
+            layout.clone(),
+            digest.clone(),
+            size,
+            index,
+        );
+        futures::pin_mut!(chunks);
+        let (mut stripe, mut written) = (0u64, 0u64);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            target.write_chunk(stripe, chunk).await?;
+            stripe += 1;
+        }
+        target.sync().await?;
+        target.publish(digest).await?;
+        Ok(written)
+    }
+
+    /// The target that writes shard `index` of `upload` at `to`.
+    fn target(
+        &self,
+        upload: UploadId,
+        index: usize,
+        to: ShardPlacement,
+    ) -> Result<ShardTarget, BlobStoreError> {
+        if to.node == self.inner.node {
+            let slot = self
+                .inner
+                .slot(to.disk)
+                .ok_or(BlobStoreError::UnknownDisk { disk: to.disk })?;
+            return Ok(ShardTarget::local(
+                self.inner.clone(),
+                slot.disk.clone(),
+                upload,
+                index,
+            ));
+        }
+        let client = self.peer(index, to.node)?;
+        Ok(ShardTarget::remote(
+            client,
+            ShardRef {
+                disk: to.disk,
+                upload,
+                index: index as u8,
+            },
+        ))
+    }
+
+    /// Removes the file of shard `index` of a blob at `at` (this node or a peer), after
+    /// the layout moved that shard elsewhere. A missing file is fine.
+    pub async fn delete_shard(
+        &self,
+        layout: &StripedLayout,
+        digest: &Digest,
+        index: usize,
+        at: ShardPlacement,
+    ) -> Result<(), BlobStoreError> {
+        let upload = layout.upload;
+        if at.node == self.inner.node {
+            let slot = self
+                .inner
+                .slot(at.disk)
+                .ok_or(BlobStoreError::UnknownDisk { disk: at.disk })?;
+            let disk = slot.disk.clone();
+            let path = format::final_path(digest, &upload, index);
+            return blocking(move || remove(disk.as_ref(), &path).map(drop)).await?;
+        }
+        let client = self.peer(index, at.node)?;
+        let shard = ShardRef {
+            disk: at.disk,
+            upload,
+            index: index as u8,
+        };
+        client
+            .delete(&shard, digest)
+            .await
+            .map(drop)
+            .map_err(|source| BlobStoreError::Peer {
+                node: at.node,
+                shard: index,
+                source,
+            })
     }
 
     /// Removes the shard files of a blob. Files already gone are fine. The removals are
@@ -509,13 +630,14 @@ impl BlobStore {
         .await?
     }
 
-    /// Removes final shard files that no committed blob references
-    /// (`is_committed(digest, upload)` false) and that were last modified at least
-    /// `min_age` ago, so a commit racing the sweep is never touched. Returns how many
-    /// files were removed.
+    /// Removes final shard files that no committed layout places where they are
+    /// (`is_committed(digest, upload, index, placement)` false: no such blob, another
+    /// upload's files, or a shard that repair or drain moved elsewhere) and that were
+    /// last modified at least `min_age` ago, so a commit or a move racing the sweep is
+    /// never touched. Returns how many files were removed.
     pub async fn sweep_orphans(
         &self,
-        is_committed: impl Fn(&Digest, &UploadId) -> bool + Send + 'static,
+        is_committed: impl Fn(&Digest, &UploadId, usize, ShardPlacement) -> bool + Send + 'static,
         min_age: Duration,
     ) -> Result<usize, BlobStoreError> {
         let inner = self.inner.clone();
@@ -526,11 +648,18 @@ impl BlobStore {
                 let disk = slot.disk.as_ref();
                 for (digest, dir) in blob_dirs(disk)? {
                     for entry in list(disk, &dir)? {
-                        let Some((upload, _)) = format::parse_shard_name(&entry.name) else {
+                        let Some((upload, index)) = format::parse_shard_name(&entry.name) else {
                             continue;
                         };
                         let age = now.duration_since(entry.modified).unwrap_or_default();
-                        if entry.is_dir || age < min_age || is_committed(&digest, &upload) {
+                        let here = ShardPlacement {
+                            node: inner.node,
+                            disk: disk.id(),
+                        };
+                        if entry.is_dir
+                            || age < min_age
+                            || is_committed(&digest, &upload, index, here)
+                        {
                             continue;
                         }
                         removed += usize::from(remove(disk, &dir.join(&entry.name))?);

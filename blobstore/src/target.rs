@@ -63,6 +63,11 @@ impl ShardTarget {
         })
     }
 
+    /// Whether the shard file is on a disk of this node.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ShardTarget::Local(_))
+    }
+
     /// Where the shard file is, for the layout.
     pub fn placement(&self, this_node: NodeId) -> ShardPlacement {
         match self {

@@ -4,17 +4,44 @@
 //! disk behind its shard service, by the same stripe logic. `commit` makes the files
 //! durable and moves them to their final names; until then nothing outside `staging/`
 //! changes, so a crash or an error never leaves a partial final file.
+//!
+//! Write quorum: a target that fails (a peer that dies, a disk that breaks) is dropped
+//! and the upload goes on as long as `k + 1` targets remain (all of them for a profile
+//! without parity); the committed layout still names the lost shards, and `commit`
+//! lists them so the caller can queue their repair. Fewer than `k + 1` fails the upload.
 
 use std::sync::Arc;
 
-use berth_types::{Digest, StripedLayout, UploadId};
+use berth_types::{CodecId, Digest, EcProfile, StripedLayout, UploadId};
 use bytes::{Buf, Bytes};
-use futures::future::{join_all, try_join_all};
+use futures::future::join_all;
 
+use crate::codec::{Codec, codec_for};
 use crate::error::BlobStoreError;
 use crate::format::ShardHeader;
 use crate::store::{StoreInner, blocking};
 use crate::target::ShardTarget;
+
+/// Runs one step on every live target of a writer at once and settles the results:
+/// `$step` is an expression over `$i` (the shard index) and `$t` (its target) that
+/// makes the step's future.
+macro_rules! on_targets {
+    ($w:expr, |$i:ident, $t:ident| $step:expr) => {{
+        let alive = $w.alive.clone();
+        let results = join_all(
+            $w.targets
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| alive[*i])
+                .map(|($i, $t)| {
+                    let step = $step;
+                    async move { ($i, step.await) }
+                }),
+        )
+        .await;
+        $w.settle(results)
+    }};
+}
 
 /// Writes one upload's blob. Obtained from `BlobStore::begin` or `begin_at`; finished
 /// by `commit` or
@@ -23,8 +50,12 @@ use crate::target::ShardTarget;
 pub struct StripeWriter {
     inner: Arc<StoreInner>,
     upload: UploadId,
+    profile: EcProfile,
+    codec: Arc<dyn Codec>,
     /// Where each shard index goes: a disk of this node or of a peer.
     targets: Vec<ShardTarget>,
+    /// Whether each target still takes writes; a failed one is dropped for good.
+    alive: Vec<bool>,
     /// Whether the staging files exist; they are created with the first stripe.
     created: bool,
     /// Bytes of the stripe being filled; never more than one stripe.
@@ -41,6 +72,7 @@ impl std::fmt::Debug for StripeWriter {
             .field("stripes", &self.stripes)
             .field("len", &self.len)
             .field("failed", &self.failed)
+            .field("alive", &self.alive)
             .finish_non_exhaustive()
     }
 }
@@ -49,11 +81,15 @@ impl StripeWriter {
     pub(crate) fn new(
         inner: Arc<StoreInner>,
         upload: UploadId,
+        profile: EcProfile,
         targets: Vec<ShardTarget>,
     ) -> StripeWriter {
         StripeWriter {
             inner,
             upload,
+            profile,
+            codec: codec_for(CodecId::ReedSolomonV1, profile),
+            alive: vec![true; targets.len()],
             targets,
             created: false,
             pending: Vec::new(),
@@ -64,7 +100,38 @@ impl StripeWriter {
     }
 
     fn stripe_bytes(&self) -> usize {
-        self.inner.cfg.profile.k() * self.inner.cfg.shard_bytes as usize
+        self.profile.k() * self.inner.cfg.shard_bytes as usize
+    }
+
+    /// Targets that must stay alive for the upload to go on: `k + 1`, or every one for
+    /// a profile without parity.
+    fn quorum(&self) -> usize {
+        if self.profile.m() == 0 {
+            self.profile.width()
+        } else {
+            self.profile.k() + 1
+        }
+    }
+
+    /// Takes the results of one step on the live targets: a target whose step failed
+    /// is dropped; fails (with the first error) only when fewer than the quorum remain.
+    fn settle(
+        &mut self,
+        results: Vec<(usize, Result<(), BlobStoreError>)>,
+    ) -> Result<(), BlobStoreError> {
+        let mut first = None;
+        for (i, result) in results {
+            if let Err(e) = result {
+                tracing::warn!(upload = %self.upload, shard = i, error = %e,
+                    "shard target failed; the upload goes on without it if enough remain");
+                self.alive[i] = false;
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) if self.alive.iter().filter(|a| **a).count() < self.quorum() => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Appends bytes to the blob. Writes every stripe that fills up before returning,
@@ -100,8 +167,9 @@ impl StripeWriter {
 
     /// Pads and writes the last stripe, fdatasyncs every shard file, renames them into
     /// their final paths under `digest`, and syncs the directories. Returns the layout
-    /// only once all of that is durable. On failure, removes what it wrote.
-    pub async fn commit(mut self, digest: &Digest) -> Result<StripedLayout, BlobStoreError> {
+    /// only once all of that is durable on at least the quorum of targets, with the
+    /// shards that were lost on the way. On failure, removes what it wrote.
+    pub async fn commit(mut self, digest: &Digest) -> Result<Written, BlobStoreError> {
         let result = self.finish(digest).await;
         if result.is_err() {
             self.remove_files(digest).await;
@@ -112,12 +180,18 @@ impl StripeWriter {
     /// Removes the staging files of this upload.
     pub async fn abort(mut self) -> Result<(), BlobStoreError> {
         self.created = false;
-        try_join_all(self.targets.iter_mut().map(ShardTarget::abort))
-            .await
-            .map(drop)
+        let results = join_all(
+            self.targets
+                .iter_mut()
+                .zip(&self.alive)
+                .filter(|(t, alive)| **alive || t.is_local())
+                .map(|(t, _)| t.abort()),
+        )
+        .await;
+        results.into_iter().collect()
     }
 
-    async fn finish(&mut self, digest: &Digest) -> Result<StripedLayout, BlobStoreError> {
+    async fn finish(&mut self, digest: &Digest) -> Result<Written, BlobStoreError> {
         if self.failed {
             return Err(BlobStoreError::WriterFailed);
         }
@@ -128,20 +202,23 @@ impl StripeWriter {
             // An empty blob still gets its shard files: a header and no chunks.
             self.create_files().await?;
         }
-        try_join_all(self.targets.iter_mut().map(ShardTarget::sync)).await?;
+        on_targets!(self, |_i, t| t.sync())?;
         // Renames start only once every shard is durable, so a final file never names
         // bytes that a crash could lose.
-        try_join_all(self.targets.iter_mut().map(|t| t.publish(digest))).await?;
-        Ok(StripedLayout {
-            codec: self.inner.codec.id(),
-            profile: self.inner.cfg.profile,
-            shard_bytes: self.inner.cfg.shard_bytes,
-            upload: self.upload,
-            shards: self
-                .targets
-                .iter()
-                .map(|t| t.placement(self.inner.node))
-                .collect(),
+        on_targets!(self, |_i, t| t.publish(digest))?;
+        Ok(Written {
+            layout: StripedLayout {
+                codec: self.codec.id(),
+                profile: self.profile,
+                shard_bytes: self.inner.cfg.shard_bytes,
+                upload: self.upload,
+                shards: self
+                    .targets
+                    .iter()
+                    .map(|t| t.placement(self.inner.node))
+                    .collect(),
+            },
+            missing: (0..self.alive.len()).filter(|&i| !self.alive[i]).collect(),
         })
     }
 
@@ -164,40 +241,34 @@ impl StripeWriter {
         stripe.resize(stripe_bytes, 0);
         let stripe = Bytes::from(stripe);
         let shard_bytes = self.inner.cfg.shard_bytes as usize;
-        let codec = self.inner.codec.clone();
+        let codec = self.codec.clone();
         let data = stripe.clone();
         let parity = blocking(move || {
             let shards: Vec<&[u8]> = data.chunks(shard_bytes).collect();
             codec.encode(&shards)
         })
         .await??;
-        let shards = (0..self.inner.cfg.profile.k())
+        let shards: Vec<Bytes> = (0..self.profile.k())
             .map(|i| stripe.slice(i * shard_bytes..(i + 1) * shard_bytes))
-            .chain(parity.into_iter().map(Bytes::from));
+            .chain(parity.into_iter().map(Bytes::from))
+            .collect();
         let stripe_index = self.stripes;
-        try_join_all(
-            shards
-                .zip(self.targets.iter_mut())
-                .map(|(shard, target)| target.write_chunk(stripe_index, shard)),
-        )
-        .await?;
+        on_targets!(self, |i, target| target
+            .write_chunk(stripe_index, shards[i].clone()))?;
         self.stripes += 1;
         Ok(())
     }
 
     /// Creates the staging files and writes their headers.
     async fn create_files(&mut self) -> Result<(), BlobStoreError> {
-        let cfg = self.inner.cfg;
-        let codec = self.inner.codec.id();
-        try_join_all(self.targets.iter_mut().enumerate().map(|(i, target)| {
-            target.create(ShardHeader {
-                codec,
-                profile: cfg.profile,
-                shard_index: i as u8,
-                shard_bytes: cfg.shard_bytes,
-            })
-        }))
-        .await?;
+        let (profile, shard_bytes, codec) =
+            (self.profile, self.inner.cfg.shard_bytes, self.codec.id());
+        on_targets!(self, |i, target| target.create(ShardHeader {
+            codec,
+            profile,
+            shard_index: i as u8,
+            shard_bytes,
+        }))?;
         self.created = true;
         Ok(())
     }
@@ -206,6 +277,25 @@ impl StripeWriter {
     /// files this commit may already have renamed (nothing references them yet).
     async fn remove_files(&mut self, digest: &Digest) {
         self.created = false;
-        join_all(self.targets.iter_mut().map(|t| t.discard(digest))).await;
+        // Peers already dropped are left to their sweeps: a dead peer would only delay
+        // the answer. This node's disks are always cleaned.
+        let alive = self.alive.clone();
+        join_all(
+            self.targets
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, t)| alive[*i] || t.is_local())
+                .map(|(_, t)| t.discard(digest)),
+        )
+        .await;
     }
+}
+
+/// What a committed upload wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub layout: StripedLayout,
+    /// Shard indices whose target failed during the upload: named by the layout but
+    /// not written, to be rebuilt by repair.
+    pub missing: Vec<usize>,
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use berth_types::{BlobLayout, Digest, RepoName, Tag, UploadId};
+use berth_types::{BlobLayout, Digest, RepoName, ShardPlacement, Tag, UploadId};
 use serde::{Deserialize, Serialize};
 
 use crate::tenancy::{TenancyCommand, TenancyOutcome};
@@ -143,6 +143,16 @@ pub enum CommandV1 {
     },
     /// Projects, users, robots, role bindings, signing keys and the audit log.
     Tenancy(TenancyCommand),
+    /// Points shard `index` of a blob's striped layout at `to`, where repair, drain or
+    /// rebalance has just written it, if the layout still holds `from` there (and
+    /// still belongs to `upload`); otherwise refused with `LayoutChanged`.
+    MoveShard {
+        digest: Digest,
+        upload: UploadId,
+        index: u8,
+        from: ShardPlacement,
+        to: ShardPlacement,
+    },
 }
 
 /// The command format current code proposes.
@@ -257,6 +267,17 @@ impl fmt::Display for VersionedCommand {
             CommandV1::DeleteBlobRecord { digest } => write!(f, "delete-blob-record {digest}"),
             CommandV1::SetClusterId { id } => write!(f, "set-cluster-id {id:032x}"),
             CommandV1::Tenancy(t) => write!(f, "tenancy {t}"),
+            CommandV1::MoveShard {
+                digest,
+                index,
+                from,
+                to,
+                ..
+            } => write!(
+                f,
+                "move-shard {digest} {index} from {}/{} to {}/{}",
+                from.node, from.disk, to.node, to.disk
+            ),
         }
     }
 }
@@ -275,6 +296,9 @@ pub enum Rejection {
     UploadUnknown(UploadId),
     /// A blob record cannot be deleted while a repository links it.
     StillLinked,
+    /// A shard move found the blob gone, written by another upload, or the shard no
+    /// longer where the move expected it.
+    LayoutChanged,
 }
 
 /// What applying a command did.
@@ -310,6 +334,8 @@ pub enum Outcome {
     Rejected(Rejection),
     /// What a tenancy command did.
     Tenancy(TenancyOutcome),
+    /// The shard now sits where the move put it.
+    ShardMoved,
 }
 
 impl Outcome {

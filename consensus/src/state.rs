@@ -210,7 +210,45 @@ impl<'txn> StateTables<'txn> {
                 Ok(Outcome::ClusterId(*id))
             }
             Command::Tenancy(t) => Ok(Outcome::Tenancy(self.tenancy.apply(t, &self.repos)?)),
+            Command::MoveShard {
+                digest,
+                upload,
+                index,
+                from,
+                to,
+            } => self.move_shard(digest, *upload, usize::from(*index), *from, *to),
         }
+    }
+
+    fn move_shard(
+        &mut self,
+        digest: &Digest,
+        upload: UploadId,
+        index: usize,
+        from: berth_types::ShardPlacement,
+        to: berth_types::ShardPlacement,
+    ) -> Result<Outcome, ConsensusError> {
+        let digest_key = digest.to_string();
+        let Some(mut record) =
+            read_record::<BlobRecord>(&self.blobs, "blob record", digest_key.as_bytes())?
+        else {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        };
+        let berth_types::BlobLayout::Striped(layout) = &mut record.layout else {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        };
+        let others_hold_to = layout
+            .shards
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != index && *p == to);
+        if layout.upload != upload || layout.shards.get(index) != Some(&from) || others_hold_to {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        }
+        layout.shards[index] = to;
+        self.blobs
+            .insert(digest_key.as_bytes(), codec::encode(&record).as_slice())?;
+        Ok(Outcome::ShardMoved)
     }
 
     fn create_upload(

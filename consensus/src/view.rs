@@ -126,6 +126,30 @@ impl StateView {
         )
     }
 
+    /// Up to `limit` blob records with digests after `after` (from the first when
+    /// `None`), in digest order: how repair walks every layout in pages.
+    pub fn blobs_after(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<BlobRecord>, ConsensusError> {
+        let table = self.table(tables::BLOBS)?;
+        let start = after.map(|d| d.to_string());
+        let mut out = Vec::new();
+        let range = match &start {
+            Some(s) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(s.as_bytes()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&[u8]>(..)?,
+        };
+        for entry in range.take(limit) {
+            let (_, v) = entry?;
+            out.push(crate::codec::decode("blob record", v.value())?);
+        }
+        Ok(out)
+    }
+
     /// Whether `repo` links the blob (and so may serve it).
     pub fn blob_linked(&self, repo: &RepoName, digest: &Digest) -> Result<bool, ConsensusError> {
         let k = key(&[repo.as_str().as_bytes(), digest.to_string().as_bytes()]);

@@ -47,6 +47,24 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_ttl_secs: Option<u64>,
+    /// Erasure-coding profile k+m of blobs in a cluster of several members, across
+    /// them (default from the member count: 2+1 for 3-4, 3+2 for 5, 4+2 for 6 or more).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_profile: Option<String>,
+    /// This node's failure zone (a rack, room or site): shards of a stripe go to
+    /// distinct zones first. Default: none, each node its own zone.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Seconds a member may be unreachable before repair rebuilds its shards elsewhere.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_grace_secs: Option<u64>,
+    /// Seconds between repair passes.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_interval_secs: Option<u64>,
     /// Log format: json, text, or auto (text on a terminal, else json).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +207,10 @@ pub struct Config {
     pub profile: Option<String>,
     pub shard_bytes: u32,
     pub upload_ttl_secs: u64,
+    pub cluster_profile: Option<String>,
+    pub zone: Option<String>,
+    pub repair_grace_secs: u64,
+    pub repair_interval_secs: u64,
     pub log_format: String,
     pub allow_insecure_http: bool,
     pub node_id: Option<u64>,
@@ -233,6 +255,10 @@ impl Default for Config {
             profile: None,
             shard_bytes: SHARD_BYTES_DEFAULT,
             upload_ttl_secs: UPLOAD_TTL_SECS_DEFAULT,
+            cluster_profile: None,
+            zone: None,
+            repair_grace_secs: 15 * 60,
+            repair_interval_secs: 5,
             log_format: "auto".into(),
             allow_insecure_http: false,
             node_id: None,
@@ -389,6 +415,17 @@ impl Config {
         }
     }
 
+    /// The configured profile of blobs across a cluster's members, if any.
+    pub fn cluster_ec_profile(&self) -> anyhow::Result<Option<EcProfile>> {
+        self.cluster_profile
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .with_context(|| format!("invalid cluster erasure-coding profile {p:?}"))
+            })
+            .transpose()
+    }
+
     /// The configured profile, or the default for the number of disks.
     pub fn ec_profile(&self) -> anyhow::Result<EcProfile> {
         if let Some(p) = &self.profile {
@@ -530,6 +567,11 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
             && cfg.shard_bytes <= SHARD_BYTES_MAX
             && cfg.shard_bytes.is_multiple_of(64),
         "shard_bytes must be a multiple of 64 between 1024 and {SHARD_BYTES_MAX}"
+    );
+    cfg.cluster_ec_profile()?;
+    anyhow::ensure!(
+        cfg.repair_interval_secs > 0,
+        "repair_interval_secs must be at least 1"
     );
     let profile = cfg.ec_profile()?;
     anyhow::ensure!(

@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 
 use berth_api::auth::{AuthConfig, AuthMode, audit, password};
 use berth_api::oci::error::Code;
+use berth_api::placement::PlacementConfig;
+use berth_api::repair::{self, RepairConfig};
 use berth_api::{App, AppState, maintenance, proxy, router};
 use berth_consensus::tenancy::{TenancyCommand, TenancyOutcome, UserRecord};
 use berth_consensus::{CommandV1, Outcome};
@@ -171,13 +173,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ldap: cfg.ldap()?,
         ..AuthConfig::open()
     };
+    let placement = PlacementConfig {
+        profile: cfg.cluster_ec_profile()?,
+        zone: cfg.zone.clone(),
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let (meta, app, grpc) = match &cluster {
         None => {
             let meta = Metadata::open_single(&cfg.data.join("meta"), node)
                 .await
                 .context("opening metadata")?;
-            (meta.clone(), App::new(node, meta, store, auth), None)
+            (
+                meta.clone(),
+                App::new(node, meta, store, auth, placement.clone()),
+                None,
+            )
         }
         Some(c) => {
             // Before anything dials a peer: every peer channel picks TLS up when made.
@@ -215,7 +225,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .context("opening clustered metadata")?;
             let store = store.with_peers(peer_resolver(meta.clone()));
-            let app = App::new(node, meta.clone(), store.clone(), auth);
+            let app = App::new(node, meta.clone(), store.clone(), auth, placement.clone());
             let listener = tokio::net::TcpListener::bind(c.grpc_listen)
                 .await
                 .with_context(|| format!("binding gRPC {}", c.grpc_listen))?;
@@ -295,6 +305,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(cfg.upload_ttl_secs),
         stop_rx.clone(),
     ));
+    let repair = tokio::spawn(repair::run(
+        app.clone(),
+        RepairConfig {
+            interval: Duration::from_secs(cfg.repair_interval_secs),
+            grace: Duration::from_secs(cfg.repair_grace_secs),
+        },
+        stop_rx.clone(),
+    ));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
     let served = axum::serve(
         listener,
@@ -306,6 +324,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
     let _ = audit.await;
+    let _ = repair.await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),

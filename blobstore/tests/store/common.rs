@@ -60,8 +60,9 @@ pub async fn put(
         piece = piece * 7 % 70_001 + 1;
     }
     assert_eq!(writer.len(), bytes.len() as u64);
-    let layout = writer.commit(&digest).await?;
-    Ok((digest, layout))
+    let written = writer.commit(&digest).await?;
+    assert_eq!(written.missing, Vec::<usize>::new());
+    Ok((digest, written.layout))
 }
 
 pub async fn get(

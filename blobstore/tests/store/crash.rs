@@ -60,9 +60,9 @@ async fn workload(store: &BlobStore) -> Vec<Committed> {
         }
         match n {
             0..=2 => match writer.commit(&digest).await {
-                Ok(layout) => committed.push(Committed {
+                Ok(written) => committed.push(Committed {
                     digest,
-                    layout,
+                    layout: written.layout,
                     bytes,
                 }),
                 Err(_) => return committed,
@@ -162,7 +162,10 @@ async fn crash_at(cut: Option<u64>) -> u64 {
     store.sweep_staging(|_| false).await.unwrap();
     let keep = live.clone();
     store
-        .sweep_orphans(move |d, u| keep.contains(&(d.clone(), *u)), Duration::ZERO)
+        .sweep_orphans(
+            move |d, u, _, _| keep.contains(&(d.clone(), *u)),
+            Duration::ZERO,
+        )
         .await
         .unwrap();
     let mut expected: HashSet<(DiskId, PathBuf)> = HashSet::new();

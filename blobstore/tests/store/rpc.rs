@@ -121,13 +121,14 @@ async fn put_at(
     placements: &[ShardPlacement],
     bytes: &[u8],
 ) -> StripedLayout {
-    let mut writer = store.begin_at(upload, placements).unwrap();
+    let mut writer = store.begin_at(upload, store.profile(), placements).unwrap();
     for piece in bytes.chunks(3000) {
         writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
     }
-    let layout = writer.commit(&digest_of(bytes)).await.unwrap();
-    assert_eq!(layout.shards, placements);
-    layout
+    let written = writer.commit(&digest_of(bytes)).await.unwrap();
+    assert_eq!(written.missing, Vec::<usize>::new());
+    assert_eq!(written.layout.shards, placements);
+    written.layout
 }
 
 fn shard_ref(layout: &StripedLayout, i: usize) -> ShardRef {
@@ -344,7 +345,11 @@ async fn abort_removes_the_staging_files_on_the_peer() {
     let b = Node::start(B, 3, 2, 1).await;
     let a_store = with_peers(&a, &[&b]);
     let mut writer = a_store
-        .begin_at(UploadId::new(A, 5), &[at(B, 0), at(B, 1), at(B, 2)])
+        .begin_at(
+            UploadId::new(A, 5),
+            a_store.profile(),
+            &[at(B, 0), at(B, 1), at(B, 2)],
+        )
         .unwrap();
     writer
         .write(Bytes::from(data(15, 3 * 2 * SHARD as usize)))
@@ -365,7 +370,7 @@ async fn a_writer_dropped_mid_stream_leaves_only_staging_that_the_sweep_removes(
     let upload = UploadId::new(A, 6);
     let bytes = data(16, 3 * 2 * SHARD as usize);
     let mut writer = a_store
-        .begin_at(upload, &[at(B, 0), at(B, 1), at(B, 2)])
+        .begin_at(upload, a_store.profile(), &[at(B, 0), at(B, 1), at(B, 2)])
         .unwrap();
     writer.write(Bytes::from(bytes.clone())).await.unwrap();
     let full = format::chunk_offset(SHARD, 3);
@@ -505,5 +510,289 @@ async fn a_node_refuses_requests_addressed_to_another_node() {
         b.client(B).stat(&shard, &digest).await.unwrap(),
         ShardStat::Missing
     );
+    b.stop().await;
+}
+
+const C: NodeId = NodeId(3);
+
+/// A node whose shard server runs on a runtime of its own, so `kill` can drop every
+/// task and connection of it at once, as a crash would.
+struct Killable {
+    _dir: TempDir,
+    id: NodeId,
+    addr: String,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Killable {
+    fn start(id: NodeId, disks: u32) -> Killable {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            profile: EcProfile::SINGLE,
+            shard_bytes: SHARD,
+        };
+        let store = BlobStore::open(id, fs_disks(dir.path(), disks), cfg).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let service = ShardService::new(&store).into_server();
+        rt.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpIncoming::from(listener))
+                .await
+        });
+        Killable {
+            _dir: dir,
+            id,
+            addr,
+            rt: Some(rt),
+        }
+    }
+
+    fn client(&self) -> ShardClient {
+        ShardClient::connect_lazy(self.id, &self.addr).unwrap()
+    }
+
+    fn kill(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Killable {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Writes the first half of `bytes`, runs `midway`, writes the rest and commits.
+async fn put_with_fault(
+    store: &BlobStore,
+    upload: UploadId,
+    profile: EcProfile,
+    placements: &[ShardPlacement],
+    bytes: &[u8],
+    midway: impl std::future::Future<Output = ()>,
+) -> Result<berth_blobstore::Written, berth_blobstore::BlobStoreError> {
+    let mut writer = store.begin_at(upload, profile, placements).unwrap();
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    writer.write(Bytes::copy_from_slice(first)).await?;
+    midway.await;
+    writer.write(Bytes::copy_from_slice(rest)).await?;
+    writer.commit(&digest_of(bytes)).await
+}
+
+#[tokio::test]
+async fn a_peer_lost_mid_upload_leaves_a_blob_with_a_shard_to_repair_and_repair_restores_it() {
+    let a = Node::start(A, 2, 1, 0).await;
+    let b = Node::start(B, 2, 1, 0).await;
+    let mut c = Killable::start(C, 2);
+    let clients = [b.client(B), c.client()];
+    let a_store = a
+        .store
+        .with_peers(move |node| clients.iter().find(|c| c.node() == node).cloned());
+    let profile = EcProfile::new(2, 2).unwrap();
+    let placements = [at(A, 0), at(B, 0), at(C, 0), at(B, 1)];
+    let bytes = data(21, 6 * 2 * SHARD as usize + 333);
+    let (size, digest) = (bytes.len() as u64, digest_of(&bytes));
+
+    // C dies halfway: 3 of 4 targets remain, which is k + 1, so the upload commits
+    // and names shard 2 as missing.
+    let written = put_with_fault(
+        &a_store,
+        UploadId::new(A, 21),
+        profile,
+        &placements,
+        &bytes,
+        async { c.kill() },
+    )
+    .await
+    .unwrap();
+    assert_eq!(written.missing, vec![2]);
+    let mut layout = written.layout;
+    assert_eq!(layout.shards, placements);
+    assert!(
+        get(&a_store, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+
+    // Repair writes shard 2 anew on A's second disk from the surviving shards.
+    let written = a_store
+        .rebuild_shard(&layout, &digest, size, 2, at(A, 1))
+        .await
+        .unwrap();
+    assert_eq!(written, layout.stripe_count(size) * u64::from(SHARD));
+    layout.shards[2] = at(A, 1);
+    // With B unreachable too, A's own two shards (data shard 0 and the rebuilt
+    // parity shard 2) are k shards: enough to decode the whole blob.
+    let a_alone = a.store.with_peers(|_| None);
+    assert!(
+        get(&a_alone, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_that_loses_more_than_its_parity_allows_fails() {
+    let a = Node::start(A, 1, 1, 0).await;
+    let b = Node::start(B, 1, 1, 0).await;
+    let mut c = Killable::start(C, 1);
+    let clients = [b.client(B), c.client()];
+    let a_store = a
+        .store
+        .with_peers(move |node| clients.iter().find(|c| c.node() == node).cloned());
+    let bytes = data(22, 6 * 2 * SHARD as usize);
+    // 2+1 needs all three targets (k + 1 = 3): losing C fails the upload.
+    let failed = put_with_fault(
+        &a_store,
+        UploadId::new(A, 22),
+        EcProfile::new(2, 1).unwrap(),
+        &[at(A, 0), at(B, 0), at(C, 0)],
+        &bytes,
+        async { c.kill() },
+    )
+    .await;
+    assert!(failed.is_err(), "{failed:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_shard_is_rewritten_in_place_and_a_moved_one_leaves_its_old_home() {
+    let a = Node::start(A, 2, 1, 0).await;
+    let b = Node::start(B, 2, 1, 0).await;
+    let a_store = with_peers(&a, &[&b]);
+    let bytes = data(23, 5 * 2 * SHARD as usize + 9);
+    let (size, digest) = (bytes.len() as u64, digest_of(&bytes));
+    let mut layout = put_with_fault(
+        &a_store,
+        UploadId::new(A, 23),
+        EcProfile::new(2, 1).unwrap(),
+        &[at(A, 0), at(B, 0), at(B, 1)],
+        &bytes,
+        async {},
+    )
+    .await
+    .unwrap()
+    .layout;
+
+    // Flip a byte of shard 1 on B, then rebuild it where it is.
+    let path = b
+        .disk_root(DiskId(0))
+        .join(format::final_path(&digest, &layout.upload, 1));
+    let mut file = std::fs::read(&path).unwrap();
+    let at_byte = format::chunk_offset(SHARD, 2) + format::CHECKSUM_BYTES + 7;
+    file[at_byte as usize] ^= 0xff;
+    std::fs::write(&path, file).unwrap();
+    a_store
+        .rebuild_shard(&layout, &digest, size, 1, at(B, 0))
+        .await
+        .unwrap();
+    let before = a_store.counters().checksum_failures();
+    assert!(
+        get(&a_store, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    assert_eq!(a_store.counters().checksum_failures(), before);
+    assert_eq!(
+        a_store.counters().reconstructions(),
+        1,
+        "only the rebuild decoded"
+    );
+
+    // Move shard 2 from B to A: the new file serves, the old one is deleted, and the
+    // orphan sweep would also have judged it by its placement.
+    a_store
+        .rebuild_shard(&layout, &digest, size, 2, at(A, 1))
+        .await
+        .unwrap();
+    let old = at(B, 1);
+    layout.shards[2] = at(A, 1);
+    let still_committed = {
+        let layout = layout.clone();
+        move |_: &berth_types::Digest, _: &UploadId, i: usize, here: ShardPlacement| {
+            layout.shards.get(i) == Some(&here)
+        }
+    };
+    assert_eq!(
+        b.store
+            .sweep_orphans(still_committed, Duration::ZERO)
+            .await
+            .unwrap(),
+        1,
+        "B's old copy of shard 2 is an orphan now"
+    );
+    let stat = b
+        .client(B)
+        .stat(&shard_ref(&layout, 1), &digest)
+        .await
+        .unwrap();
+    assert!(matches!(stat, ShardStat::Present { .. }), "shard 1 stays");
+    a_store
+        .delete_shard(&layout, &digest, 2, old)
+        .await
+        .unwrap();
+    let b_gone = a.store.with_peers(|_| None);
+    let mut only_a = layout.clone();
+    only_a.shards[1] = at(B, 0);
+    assert!(get(&b_gone, &only_a, &digest, size, 0..size).await.unwrap() == bytes);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn parity_on_a_peer_rebuilds_every_stripe_of_a_long_read() {
+    let a = Node::start(A, 1, 1, 0).await;
+    let b = Node::start(B, 2, 1, 0).await;
+    let a_store = with_peers(&a, &[&b]);
+    let bytes = data(24, 7 * 2 * SHARD as usize + 5);
+    let (size, digest) = (bytes.len() as u64, digest_of(&bytes));
+    let layout = put_with_fault(
+        &a_store,
+        UploadId::new(A, 24),
+        EcProfile::new(2, 1).unwrap(),
+        &[at(A, 0), at(B, 0), at(B, 1)],
+        &bytes,
+        async {},
+    )
+    .await
+    .unwrap()
+    .layout;
+    // Data shard 1 is gone: every stripe needs the parity shard from B, one stripe
+    // after another.
+    std::fs::remove_file(b.disk_root(DiskId(0)).join(format::final_path(
+        &digest,
+        &layout.upload,
+        1,
+    )))
+    .unwrap();
+    assert!(
+        get(&a_store, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    // The last stripe holds 5 bytes, all in data shard 0: nothing to rebuild there.
+    assert_eq!(
+        a_store.counters().reconstructions(),
+        layout.stripe_count(size) - 1
+    );
+    a.stop().await;
     b.stop().await;
 }

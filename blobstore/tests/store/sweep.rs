@@ -48,7 +48,7 @@ async fn staging_of_dead_uploads_is_removed_and_live_ones_kept() {
     let mut expected = data(1, 5000);
     expected.extend(data(3, 10));
     let digest = crate::common::digest_of(&expected);
-    let layout = live_writer.commit(&digest).await.unwrap();
+    let layout = live_writer.commit(&digest).await.unwrap().layout;
     let got = get(&store, &layout, &digest, 5010, 0..5010).await.unwrap();
     assert!(got == expected);
     assert_eq!(store.sweep_staging(|_| false).await.unwrap(), 0);
@@ -86,7 +86,7 @@ async fn orphans_are_removed_only_when_uncommitted_and_old_enough() {
     let committed: HashSet<_> = [(kept_digest.clone(), kept.upload)].into();
     let removed = store
         .sweep_orphans(
-            move |d, u| committed.contains(&(d.clone(), *u)),
+            move |d, u, _, _| committed.contains(&(d.clone(), *u)),
             Duration::from_secs(600),
         )
         .await
@@ -106,7 +106,7 @@ async fn orphans_are_removed_only_when_uncommitted_and_old_enough() {
     let committed: HashSet<_> = [(kept_digest, kept.upload)].into();
     let removed = store
         .sweep_orphans(
-            move |d, u| committed.contains(&(d.clone(), *u)),
+            move |d, u, _, _| committed.contains(&(d.clone(), *u)),
             Duration::ZERO,
         )
         .await

@@ -31,6 +31,47 @@ fn commit(r: &str, d: u8, layout: u8, up: Option<u128>) -> Command {
     }
 }
 
+fn at(node: u64, disk: u32) -> berth_types::ShardPlacement {
+    berth_types::ShardPlacement {
+        node: berth_types::NodeId(node),
+        disk: berth_types::DiskId(disk),
+    }
+}
+
+/// Commits blob `d` striped 2+1 over nodes 1, 2 and 3, written by upload 7.
+fn striped_commit(d: u8) -> Command {
+    Command::CommitBlob {
+        repo: repo("a"),
+        digest: sha(d),
+        size: 3000,
+        layout: berth_types::BlobLayout::Striped(berth_types::StripedLayout {
+            codec: berth_types::CodecId::ReedSolomonV1,
+            profile: berth_types::EcProfile::new(2, 1).unwrap(),
+            shard_bytes: 1024,
+            upload: upload(7),
+            shards: vec![at(1, 0), at(2, 0), at(3, 0)],
+        }),
+        upload: None,
+        at_ms: 5,
+    }
+}
+
+fn move_shard(
+    d: u8,
+    up: u128,
+    index: u8,
+    from: berth_types::ShardPlacement,
+    to: berth_types::ShardPlacement,
+) -> Command {
+    Command::MoveShard {
+        digest: sha(d),
+        upload: upload(up),
+        index,
+        from,
+        to,
+    }
+}
+
 fn manifest(d: u8, subject: Option<u8>) -> ManifestRecord {
     ManifestRecord {
         digest: sha(d),
@@ -290,6 +331,42 @@ fn each_command_returns_its_outcome_and_refusals_change_nothing() {
             cmd: Command::DeleteBlobRecord { digest: sha(2) },
             want: Outcome::NotFound,
         },
+        Case {
+            name: "move a shard from where the layout has it",
+            setup: vec![striped_commit(1)],
+            cmd: move_shard(1, 7, 1, at(2, 0), at(4, 1)),
+            want: Outcome::ShardMoved,
+        },
+        Case {
+            name: "move a shard rewritten in place",
+            setup: vec![striped_commit(1)],
+            cmd: move_shard(1, 7, 0, at(1, 0), at(1, 0)),
+            want: Outcome::ShardMoved,
+        },
+        Case {
+            name: "move a shard that is elsewhere now",
+            setup: vec![striped_commit(1)],
+            cmd: move_shard(1, 7, 1, at(3, 0), at(4, 1)),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "move a shard onto another shard of its stripe",
+            setup: vec![striped_commit(1)],
+            cmd: move_shard(1, 7, 1, at(2, 0), at(3, 0)),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "move a shard of another upload's files",
+            setup: vec![striped_commit(1)],
+            cmd: move_shard(1, 8, 1, at(2, 0), at(4, 1)),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "move a shard of an inline or absent blob",
+            setup: vec![commit("a", 1, 1, None)],
+            cmd: move_shard(1, 7, 0, at(1, 0), at(4, 1)),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
     ];
 
     for case in cases {
@@ -313,6 +390,15 @@ fn each_command_returns_its_outcome_and_refusals_change_nothing() {
                 assert_eq!(
                     before, after,
                     "{}: an empty expiry changed the state",
+                    case.name
+                )
+            }
+            // A shard rewritten in place keeps its placement: the layout is unchanged.
+            Outcome::ShardMoved if matches!(&case.cmd, Command::MoveShard { from, to, .. } if from == to) =>
+            {
+                assert_eq!(
+                    before, after,
+                    "{}: an in-place move changed the state",
                     case.name
                 )
             }

@@ -36,6 +36,11 @@ impl Model {
     fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd.clone() {
             Command::Tenancy(_) => unreachable!("the registry model generates no tenancy commands"),
+            Command::MoveShard { .. } => {
+                unreachable!(
+                    "the registry model generates inline blobs only; shard moves are table-tested"
+                )
+            }
             Command::CreateUpload { id, repo, at_ms } => {
                 self.uploads.entry(id.to_string()).or_insert(UploadRecord {
                     id,

@@ -1,0 +1,220 @@
+//! Where the shards of a new upload go. On a single node: its own disks, by the
+//! store's profile. In a cluster of several members: across the members, by the
+//! cluster profile (configured, or [`cluster_profile`] of the member count), through
+//! [`place_across`] over a [`ClusterMap`] this node assembles from its own disks and
+//! each voter's disk report (`GET /internal/v1/disks` on the internal listener). A
+//! member that does not answer within a second is left out of the map, so new uploads
+//! go around it; the map is rebuilt at most every two seconds.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use berth_blobstore::{
+    BlobStore, Candidate, ClusterMap, DiskState, DiskStats, NodeCandidates, StripeWriter,
+    cluster_profile, place_across,
+};
+use berth_consensus::Metadata;
+use berth_types::{DiskId, EcProfile, NodeId, UploadId};
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::admin::DiskStatus;
+use crate::oci::error::{Code, OciError, OciResult};
+use crate::proxy::UploadProxy;
+
+/// The internal listener's path of [`disk_report`].
+pub const DISK_REPORT_PATH: &str = "/internal/v1/disks";
+/// How long a cluster map stays in use.
+const MAP_TTL: Duration = Duration::from_secs(2);
+/// How long a member's disk report is waited for.
+const REPORT_WAIT: Duration = Duration::from_secs(1);
+
+/// What a node tells others about its disks, for placement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskReport {
+    pub node: u64,
+    pub zone: Option<String>,
+    pub disks: Vec<DiskStatus>,
+}
+
+/// `GET /internal/v1/disks` on the internal listener: this node's disks.
+pub async fn disk_report(State(app): State<AppState>) -> Json<DiskReport> {
+    Json(DiskReport {
+        node: app.node.0,
+        zone: app.uploads.placer.zone.clone(),
+        disks: app.store.disk_stats().iter().map(DiskStatus::of).collect(),
+    })
+}
+
+/// How a node places new blobs in a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementConfig {
+    /// The profile of blobs written in a cluster of several members; `None` picks one
+    /// from the member count.
+    pub profile: Option<EcProfile>,
+    /// This node's failure zone; nodes without one are each their own zone.
+    pub zone: Option<String>,
+}
+
+/// The cluster map in use and when it was made.
+struct Cached {
+    made: Instant,
+    voters: usize,
+    map: Arc<ClusterMap>,
+}
+
+/// Chooses where new uploads go.
+pub struct Placer {
+    node: NodeId,
+    meta: Metadata,
+    store: BlobStore,
+    /// The configured cluster profile; `None` picks one from the member count.
+    profile: Option<EcProfile>,
+    /// This node's failure zone.
+    zone: Option<String>,
+    proxy: UploadProxy,
+    cached: tokio::sync::Mutex<Option<Cached>>,
+    /// Shards to rebuild, and repair's counters.
+    pub repairs: std::sync::Arc<crate::repair::Repairs>,
+}
+
+impl Placer {
+    pub fn new(node: NodeId, meta: Metadata, store: BlobStore, cfg: PlacementConfig) -> Placer {
+        let PlacementConfig { profile, zone } = cfg;
+        Placer {
+            node,
+            meta,
+            store,
+            profile,
+            zone,
+            proxy: UploadProxy::default(),
+            cached: tokio::sync::Mutex::new(None),
+            repairs: std::sync::Arc::default(),
+        }
+    }
+
+    /// Starts the stripe writer of `upload` on the disks or members placement picks.
+    pub async fn begin(&self, upload: UploadId) -> OciResult<StripeWriter> {
+        let voters = self.voters().len();
+        if voters <= 1 {
+            return Ok(self.store.begin(upload)?);
+        }
+        let profile = self.profile.unwrap_or_else(|| cluster_profile(voters));
+        let map = self.map().await;
+        let placements = place_across(upload.to_string().as_bytes(), &map, profile.width())
+            .map_err(|e| {
+                OciError::new(
+                    Code::Unavailable,
+                    format!(
+                        "cannot place a blob of profile {profile}: {e} on the {} reachable members",
+                        map.nodes.len()
+                    ),
+                )
+            })?;
+        Ok(self.store.begin_at(upload, profile, &placements)?)
+    }
+
+    /// The current cluster map: rebuilt when older than [`MAP_TTL`] or when the
+    /// membership changed size. One rebuild at a time; concurrent callers wait for it.
+    pub async fn map(&self) -> Arc<ClusterMap> {
+        let voters = self.voters();
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.made.elapsed() < MAP_TTL
+            && c.voters == voters.len()
+        {
+            return c.map.clone();
+        }
+        let map = Arc::new(self.build(&voters).await);
+        *cached = Some(Cached {
+            made: Instant::now(),
+            voters: voters.len(),
+            map: map.clone(),
+        });
+        map
+    }
+
+    /// The voters with their gRPC addresses.
+    fn voters(&self) -> Vec<(NodeId, String)> {
+        let m = self.meta.membership();
+        m.nodes
+            .into_iter()
+            .filter(|(id, _)| m.voter_sets.iter().any(|set| set.contains(id)))
+            .collect()
+    }
+
+    async fn build(&self, voters: &[(NodeId, String)]) -> ClusterMap {
+        let reports = join_all(voters.iter().map(|(id, addr)| async move {
+            if *id == self.node {
+                return Some(NodeCandidates {
+                    node: self.node,
+                    zone: self.zone.clone(),
+                    disks: self.store.disk_stats().iter().map(candidate).collect(),
+                });
+            }
+            match self
+                .proxy
+                .get_json::<DiskReport>(addr, DISK_REPORT_PATH, REPORT_WAIT)
+                .await
+            {
+                Ok(r) if r.node == id.0 => Some(NodeCandidates {
+                    node: *id,
+                    zone: r.zone,
+                    disks: r.disks.iter().filter_map(DiskStatus::candidate).collect(),
+                }),
+                Ok(r) => {
+                    tracing::warn!(member = %id, answered = r.node, %addr,
+                        "a member's address answers as another node; left out of placement");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(member = %id, %addr, error = %e,
+                        "member unreachable; left out of placement");
+                    None
+                }
+            }
+        }))
+        .await;
+        ClusterMap {
+            nodes: reports.into_iter().flatten().collect(),
+        }
+    }
+}
+
+fn candidate(d: &DiskStats) -> Candidate {
+    Candidate {
+        disk: d.id,
+        free_bytes: d.free_bytes,
+        state: d.state,
+    }
+}
+
+impl DiskStatus {
+    pub fn of(d: &DiskStats) -> DiskStatus {
+        DiskStatus {
+            id: d.id.0,
+            path: d.path.clone(),
+            total_bytes: d.total_bytes,
+            free_bytes: d.free_bytes,
+            state: format!("{:?}", d.state).to_lowercase(),
+        }
+    }
+
+    /// The disk as placement sees it; a state this build does not know is not used.
+    fn candidate(&self) -> Option<Candidate> {
+        let state = match self.state.as_str() {
+            "active" => DiskState::Active,
+            "full" => DiskState::Full,
+            "failed" => DiskState::Failed,
+            _ => return None,
+        };
+        Some(Candidate {
+            disk: DiskId(self.id),
+            free_bytes: self.free_bytes,
+            state,
+        })
+    }
+}

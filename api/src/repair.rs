@@ -1,0 +1,311 @@
+//! Self-repair of erasure-coded blobs: shards that a write lost, and shards on members
+//! that are gone, are rebuilt from the rest of their stripe onto a new home chosen by
+//! placement, then the layout is moved through Raft (`MoveShard`), and only then is the
+//! old file removed.
+//!
+//! Two sources of work:
+//! - the queue of this node: shards its own uploads committed without (a target failed
+//!   mid-upload, the write quorum of `k + 1` held), handled by this node;
+//! - the leader's scan: every pass reads the next page of blob layouts and rebuilds
+//!   every shard that sits on a node that is no longer a member, or that has been
+//!   unreachable for longer than the grace period (so a restart does not set off a
+//!   flood of copies).
+//!
+//! A rebuild whose move is refused (the blob was deleted or moved meanwhile) removes
+//! the file it wrote. A crash between the rebuild and the move leaves a file no layout
+//! names there, which the orphan sweep removes. Bandwidth is bounded by doing one
+//! shard at a time per node.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_blobstore::{ClusterMap, place_shard};
+use berth_consensus::{CommandV1, Outcome, Rejection};
+use berth_types::{BlobLayout, Digest, NodeId, ShardPlacement, StripedLayout};
+use tokio::sync::watch;
+
+use crate::AppState;
+
+/// Blob layouts the leader's scan reads per pass.
+const SCAN_PAGE: usize = 256;
+
+/// How repair runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RepairConfig {
+    /// Time between passes.
+    pub interval: Duration,
+    /// How long a member may be unreachable before its shards are rebuilt elsewhere.
+    pub grace: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            interval: Duration::from_secs(5),
+            grace: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// The repair state of this node: its queue, what the scan saw, and counters.
+#[derive(Default)]
+pub struct Repairs {
+    queue: Mutex<BTreeMap<Digest, BTreeSet<usize>>>,
+    /// Members missing from the cluster map, since when.
+    down_since: Mutex<HashMap<NodeId, Instant>>,
+    /// Where the leader's scan goes on from.
+    cursor: Mutex<Option<Digest>>,
+    rebuilt: AtomicU64,
+    bytes: AtomicU64,
+    failures: AtomicU64,
+    /// Shards known to need a rebuild: this node's queue plus what the scan's last
+    /// full round found on lost members.
+    backlog: AtomicU64,
+    round_backlog: AtomicU64,
+}
+
+/// Counters of repair, for metrics and the status.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct RepairStats {
+    pub rebuilt_shards: u64,
+    pub rebuilt_bytes: u64,
+    pub failures: u64,
+    pub backlog_shards: u64,
+}
+
+impl Repairs {
+    /// Queues shards of a blob to be rebuilt by this node.
+    pub fn queue(&self, digest: &Digest, shards: &[usize]) {
+        let mut queue = self.queue.lock().expect("repair queue lock poisoned");
+        queue
+            .entry(digest.clone())
+            .or_default()
+            .extend(shards.iter().copied());
+    }
+
+    pub fn stats(&self) -> RepairStats {
+        let queued: usize = self
+            .queue
+            .lock()
+            .expect("repair queue lock poisoned")
+            .values()
+            .map(BTreeSet::len)
+            .sum();
+        RepairStats {
+            rebuilt_shards: self.rebuilt.load(Ordering::Relaxed),
+            rebuilt_bytes: self.bytes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            backlog_shards: self.backlog.load(Ordering::Relaxed) + queued as u64,
+        }
+    }
+}
+
+fn repairs(app: &AppState) -> &Repairs {
+    &app.uploads.placer.repairs
+}
+
+/// Runs repair passes every `cfg.interval` until `shutdown` turns true.
+pub async fn run(app: AppState, cfg: RepairConfig, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        pass(&app, cfg).await;
+    }
+}
+
+/// One pass: this node's queue, then (on the leader) one page of the scan.
+pub async fn pass(app: &AppState, cfg: RepairConfig) {
+    let queued = std::mem::take(
+        &mut *repairs(app)
+            .queue
+            .lock()
+            .expect("repair queue lock poisoned"),
+    );
+    let map = app.uploads.placer.map().await;
+    for (digest, shards) in queued {
+        let wanted = digest.clone();
+        let record = match app.meta.read(move |v| v.blob(&wanted)).await {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(%digest, error = %e, "repair: metadata unavailable; kept queued");
+                repairs(app).queue(&digest, &shards.into_iter().collect::<Vec<_>>());
+                continue;
+            }
+        };
+        let BlobLayout::Striped(layout) = record.layout else {
+            continue;
+        };
+        let mut failed = Vec::new();
+        for index in shards {
+            if !rebuild(app, &map, &digest, record.size, &layout, index).await {
+                failed.push(index);
+            }
+        }
+        if !failed.is_empty() {
+            repairs(app).queue(&digest, &failed);
+        }
+    }
+    if app.meta.status().is_leader {
+        scan(app, cfg, &map).await;
+    }
+}
+
+/// The leader's scan: one page of layouts, rebuilding shards on lost members.
+async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
+    let members = app.meta.membership().nodes;
+    let lost: BTreeSet<NodeId> = {
+        let mut down = repairs(app)
+            .down_since
+            .lock()
+            .expect("repair lock poisoned");
+        let now = Instant::now();
+        down.retain(|node, _| members.contains_key(node));
+        for node in members.keys() {
+            if map.nodes.iter().any(|n| n.node == *node) {
+                down.remove(node);
+            } else {
+                down.entry(*node).or_insert(now);
+            }
+        }
+        down.iter()
+            .filter(|(_, since)| since.elapsed() >= cfg.grace)
+            .map(|(node, _)| *node)
+            .collect()
+    };
+    let is_lost = |node: NodeId| !members.contains_key(&node) || lost.contains(&node);
+    let after = repairs(app)
+        .cursor
+        .lock()
+        .expect("repair lock poisoned")
+        .clone();
+    let page = match app
+        .meta
+        .read(move |v| v.blobs_after(after.as_ref(), SCAN_PAGE))
+        .await
+    {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::debug!(error = %e, "repair scan: metadata unavailable");
+            return;
+        }
+    };
+    let done = page.len() < SCAN_PAGE;
+    *repairs(app).cursor.lock().expect("repair lock poisoned") = if done {
+        None
+    } else {
+        page.last().map(|r| r.digest.clone())
+    };
+    let mut found = 0u64;
+    for record in page {
+        let BlobLayout::Striped(layout) = &record.layout else {
+            continue;
+        };
+        for (index, at) in layout.shards.iter().enumerate() {
+            if is_lost(at.node) {
+                found += 1;
+                if rebuild(app, map, &record.digest, record.size, layout, index).await {
+                    found -= 1;
+                }
+            }
+        }
+    }
+    let round = repairs(app)
+        .round_backlog
+        .fetch_add(found, Ordering::Relaxed)
+        + found;
+    if done {
+        repairs(app).backlog.store(round, Ordering::Relaxed);
+        repairs(app).round_backlog.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Rebuilds shard `index` of a blob onto the home placement picks for it and moves the
+/// layout there. Returns whether the shard is where the layout says and whole.
+async fn rebuild(
+    app: &AppState,
+    map: &ClusterMap,
+    digest: &Digest,
+    size: u64,
+    layout: &StripedLayout,
+    index: usize,
+) -> bool {
+    let Some(&from) = layout.shards.get(index) else {
+        return true;
+    };
+    let others: Vec<ShardPlacement> = layout
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != index)
+        .map(|(_, p)| *p)
+        .collect();
+    let key = layout.upload.to_string();
+    let to = match place_shard(key.as_bytes(), map, index, &others) {
+        Ok(to) => to,
+        Err(e) => {
+            tracing::warn!(%digest, shard = index, error = %e, "repair: no home for the shard");
+            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    };
+    let bytes = match app
+        .store
+        .rebuild_shard(layout, digest, size, index, to)
+        .await
+    {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(%digest, shard = index, to = %to.node, error = %e, "repair: rebuild failed");
+            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+    };
+    let moved = app
+        .meta
+        .propose(CommandV1::MoveShard {
+            digest: digest.clone(),
+            upload: layout.upload,
+            index: index as u8,
+            from,
+            to,
+        })
+        .await;
+    match moved {
+        Ok(Outcome::ShardMoved) => {
+            repairs(app).rebuilt.fetch_add(1, Ordering::Relaxed);
+            repairs(app).bytes.fetch_add(bytes, Ordering::Relaxed);
+            tracing::info!(%digest, shard = index, from = %from.node, to = %to.node, bytes, "shard rebuilt");
+            if to != from
+                && let Err(e) = app.store.delete_shard(layout, digest, index, from).await
+            {
+                tracing::debug!(%digest, shard = index, error = %e,
+                    "repair: old shard file not removed; the orphan sweep will");
+            }
+            true
+        }
+        Ok(Outcome::Rejected(Rejection::LayoutChanged)) => {
+            if to != from
+                && let Err(e) = app.store.delete_shard(layout, digest, index, to).await
+            {
+                tracing::debug!(%digest, shard = index, error = %e,
+                    "repair: unused rebuilt file not removed; the orphan sweep will");
+            }
+            true
+        }
+        Ok(other) => {
+            tracing::warn!(%digest, ?other, "repair: unexpected outcome of a shard move");
+            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%digest, shard = index, error = %e, "repair: the move was not committed");
+            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}

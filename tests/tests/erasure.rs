@@ -1,0 +1,228 @@
+//! Erasure coding across the nodes of a cluster, with real `berth` processes on
+//! loopback: a 3-node cluster stripes every blob 2+1 over its three nodes and every
+//! blob pulls byte-identical through the survivors of any one node's loss; a node that
+//! is killed and removed for good has its shards rebuilt onto the others by repair,
+//! after which the cluster survives the loss of one more node. Short by default;
+//! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use berth_tests::cluster::Cluster;
+use berth_tests::{Oci, long_mode, random_bytes, sha256_digest};
+
+const REPO: &str = "erasure/app";
+
+/// Sizes of the pushed blobs: one inline, the others striped over one or several
+/// stripes (2+1 with 1 MiB shards is 2 MiB of content per stripe).
+fn sizes() -> Vec<usize> {
+    if long_mode() {
+        (0..200)
+            .map(|i| match i % 5 {
+                0 => 1024,
+                1 => 100 * 1024 + i,
+                2 => (1 << 20) + 3 * i,
+                3 => (9 << 20) + i,
+                _ => (64 << 20) - i,
+            })
+            .collect()
+    } else {
+        vec![
+            1024,
+            70 * 1024,
+            300 * 1024 + 7,
+            (1 << 20) + 1,
+            (2 << 20) + 5,
+            (5 << 20) + 3,
+            (8 << 20) + 11,
+            200 * 1024,
+        ]
+    }
+}
+
+/// Pushes one blob of each size, rotating over `nodes`; returns (digest, bytes).
+async fn push_all(c: &Cluster, nodes: &[u16]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut pushed = Vec::new();
+    for (i, size) in sizes().into_iter().enumerate() {
+        let data = random_bytes(size);
+        let node = nodes[i % nodes.len()];
+        let digest = Oci::new(&c.url(node))
+            .push_blob(REPO, &data)
+            .await
+            .with_context(|| format!("pushing {size} bytes through node {node}"))?;
+        pushed.push((digest, data));
+    }
+    Ok(pushed)
+}
+
+/// Pulls every blob through `node`, retrying 503s (an election) for a bounded time,
+/// and compares digests.
+async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result<()> {
+    let oci = Oci::new(&c.url(node));
+    for (digest, data) in blobs {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match oci.fetch_blob(REPO, digest).await {
+                Ok(got) => {
+                    ensure!(
+                        got.len() == data.len() && sha256_digest(&got) == *digest,
+                        "{digest} through node {node}: {} bytes, wrong content",
+                        got.len()
+                    );
+                    break;
+                }
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context(format!("pulling {digest} through node {node}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shard files under a node's data folder.
+fn shard_files(dir: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, n);
+            } else if path.components().any(|c| c.as_os_str() == "blobs") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(dir, &mut n);
+    n
+}
+
+/// A gauge of `node`'s /metrics.
+async fn metric(c: &Cluster, node: u16, name: &str) -> Result<u64> {
+    let text = reqwest::get(format!("{}/metrics", c.url(node)))
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("no {name} in node {node}'s metrics"))
+}
+
+async fn run(cluster: &Cluster, body: impl AsyncFnOnce(&Cluster) -> Result<()>) {
+    if let Err(e) = body(cluster).await {
+        panic!("{e:#}\n{}", cluster.logs());
+    }
+}
+
+// Proves that blobs are striped across the nodes (each node holds shard files, one of
+// the three of every striped blob) and that every blob pulls byte-identical through
+// both survivors whichever node is down: node 3 and node 2 are killed and restarted
+// in turn, node 1 (through which restarted nodes join) is killed last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_blob_survives_the_loss_of_any_one_of_three_nodes() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up(3).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let blobs = push_all(c, &[1, 2, 3]).await?;
+        let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count();
+        let files: Vec<usize> = (1..=3).map(|n| shard_files(&c.data_dir(n))).collect();
+        ensure!(
+            files.iter().all(|&f| f == striped),
+            "every node holds one shard of each of the {striped} striped blobs: {files:?}"
+        );
+        for victim in [3u16, 2, 1] {
+            c.signal(victim, "-9")?;
+            for survivor in (1..=3).filter(|&n| n != victim) {
+                pull_all(c, survivor, &blobs).await?;
+            }
+            if victim != 1 {
+                c.forget(victim)?;
+                c.add(victim)?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+// Proves self-repair after a permanent loss: in a 4-node cluster (2+1, each blob on
+// three of the four nodes) node 4 is killed and removed; repair rebuilds every shard
+// it held onto the remaining nodes; then node 1 is killed as well and every blob still
+// pulls through nodes 2 and 3. Without the repair, blobs that had shards on both node
+// 4 and node 1 would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
+    let _heavy = berth_tests::heavy().await;
+    let env = vec![
+        ("BERTH_REPAIR_INTERVAL_SECS".to_owned(), "1".to_owned()),
+        ("BERTH_REPAIR_GRACE_SECS".to_owned(), "2".to_owned()),
+    ];
+    let cluster = Cluster::up_with_env(4, env).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let mut blobs = push_all(c, &[1, 2, 3, 4]).await?;
+        blobs.extend(push_all(c, &[2, 3]).await?);
+        let on_4 = shard_files(&c.data_dir(4));
+        let on_1_and_4 = blobs.len();
+        ensure!(on_4 > 0, "node 4 holds no shard: nothing to test");
+        eprintln!("node 4 holds {on_4} shard files of {on_1_and_4} blobs");
+
+        c.signal(4, "-9")?;
+        c.forget(4)?;
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = http
+                .delete(format!("{}/api/v1/cluster/members/4", c.url(1)))
+                .send()
+                .await?;
+            if resp.status().is_success() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("removing node 4: {}", resp.status());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let mut rebuilt = 0;
+            let mut bytes = 0;
+            for n in 1..=3 {
+                rebuilt += metric(c, n, "berth_repair_rebuilt_shards").await?;
+                bytes += metric(c, n, "berth_repair_rebuilt_bytes").await?;
+            }
+            if rebuilt >= on_4 as u64 {
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "{rebuilt} shards ({bytes} bytes) rebuilt in {secs:.1} s: {:.1} MB/s",
+                    bytes as f64 / 1e6 / secs
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {rebuilt} of {on_4} shards rebuilt after the removal");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let files: usize = (1..=3).map(|n| shard_files(&c.data_dir(n))).sum();
+        let striped = blobs.iter().filter(|(_, d)| d.len() > 64 * 1024).count();
+        ensure!(
+            files >= 3 * striped,
+            "{files} shard files on nodes 1-3 for {striped} striped blobs"
+        );
+
+        c.signal(1, "-9")?;
+        for n in [2, 3] {
+            pull_all(c, n, &blobs).await?;
+        }
+        Ok(())
+    })
+    .await;
+}
