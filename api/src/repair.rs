@@ -5,7 +5,8 @@
 //!
 //! Two sources of work:
 //! - the queue of this node: shards its own uploads committed without (a target failed
-//!   mid-upload, the write quorum of `k + 1` held), handled by this node;
+//!   mid-upload, the write quorum of `k + 1` held), and shards its reads found missing
+//!   or corrupt (`BlobStore::take_damaged`), handled by this node;
 //! - the leader's scan: every pass reads the next page of blob layouts and rebuilds
 //!   every shard that sits on a node that is no longer a member, or that has been
 //!   unreachable for longer than the grace period (so a restart does not set off a
@@ -119,6 +120,9 @@ pub async fn run(app: AppState, cfg: RepairConfig, mut shutdown: watch::Receiver
 
 /// One pass: this node's queue, then (on the leader) one page of the scan.
 pub async fn pass(app: &AppState, cfg: RepairConfig) {
+    for damaged in app.store.take_damaged() {
+        repairs(app).queue(&damaged.digest, &[damaged.index]);
+    }
     let queued = std::mem::take(
         &mut *repairs(app)
             .queue

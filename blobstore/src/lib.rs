@@ -27,5 +27,7 @@ pub use placement::{
 };
 pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use sim::{SimDisk, SimPower};
-pub use store::{BlobStore, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters};
+pub use store::{
+    BlobStore, DamagedShard, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters,
+};
 pub use writer::{StripeWriter, Written};

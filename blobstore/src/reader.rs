@@ -298,6 +298,7 @@ fn read_local_chunk(ctx: &ReadCtx, slot: &Mutex<Slot>, i: usize, stripe: u64) ->
         }
         Err(ChunkUnusable::ChecksumMismatch) => {
             tracing::warn!(digest = %ctx.digest, shard = i, stripe, "shard chunk checksum mismatch");
+            ctx.inner.damaged(&ctx.digest, ctx.layout.upload, i);
             None
         }
     }
@@ -355,7 +356,11 @@ async fn read_remote_chunk(
             if let ShardRpcError::Corrupt { .. } = e {
                 tracing::warn!(digest = %ctx.digest, shard = i, stripe, %node, "remote shard chunk checksum mismatch");
                 ctx.inner.counters.checksum_failed();
+                ctx.inner.damaged(&ctx.digest, ctx.layout.upload, i);
             } else {
+                if let ShardRpcError::NotFound { .. } = e {
+                    ctx.inner.damaged(&ctx.digest, ctx.layout.upload, i);
+                }
                 tracing::warn!(digest = %ctx.digest, shard = i, stripe, %node, error = %e, "remote shard unavailable");
                 ctx.inner.counters.shard_unavailable();
                 *unavailable = true;
@@ -403,6 +408,7 @@ fn open_shard(ctx: &ReadCtx, slot: &Mutex<Slot>, i: usize) -> Option<Arc<dyn Dis
         }
         Err(reason) => {
             tracing::warn!(digest = %ctx.digest, shard = i, disk = %disk.id(), %reason, "shard file unusable");
+            ctx.inner.damaged(&ctx.digest, ctx.layout.upload, i);
             match reason {
                 Unusable::Header(HeaderError::ChecksumMismatch) => {
                     ctx.inner.counters.checksum_failed();

@@ -120,15 +120,43 @@ pub(crate) struct DiskSlot {
     failed: AtomicBool,
 }
 
+/// A shard file that a read found damaged: missing, unreadable, with a bad header, or
+/// with a chunk whose checksum failed (on this node, or reported by the peer holding
+/// it). The read went on from parity; repair should rewrite the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedShard {
+    pub digest: Digest,
+    pub upload: UploadId,
+    pub index: usize,
+}
+
+/// Damaged shards remembered between two repair passes; more are dropped (the next
+/// read of the blob finds them again).
+const DAMAGED_SHARDS_MAX: usize = 10_000;
+
 #[derive(Debug)]
 pub(crate) struct StoreInner {
     pub node: NodeId,
     pub disks: Vec<DiskSlot>,
     pub cfg: StoreConfig,
+    pub damaged: std::sync::Mutex<Vec<DamagedShard>>,
     pub counters: StoreCounters,
 }
 
 impl StoreInner {
+    /// Remembers a damaged shard for repair.
+    pub fn damaged(&self, digest: &Digest, upload: UploadId, index: usize) {
+        let mut damaged = self.damaged.lock().expect("damaged shards lock poisoned");
+        let shard = DamagedShard {
+            digest: digest.clone(),
+            upload,
+            index,
+        };
+        if damaged.len() < DAMAGED_SHARDS_MAX && !damaged.contains(&shard) {
+            damaged.push(shard);
+        }
+    }
+
     pub fn slot(&self, disk: DiskId) -> Option<&DiskSlot> {
         self.disks.iter().find(|s| s.disk.id() == disk)
     }
@@ -258,6 +286,7 @@ impl BlobStore {
                     .collect(),
                 cfg,
                 counters: StoreCounters::default(),
+                damaged: std::sync::Mutex::default(),
             }),
             peers: None,
         })
@@ -432,6 +461,18 @@ impl BlobStore {
         let result = self
             .copy_shard(&mut target, layout, digest, size, index)
             .await;
+        if result.is_ok() {
+            // Reading the old file for the copy found its damage again: that is what
+            // was just repaired.
+            let mut damaged = self
+                .inner
+                .damaged
+                .lock()
+                .expect("damaged shards lock poisoned");
+            damaged.retain(|d| {
+                !(d.digest == *digest && d.upload == layout.upload && d.index == index)
+            });
+        }
         if result.is_err()
             && let Err(e) = target.abort().await
         {
@@ -682,6 +723,17 @@ impl BlobStore {
 
     pub fn counters(&self) -> &StoreCounters {
         &self.inner.counters
+    }
+
+    /// The damaged shards reads found since the last call.
+    pub fn take_damaged(&self) -> Vec<DamagedShard> {
+        std::mem::take(
+            &mut *self
+                .inner
+                .damaged
+                .lock()
+                .expect("damaged shards lock poisoned"),
+        )
     }
 }
 
