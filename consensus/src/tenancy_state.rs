@@ -11,8 +11,9 @@ use crate::state::{BytesRead, contains, read_record};
 use crate::tables::{BytesTable, key, prefix_range};
 use crate::tenancy::{
     AUDIT_BATCH_ENTRIES_MAX, AuditRecord, GroupBinding, IdentityProvider, OneTimeTokenRecord,
-    ProjectName, ProjectRecord, ProjectRole, ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord,
-    TenancyCommand, TenancyOutcome, TenancyRejection, UserRecord, valid_group_name,
+    ProjectName, ProjectRecord, ProjectRole, ProviderSetting, ROBOT_GRANTS_MAX, RobotRecord,
+    SigningKeyRecord, TenancyCommand, TenancyOutcome, TenancyRejection, UserRecord,
+    valid_group_name,
 };
 use crate::view::StateView;
 
@@ -31,6 +32,11 @@ pub(crate) const AUDIT: BytesTable = TableDefinition::new("audit");
 /// [`AUDIT_SEQ`] -> next audit sequence number (8 bytes BE).
 pub(crate) const TENANCY_META: BytesTable = TableDefinition::new("tenancy_meta");
 const AUDIT_SEQ: &[u8] = b"audit_seq";
+/// `provider\0<oidc|ldap>` in [`TENANCY_META`] -> the [`ProviderSetting`] in force
+/// (absent: never set).
+fn provider_key(provider: IdentityProvider) -> Vec<u8> {
+    key(&[b"provider", provider.as_str().as_bytes()])
+}
 /// `onetime$<project>+<id>` -> `OneTimeTokenRecord`.
 pub(crate) const ONE_TIME_TOKENS: BytesTable = TableDefinition::new("one_time_tokens");
 /// `kid` -> the instant (ms, 8 bytes BE) after which tokens it signed are refused.
@@ -298,6 +304,18 @@ impl<'txn> TenancyTables<'txn> {
                 project,
                 role,
             } => self.set_group_binding(*provider, group, project, *role)?,
+            TenancyCommand::SetIdentityProvider { setting, seed } => {
+                let k = provider_key(setting.provider());
+                if !setting.fits() {
+                    Rejected(TenancyRejection::TooLarge)
+                } else if *seed && contains(&self.meta, k.as_slice())? {
+                    Exists
+                } else {
+                    self.meta
+                        .insert(k.as_slice(), codec::encode(setting).as_slice())?;
+                    Done
+                }
+            }
         })
     }
 
@@ -631,6 +649,19 @@ impl StateView {
             }
         }
         Ok(best)
+    }
+
+    /// The cluster's setting of `provider`; `None` if it was never set (then a
+    /// node's start-up flags apply until they seed it).
+    pub fn identity_provider(
+        &self,
+        provider: IdentityProvider,
+    ) -> Result<Option<ProviderSetting>, ConsensusError> {
+        read_record(
+            &self.table(TENANCY_META)?,
+            "identity provider setting",
+            provider_key(provider).as_slice(),
+        )
     }
 
     /// The signing keys, by key id.
