@@ -483,7 +483,7 @@ pub enum TenancyCommand {
         name: String,
         at_ms: u64,
     },
-    /// Removes one-time tokens that expired before `before_ms`.
+    /// Removes one-time tokens that expired, or were redeemed, before `before_ms`.
     PruneOneTimeTokens {
         before_ms: u64,
     },

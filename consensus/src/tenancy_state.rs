@@ -274,7 +274,9 @@ impl<'txn> TenancyTables<'txn> {
                 for entry in self.one_time.iter()? {
                     let (k, v) = entry?;
                     let t: OneTimeTokenRecord = codec::decode("one-time token", v.value())?;
-                    if t.expires_at_ms < *before_ms {
+                    if t.expires_at_ms < *before_ms
+                        || t.redeemed_at_ms.is_some_and(|at| at < *before_ms)
+                    {
                         doomed.push(k.value().to_vec());
                     }
                 }
@@ -675,6 +677,11 @@ impl StateView {
             "one-time token",
             name.as_bytes(),
         )
+    }
+
+    /// Every one-time token, by name.
+    pub fn all_one_time_tokens(&self) -> Result<Vec<OneTimeTokenRecord>, ConsensusError> {
+        self.all(ONE_TIME_TOKENS, "one-time token")
     }
 
     /// One-time tokens of `project`, by name.

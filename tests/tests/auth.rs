@@ -1954,3 +1954,64 @@ async fn requests_over_the_concurrency_limit_get_429_until_one_finishes() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_upkeep_prunes_redeemed_and_expired_one_time_tokens() {
+    // Proves: the upkeep removes a one-time token one access-token lifetime after it
+    // was redeemed and one that expired unredeemed, and keeps one still redeemable
+    // (which then still works).
+    let r = Registry::start(&["--token-ttl-secs", "1", "--upload-ttl-secs", "4"]).await;
+    r.project("team", false).await.unwrap();
+    let scope = "repository:team/app:pull,push";
+    let used = one_time_token(&r, "team", "*").await.unwrap();
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &used, scope).await,
+        StatusCode::OK
+    );
+    let short = r
+        .ok(
+            Method::POST,
+            "/api/v1/projects/team/one-time-tokens",
+            Some(json!({ "repositories": "*", "expires_in_secs": 1 })),
+        )
+        .await
+        .unwrap();
+    let kept = one_time_token(&r, "team", "*").await.unwrap();
+    let names = || async {
+        let list = r
+            .ok(Method::GET, "/api/v1/projects/team/one-time-tokens", None)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut all = vec![
+        used.0.clone(),
+        short["name"].as_str().unwrap().to_owned(),
+        kept.0.clone(),
+    ];
+    all.sort();
+    assert_eq!(names().await, all);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = names().await;
+        if left == [kept.0.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one-time tokens never pruned: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &kept, scope).await,
+        StatusCode::OK
+    );
+}

@@ -103,6 +103,47 @@ fn a_one_time_token_is_redeemed_once_and_not_after_expiry() {
 }
 
 #[test]
+fn pruning_removes_tokens_redeemed_before_the_instant_and_keeps_redeemable_ones() {
+    let db = TestDb::new();
+    with_project(&db);
+    for (name, expires) in [("onetime$team+early", 1_000), ("onetime$team+late", 1_000)] {
+        assert_eq!(
+            t(&db, T::CreateOneTimeToken(one_time(name, "team", expires))),
+            TenancyOutcome::Done
+        );
+    }
+    let fresh = one_time("onetime$team+fresh", "team", 1_000);
+    assert_eq!(t(&db, T::CreateOneTimeToken(fresh)), TenancyOutcome::Done);
+    for (name, at_ms) in [("onetime$team+early", 100), ("onetime$team+late", 300)] {
+        assert_eq!(
+            t(
+                &db,
+                T::RedeemOneTimeToken {
+                    name: name.into(),
+                    at_ms
+                }
+            ),
+            TenancyOutcome::Done
+        );
+    }
+    // Redeemed at 100 goes; redeemed at 300 (an access token of it may still be in
+    // use) and the unredeemed one valid until 1000 stay.
+    assert_eq!(
+        t(&db, T::PruneOneTimeTokens { before_ms: 200 }),
+        TenancyOutcome::Audited(1)
+    );
+    let mut left: Vec<String> = db
+        .view()
+        .all_one_time_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["onetime$team+fresh", "onetime$team+late"]);
+}
+
+#[test]
 fn a_robot_secret_is_replaced() {
     let db = TestDb::new();
     with_project(&db);
