@@ -214,6 +214,14 @@ impl RobotRecord {
     }
 }
 
+/// The previous secret of a robot that still authenticates until `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotSecretGrace {
+    /// PHC string of an argon2id hash of the previous secret.
+    pub previous_hash: String,
+    pub until_ms: u64,
+}
+
 /// A token signing key (ECDSA P-256). The private key is in Raft so every node signs
 /// and verifies with the same key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -515,6 +523,14 @@ pub enum TenancyCommand {
         setting: ProviderSetting,
         seed: bool,
     },
+    /// Replaces a robot's secret hash like [`TenancyCommand::SetRobotSecret`], but the
+    /// previous secret keeps authenticating until `previous_until_ms` (for clients
+    /// that still hold it while the new one is rolled out).
+    SetRobotSecretWithGrace {
+        name: String,
+        secret_hash: String,
+        previous_until_ms: u64,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -562,6 +578,11 @@ impl fmt::Display for TenancyCommand {
                 f,
                 "set-group-binding {provider}:{group:?} {project} {role:?}"
             ),
+            TenancyCommand::SetRobotSecretWithGrace {
+                name,
+                previous_until_ms,
+                ..
+            } => write!(f, "set-robot-secret {name} grace-until {previous_until_ms}"),
             TenancyCommand::SetIdentityProvider { setting, seed } => write!(
                 f,
                 "set-identity-provider {} {} seed={seed}",

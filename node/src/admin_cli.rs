@@ -267,9 +267,13 @@ pub enum RobotCommand {
         #[arg(long, default_value = "berth-pull-secret")]
         secret_name: String,
     },
-    /// Give a robot a new secret (printed once); the old one stops working at once.
+    /// Give a robot a new secret (printed once); the old one stops working at once, or
+    /// after --grace-secs.
     RotateSecret {
         name: String,
+        /// Seconds the previous secret keeps working (default: it stops at once).
+        #[arg(long)]
+        grace_secs: Option<u64>,
     },
 }
 
@@ -579,12 +583,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let s = pull_secret(&secret_name, &server, &robot, &secret);
                 println!("{}", serde_json::to_string_pretty(&s)?);
             }
-            RobotCommand::RotateSecret { name } => {
+            RobotCommand::RotateSecret { name, grace_secs } => {
                 let encoded = name.replace('$', "%24").replace('+', "%2B");
+                let query = grace_secs
+                    .map(|g| format!("?grace_secs={g}"))
+                    .unwrap_or_default();
                 print_json(
                     &api.call(
                         Method::POST,
-                        &format!("/api/v1/robots/{encoded}/secret"),
+                        &format!("/api/v1/robots/{encoded}/secret{query}"),
                         None,
                     )
                     .await?,

@@ -614,7 +614,7 @@ impl Auth {
             Some(Principal::Robot(r)) => Some(r.secret_hash.clone()),
             _ => None,
         };
-        let ok = match hash {
+        let mut ok = match hash {
             Some(hash) => self.verify_cached(name, password, hash).await,
             None => {
                 // Unknown accounts cost the same as known ones.
@@ -622,6 +622,17 @@ impl Auth {
                 false
             }
         };
+        if !ok && matches!(principal, Some(Principal::Robot(_))) {
+            // A secret rotated with a grace period: the previous one works until then.
+            let n = name.to_owned();
+            if let Some(grace) = meta.read(move |v| v.robot_secret_grace(&n)).await?
+                && now_ms() < grace.until_ms
+            {
+                ok = self
+                    .verify_cached(name, password, grace.previous_hash)
+                    .await;
+            }
+        }
         match (ok, principal) {
             (true, Some(p)) => Ok(p),
             _ => {

@@ -169,6 +169,48 @@ fn a_robot_secret_is_replaced() {
     assert_eq!(t(&db, set("robot$team+nobody")), TenancyOutcome::NotFound);
     let stored = db.view().robot("robot$team+ci").unwrap().unwrap();
     assert_eq!(stored.secret_hash, "new");
+
+    // A rotation with grace keeps the previous hash until the given instant; one
+    // without ends the grace; deleting the robot (or its project) drops it.
+    let grace = |hash: &str, until| T::SetRobotSecretWithGrace {
+        name: "robot$team+ci".into(),
+        secret_hash: hash.into(),
+        previous_until_ms: until,
+    };
+    assert_eq!(t(&db, grace("newer", 500)), TenancyOutcome::Done);
+    let kept = db
+        .view()
+        .robot_secret_grace("robot$team+ci")
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.previous_hash.as_str(), kept.until_ms), ("new", 500));
+    assert_eq!(
+        db.view()
+            .robot("robot$team+ci")
+            .unwrap()
+            .unwrap()
+            .secret_hash,
+        "newer"
+    );
+    assert_eq!(t(&db, set("robot$team+ci")), TenancyOutcome::Done);
+    assert_eq!(db.view().robot_secret_grace("robot$team+ci").unwrap(), None);
+    assert_eq!(t(&db, grace("newest", 900)), TenancyOutcome::Done);
+    assert!(
+        db.view()
+            .robot_secret_grace("robot$team+ci")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        t(
+            &db,
+            T::DeleteProject {
+                name: "team".parse().unwrap()
+            }
+        ),
+        TenancyOutcome::Done
+    );
+    assert_eq!(db.view().robot_secret_grace("robot$team+ci").unwrap(), None);
 }
 
 fn key(kid: &str, created_at_ms: u64) -> SigningKeyRecord {
