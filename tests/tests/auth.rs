@@ -1960,14 +1960,12 @@ async fn the_upkeep_prunes_redeemed_and_expired_one_time_tokens() {
     // Proves: the upkeep removes a one-time token one access-token lifetime after it
     // was redeemed and one that expired unredeemed, and keeps one still redeemable
     // (which then still works).
-    let r = Registry::start(&["--token-ttl-secs", "1", "--upload-ttl-secs", "4"]).await;
+    // Tokens go one token lifetime (5 s) after redemption or expiry, so the list
+    // read right after the redemption still holds all three.
+    let r = Registry::start(&["--token-ttl-secs", "5", "--upload-ttl-secs", "4"]).await;
     r.project("team", false).await.unwrap();
     let scope = "repository:team/app:pull,push";
     let used = one_time_token(&r, "team", "*").await.unwrap();
-    assert_eq!(
-        token_status(&r.http, &r.server.url(), &used, scope).await,
-        StatusCode::OK
-    );
     let short = r
         .ok(
             Method::POST,
@@ -1977,6 +1975,10 @@ async fn the_upkeep_prunes_redeemed_and_expired_one_time_tokens() {
         .await
         .unwrap();
     let kept = one_time_token(&r, "team", "*").await.unwrap();
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &used, scope).await,
+        StatusCode::OK
+    );
     let names = || async {
         let list = r
             .ok(Method::GET, "/api/v1/projects/team/one-time-tokens", None)
