@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -219,13 +219,32 @@ pub async fn list_one_time_tokens(
     Ok(Json(out).into_response())
 }
 
-/// `POST /api/v1/robots/{name}/secret` (administrators, or owners of the robot's
-/// project): a new secret, returned once; the old one stops working at once.
+/// Longest grace period of a rotated robot secret.
+pub const ROBOT_SECRET_GRACE_SECS_MAX: u64 = 7 * 86_400;
+
+/// The query of a robot secret rotation.
+#[derive(Debug, Deserialize)]
+pub struct RotateSecretQuery {
+    /// Seconds the previous secret keeps working; none: it stops at once.
+    pub grace_secs: Option<u64>,
+}
+
+/// `POST /api/v1/robots/{name}/secret[?grace_secs=N]` (administrators, or owners of
+/// the robot's project): a new secret, returned once; the old one stops working at
+/// once, or after `grace_secs`.
 pub async fn rotate_robot_secret(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
     Path(name): Path<String>,
+    Query(query): Query<RotateSecretQuery>,
 ) -> ApiResult<Response> {
+    if let Some(g) = query.grace_secs
+        && !(1..=ROBOT_SECRET_GRACE_SECS_MAX).contains(&g)
+    {
+        return Err(ApiError::bad(format!(
+            "grace_secs is 1 to {ROBOT_SECRET_GRACE_SECS_MAX}"
+        )));
+    }
     let n = name.clone();
     let Some(robot) = app.meta.read(move |v| v.robot(&n)).await? else {
         return Err(ApiError::not_found("robot"));
@@ -238,19 +257,38 @@ pub async fn rotate_robot_secret(
         return Err(ApiError::not_found("robot"));
     }
     let secret = hex::encode(rand::random::<[u8; 24]>());
-    let cmd = TenancyCommand::SetRobotSecret {
-        name: name.clone(),
-        secret_hash: hash(&secret).await?,
+    let secret_hash = hash(&secret).await?;
+    let grace_until_ms = query
+        .grace_secs
+        .map(|g| now_ms().saturating_add(g.saturating_mul(1000)));
+    let cmd = match grace_until_ms {
+        Some(previous_until_ms) => TenancyCommand::SetRobotSecretWithGrace {
+            name: name.clone(),
+            secret_hash,
+            previous_until_ms,
+        },
+        None => TenancyCommand::SetRobotSecret {
+            name: name.clone(),
+            secret_hash,
+        },
     };
     match propose(&app, cmd).await? {
         TenancyOutcome::Done => {
             policy_audit(
                 &app,
                 &caller,
-                format!("rotate robot secret {name}"),
+                match query.grace_secs {
+                    Some(g) => format!("rotate robot secret {name} (previous valid {g} s)"),
+                    None => format!("rotate robot secret {name}"),
+                },
                 robot.project.as_ref().map(|p| p.as_str()),
             );
-            Ok(Json(json!({ "name": name, "secret": secret })).into_response())
+            Ok(Json(json!({
+                "name": name,
+                "secret": secret,
+                "previous_valid_until_ms": grace_until_ms,
+            }))
+            .into_response())
         }
         TenancyOutcome::NotFound => Err(ApiError::not_found("robot")),
         other => Err(unexpected(other)),

@@ -126,7 +126,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/api/v1/identity-providers",
-            get(manage_identity::identity_providers),
+            get(manage_identity::identity_providers).put(manage_identity::set_identity_providers),
         )
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),

@@ -3,11 +3,13 @@
 //! are collected (record through Raft first, then shard files), and shard files that
 //! no committed blob references (a crash between writing shards and the Raft commit,
 //! or between a record's removal and its files') are swept once they are older than
-//! the TTL. Runs until the shutdown signal.
+//! the TTL; one-time tokens that were redeemed or expired are removed. Runs until
+//! the shutdown signal.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use berth_consensus::tenancy::{TenancyCommand, TenancyOutcome};
 use berth_consensus::{CommandV1, Outcome};
 use berth_types::BlobLayout;
 use berth_types::limits::GC_BLOBS_PER_PASS_MAX;
@@ -87,6 +89,35 @@ async fn collect_unlinked(app: &AppState) -> OciResult<usize> {
     Ok(collected)
 }
 
+/// Removes one-time tokens that were redeemed or expired more than one access-token
+/// lifetime ago: until then an access token from the redemption still names the
+/// record. Proposed only when there is one (every node runs this; the command is
+/// idempotent).
+async fn prune_one_time_tokens(app: &AppState) -> OciResult<usize> {
+    let before_ms = now_ms().saturating_sub(app.auth.config.token_ttl.as_millis() as u64);
+    let due = app
+        .meta
+        .read_local(move |v| {
+            Ok(v.all_one_time_tokens()?.iter().any(|t| {
+                t.expires_at_ms < before_ms || t.redeemed_at_ms.is_some_and(|at| at < before_ms)
+            }))
+        })
+        .await?;
+    if !due {
+        return Ok(0);
+    }
+    match app
+        .meta
+        .propose(CommandV1::Tenancy(TenancyCommand::PruneOneTimeTokens {
+            before_ms,
+        }))
+        .await?
+    {
+        Outcome::Tenancy(TenancyOutcome::Audited(n)) => Ok(n as usize),
+        _ => Ok(0),
+    }
+}
+
 /// One upkeep pass.
 pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     let expired = app.uploads.expire_idle(upload_ttl).await;
@@ -107,6 +138,7 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
     }
     let staging = sweep_staging(app).await?;
     let collected = collect_unlinked(app).await?;
+    let one_time_pruned = prune_one_time_tokens(app).await?;
     let meta = app.meta.clone();
     let handle = tokio::runtime::Handle::current();
     let orphans = app
@@ -131,8 +163,15 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
             upload_ttl,
         )
         .await?;
-    if expired + staging + collected + orphans > 0 {
-        tracing::info!(expired, staging, collected, orphans, "maintenance pass");
+    if expired + staging + collected + orphans + one_time_pruned > 0 {
+        tracing::info!(
+            expired,
+            staging,
+            collected,
+            orphans,
+            one_time_pruned,
+            "maintenance pass"
+        );
     }
     Ok(())
 }

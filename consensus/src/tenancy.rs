@@ -19,6 +19,9 @@ pub const AUDIT_BATCH_ENTRIES_MAX: usize = 1_000;
 pub const ROBOT_GRANTS_MAX: usize = 100;
 /// Longest external group name, in bytes.
 pub const GROUP_NAME_BYTES_MAX: usize = 256;
+/// Longest field of an identity provider setting (a URL, DN template or filter), in
+/// bytes.
+pub const PROVIDER_FIELD_BYTES_MAX: usize = 2048;
 
 /// A project name: one repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -211,6 +214,14 @@ impl RobotRecord {
     }
 }
 
+/// The previous secret of a robot that still authenticates until `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobotSecretGrace {
+    /// PHC string of an argon2id hash of the previous secret.
+    pub previous_hash: String,
+    pub until_ms: u64,
+}
+
 /// A token signing key (ECDSA P-256). The private key is in Raft so every node signs
 /// and verifies with the same key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,6 +341,71 @@ pub struct GroupBinding {
     pub role: ProjectRole,
 }
 
+/// The OIDC provider as the cluster stores it: ID tokens of `issuer` issued to
+/// `audience` are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OidcProviderRecord {
+    /// The issuer URL, exactly as in the tokens' `iss`.
+    pub issuer: String,
+    /// The client id the tokens must be issued to (`aud`).
+    pub audience: String,
+    /// The claim that lists the caller's groups.
+    pub groups_claim: String,
+    /// The claim that names the caller.
+    pub username_claim: String,
+    /// Least seconds between two key fetches caused by unknown key ids.
+    pub jwks_refresh_min_secs: u64,
+}
+
+/// The LDAP provider as the cluster stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LdapProviderRecord {
+    /// `ldap://host:port`.
+    pub url: String,
+    /// The DN a user binds as, `{user}` standing for the user name.
+    pub user_dn: String,
+    /// Where groups are searched (subtree).
+    pub group_base: String,
+    /// Which entries are the user's groups (`{dn}`, `{user}` substituted).
+    pub group_filter: String,
+    /// The attribute of a group entry that names it.
+    pub group_attribute: String,
+}
+
+/// The setting of one identity provider: its record, or `None` for "not used".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderSetting {
+    Oidc(Option<OidcProviderRecord>),
+    Ldap(Option<LdapProviderRecord>),
+}
+
+impl ProviderSetting {
+    pub fn provider(&self) -> IdentityProvider {
+        match self {
+            ProviderSetting::Oidc(_) => IdentityProvider::Oidc,
+            ProviderSetting::Ldap(_) => IdentityProvider::Ldap,
+        }
+    }
+
+    /// Whether every field fits [`PROVIDER_FIELD_BYTES_MAX`].
+    pub fn fits(&self) -> bool {
+        let fields: Vec<&str> = match self {
+            ProviderSetting::Oidc(Some(o)) => {
+                vec![&o.issuer, &o.audience, &o.groups_claim, &o.username_claim]
+            }
+            ProviderSetting::Ldap(Some(l)) => vec![
+                &l.url,
+                &l.user_dn,
+                &l.group_base,
+                &l.group_filter,
+                &l.group_attribute,
+            ],
+            _ => Vec::new(),
+        };
+        fields.iter().all(|f| f.len() <= PROVIDER_FIELD_BYTES_MAX)
+    }
+}
+
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -415,7 +491,7 @@ pub enum TenancyCommand {
         name: String,
         at_ms: u64,
     },
-    /// Removes one-time tokens that expired before `before_ms`.
+    /// Removes one-time tokens that expired, or were redeemed, before `before_ms`.
     PruneOneTimeTokens {
         before_ms: u64,
     },
@@ -438,6 +514,22 @@ pub enum TenancyCommand {
         group: String,
         project: ProjectName,
         role: Option<ProjectRole>,
+    },
+    /// Sets one identity provider for the whole cluster (`None` in the setting turns
+    /// it off). With `seed`, only if the cluster has never had a setting for that
+    /// provider (`Exists` otherwise): a node's start-up flags seed the cluster
+    /// setting, they never overwrite one an administrator made.
+    SetIdentityProvider {
+        setting: ProviderSetting,
+        seed: bool,
+    },
+    /// Replaces a robot's secret hash like [`TenancyCommand::SetRobotSecret`], but the
+    /// previous secret keeps authenticating until `previous_until_ms` (for clients
+    /// that still hold it while the new one is rolled out).
+    SetRobotSecretWithGrace {
+        name: String,
+        secret_hash: String,
+        previous_until_ms: u64,
     },
 }
 
@@ -485,6 +577,20 @@ impl fmt::Display for TenancyCommand {
             } => write!(
                 f,
                 "set-group-binding {provider}:{group:?} {project} {role:?}"
+            ),
+            TenancyCommand::SetRobotSecretWithGrace {
+                name,
+                previous_until_ms,
+                ..
+            } => write!(f, "set-robot-secret {name} grace-until {previous_until_ms}"),
+            TenancyCommand::SetIdentityProvider { setting, seed } => write!(
+                f,
+                "set-identity-provider {} {} seed={seed}",
+                setting.provider(),
+                match setting {
+                    ProviderSetting::Oidc(Some(_)) | ProviderSetting::Ldap(Some(_)) => "on",
+                    _ => "off",
+                }
             ),
         }
     }

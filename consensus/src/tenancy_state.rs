@@ -11,8 +11,9 @@ use crate::state::{BytesRead, contains, read_record};
 use crate::tables::{BytesTable, key, prefix_range};
 use crate::tenancy::{
     AUDIT_BATCH_ENTRIES_MAX, AuditRecord, GroupBinding, IdentityProvider, OneTimeTokenRecord,
-    ProjectName, ProjectRecord, ProjectRole, ROBOT_GRANTS_MAX, RobotRecord, SigningKeyRecord,
-    TenancyCommand, TenancyOutcome, TenancyRejection, UserRecord, valid_group_name,
+    ProjectName, ProjectRecord, ProjectRole, ProviderSetting, ROBOT_GRANTS_MAX, RobotRecord,
+    RobotSecretGrace, SigningKeyRecord, TenancyCommand, TenancyOutcome, TenancyRejection,
+    UserRecord, valid_group_name,
 };
 use crate::view::StateView;
 
@@ -31,6 +32,17 @@ pub(crate) const AUDIT: BytesTable = TableDefinition::new("audit");
 /// [`AUDIT_SEQ`] -> next audit sequence number (8 bytes BE).
 pub(crate) const TENANCY_META: BytesTable = TableDefinition::new("tenancy_meta");
 const AUDIT_SEQ: &[u8] = b"audit_seq";
+/// `robot_grace\0<robot>` in [`TENANCY_META`] -> the [`RobotSecretGrace`] of a robot
+/// whose secret was rotated with a grace period.
+fn robot_grace_key(robot: &str) -> Vec<u8> {
+    key(&[b"robot_grace", robot.as_bytes()])
+}
+
+/// `provider\0<oidc|ldap>` in [`TENANCY_META`] -> the [`ProviderSetting`] in force
+/// (absent: never set).
+fn provider_key(provider: IdentityProvider) -> Vec<u8> {
+    key(&[b"provider", provider.as_str().as_bytes()])
+}
 /// `onetime$<project>+<id>` -> `OneTimeTokenRecord`.
 pub(crate) const ONE_TIME_TOKENS: BytesTable = TableDefinition::new("one_time_tokens");
 /// `kid` -> the instant (ms, 8 bytes BE) after which tokens it signed are refused.
@@ -203,7 +215,10 @@ impl<'txn> TenancyTables<'txn> {
             }
             TenancyCommand::CreateRobot(r) => self.create_robot(r)?,
             TenancyCommand::DeleteRobot { name } => match self.robots.remove(name.as_bytes())? {
-                Some(_) => Done,
+                Some(_) => {
+                    self.meta.remove(robot_grace_key(name).as_slice())?;
+                    Done
+                }
                 None => NotFound,
             },
             TenancyCommand::InitSigningKey(k) => {
@@ -268,7 +283,9 @@ impl<'txn> TenancyTables<'txn> {
                 for entry in self.one_time.iter()? {
                     let (k, v) = entry?;
                     let t: OneTimeTokenRecord = codec::decode("one-time token", v.value())?;
-                    if t.expires_at_ms < *before_ms {
+                    if t.expires_at_ms < *before_ms
+                        || t.redeemed_at_ms.is_some_and(|at| at < *before_ms)
+                    {
                         doomed.push(k.value().to_vec());
                     }
                 }
@@ -278,16 +295,13 @@ impl<'txn> TenancyTables<'txn> {
                 TenancyOutcome::Audited(doomed.len() as u64)
             }
             TenancyCommand::SetRobotSecret { name, secret_hash } => {
-                match read_record::<RobotRecord>(&self.robots, "robot record", name.as_bytes())? {
-                    None => NotFound,
-                    Some(mut r) => {
-                        r.secret_hash = secret_hash.clone();
-                        self.robots
-                            .insert(name.as_bytes(), codec::encode(&r).as_slice())?;
-                        Done
-                    }
-                }
+                self.set_robot_secret(name, secret_hash, None)?
             }
+            TenancyCommand::SetRobotSecretWithGrace {
+                name,
+                secret_hash,
+                previous_until_ms,
+            } => self.set_robot_secret(name, secret_hash, Some(*previous_until_ms))?,
             TenancyCommand::RotateSigningKey {
                 key,
                 retire_previous_at_ms,
@@ -298,7 +312,52 @@ impl<'txn> TenancyTables<'txn> {
                 project,
                 role,
             } => self.set_group_binding(*provider, group, project, *role)?,
+            TenancyCommand::SetIdentityProvider { setting, seed } => {
+                let k = provider_key(setting.provider());
+                if !setting.fits() {
+                    Rejected(TenancyRejection::TooLarge)
+                } else if *seed && contains(&self.meta, k.as_slice())? {
+                    Exists
+                } else {
+                    self.meta
+                        .insert(k.as_slice(), codec::encode(setting).as_slice())?;
+                    Done
+                }
+            }
         })
+    }
+
+    /// Replaces a robot's secret hash; with `grace_until_ms` the previous hash is kept
+    /// as its grace until then, without it any earlier grace ends.
+    fn set_robot_secret(
+        &mut self,
+        name: &str,
+        secret_hash: &str,
+        grace_until_ms: Option<u64>,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        let Some(mut r) =
+            read_record::<RobotRecord>(&self.robots, "robot record", name.as_bytes())?
+        else {
+            return Ok(TenancyOutcome::NotFound);
+        };
+        let grace_key = robot_grace_key(name);
+        match grace_until_ms {
+            Some(until_ms) => {
+                let grace = RobotSecretGrace {
+                    previous_hash: r.secret_hash.clone(),
+                    until_ms,
+                };
+                self.meta
+                    .insert(grace_key.as_slice(), codec::encode(&grace).as_slice())?;
+            }
+            None => {
+                self.meta.remove(grace_key.as_slice())?;
+            }
+        }
+        r.secret_hash = secret_hash.to_owned();
+        self.robots
+            .insert(name.as_bytes(), codec::encode(&r).as_slice())?;
+        Ok(TenancyOutcome::Done)
     }
 
     fn set_group_binding(
@@ -502,6 +561,8 @@ impl<'txn> TenancyTables<'txn> {
         }
         for k in robots {
             self.robots.remove(k.as_slice())?;
+            self.meta
+                .remove(key(&[b"robot_grace", k.as_slice()]).as_slice())?;
         }
         let mut bindings = Vec::new();
         for entry in self
@@ -633,6 +694,32 @@ impl StateView {
         Ok(best)
     }
 
+    /// The cluster's setting of `provider`; `None` if it was never set (then a
+    /// node's start-up flags apply until they seed it).
+    pub fn identity_provider(
+        &self,
+        provider: IdentityProvider,
+    ) -> Result<Option<ProviderSetting>, ConsensusError> {
+        read_record(
+            &self.table(TENANCY_META)?,
+            "identity provider setting",
+            provider_key(provider).as_slice(),
+        )
+    }
+
+    /// The previous secret of robot `name` kept by a rotation with a grace period
+    /// (whether it still holds is the caller's check of `until_ms`).
+    pub fn robot_secret_grace(
+        &self,
+        name: &str,
+    ) -> Result<Option<RobotSecretGrace>, ConsensusError> {
+        read_record(
+            &self.table(TENANCY_META)?,
+            "robot secret grace",
+            robot_grace_key(name).as_slice(),
+        )
+    }
+
     /// The signing keys, by key id.
     pub fn signing_keys(&self) -> Result<Vec<SigningKeyRecord>, ConsensusError> {
         self.all(SIGNING_KEYS, "signing key record")
@@ -644,6 +731,11 @@ impl StateView {
             "one-time token",
             name.as_bytes(),
         )
+    }
+
+    /// Every one-time token, by name.
+    pub fn all_one_time_tokens(&self) -> Result<Vec<OneTimeTokenRecord>, ConsensusError> {
+        self.all(ONE_TIME_TOKENS, "one-time token")
     }
 
     /// One-time tokens of `project`, by name.

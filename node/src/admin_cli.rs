@@ -42,8 +42,9 @@ pub enum AdminCommand {
     /// Roles of OIDC and LDAP groups in projects.
     #[command(subcommand)]
     Group(GroupCommand),
-    /// The configured external identity providers.
-    Providers,
+    /// The cluster's external identity providers (OIDC issuer, LDAP directory).
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Audit entries (JSON lines, or CSV with --csv).
     Audit {
         /// Milliseconds since the epoch.
@@ -129,6 +130,53 @@ pub enum MemberCommand {
     },
     List {
         project: String,
+    },
+}
+
+// Parsed once per command line: the size of `Set` does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(clap::Subcommand)]
+pub enum ProvidersCommand {
+    /// The providers in use and where their settings come from.
+    Show,
+    /// Set the cluster's providers; every node uses them within seconds. A provider
+    /// not named stays as it is.
+    Set {
+        /// OIDC issuer URL (https, or http on loopback); needs --oidc-audience.
+        #[arg(long, requires = "oidc_audience", conflicts_with = "no_oidc")]
+        oidc_issuer: Option<String>,
+        /// The client id the ID tokens are issued to.
+        #[arg(long, requires = "oidc_issuer")]
+        oidc_audience: Option<String>,
+        #[arg(long, requires = "oidc_issuer", default_value = "groups")]
+        oidc_groups_claim: String,
+        #[arg(long, requires = "oidc_issuer", default_value = "sub")]
+        oidc_username_claim: String,
+        #[arg(long, requires = "oidc_issuer", default_value_t = 60)]
+        oidc_jwks_refresh_min_secs: u64,
+        /// Turn OIDC off.
+        #[arg(long)]
+        no_oidc: bool,
+        /// LDAP directory (`ldap://host:port`); needs --ldap-user-dn and
+        /// --ldap-group-base.
+        #[arg(long, requires_all = ["ldap_user_dn", "ldap_group_base"], conflicts_with = "no_ldap")]
+        ldap_url: Option<String>,
+        /// The DN a user binds as, `{user}` standing for the user name.
+        #[arg(long, requires = "ldap_url")]
+        ldap_user_dn: Option<String>,
+        #[arg(long, requires = "ldap_url")]
+        ldap_group_base: Option<String>,
+        #[arg(
+            long,
+            requires = "ldap_url",
+            default_value = "(&(objectClass=groupOfNames)(member={dn}))"
+        )]
+        ldap_group_filter: String,
+        #[arg(long, requires = "ldap_url", default_value = "cn")]
+        ldap_group_attribute: String,
+        /// Turn LDAP off.
+        #[arg(long)]
+        no_ldap: bool,
     },
 }
 
@@ -219,9 +267,13 @@ pub enum RobotCommand {
         #[arg(long, default_value = "berth-pull-secret")]
         secret_name: String,
     },
-    /// Give a robot a new secret (printed once); the old one stops working at once.
+    /// Give a robot a new secret (printed once); the old one stops working at once, or
+    /// after --grace-secs.
     RotateSecret {
         name: String,
+        /// Seconds the previous secret keeps working (default: it stops at once).
+        #[arg(long)]
+        grace_secs: Option<u64>,
     },
 }
 
@@ -392,10 +444,66 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await?,
             ),
         },
-        AdminCommand::Providers => print_json(
+        AdminCommand::Providers(ProvidersCommand::Show) => print_json(
             &api.call(Method::GET, "/api/v1/identity-providers", None)
                 .await?,
         ),
+        AdminCommand::Providers(ProvidersCommand::Set {
+            oidc_issuer,
+            oidc_audience,
+            oidc_groups_claim,
+            oidc_username_claim,
+            oidc_jwks_refresh_min_secs,
+            no_oidc,
+            ldap_url,
+            ldap_user_dn,
+            ldap_group_base,
+            ldap_group_filter,
+            ldap_group_attribute,
+            no_ldap,
+        }) => {
+            let mut body = serde_json::Map::new();
+            if no_oidc {
+                body.insert("oidc".into(), Value::Null);
+            } else if let Some(issuer) = oidc_issuer {
+                body.insert(
+                    "oidc".into(),
+                    json!({
+                        "issuer": issuer,
+                        "audience": oidc_audience,
+                        "groups_claim": oidc_groups_claim,
+                        "username_claim": oidc_username_claim,
+                        "jwks_refresh_min_secs": oidc_jwks_refresh_min_secs,
+                    }),
+                );
+            }
+            if no_ldap {
+                body.insert("ldap".into(), Value::Null);
+            } else if let Some(url) = ldap_url {
+                body.insert(
+                    "ldap".into(),
+                    json!({
+                        "url": url,
+                        "user_dn": ldap_user_dn,
+                        "group_base": ldap_group_base,
+                        "group_filter": ldap_group_filter,
+                        "group_attribute": ldap_group_attribute,
+                    }),
+                );
+            }
+            anyhow::ensure!(
+                !body.is_empty(),
+                "name a provider to set (--oidc-issuer, --ldap-url) or turn off (--no-oidc, --no-ldap)"
+            );
+            print_json(
+                &api.call(
+                    Method::PUT,
+                    "/api/v1/identity-providers",
+                    Some(Value::Object(body)),
+                )
+                .await?,
+            )
+        }
         AdminCommand::User(c) => match c {
             UserCommand::Create {
                 name,
@@ -475,12 +583,15 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let s = pull_secret(&secret_name, &server, &robot, &secret);
                 println!("{}", serde_json::to_string_pretty(&s)?);
             }
-            RobotCommand::RotateSecret { name } => {
+            RobotCommand::RotateSecret { name, grace_secs } => {
                 let encoded = name.replace('$', "%24").replace('+', "%2B");
+                let query = grace_secs
+                    .map(|g| format!("?grace_secs={g}"))
+                    .unwrap_or_default();
                 print_json(
                     &api.call(
                         Method::POST,
-                        &format!("/api/v1/robots/{encoded}/secret"),
+                        &format!("/api/v1/robots/{encoded}/secret{query}"),
                         None,
                     )
                     .await?,

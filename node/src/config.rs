@@ -330,20 +330,6 @@ impl Config {
             );
             return Ok(None);
         };
-        let url = reqwest::Url::parse(issuer)
-            .with_context(|| format!("oidc_issuer {issuer:?} is not a URL"))?;
-        let loopback = match url.host_str() {
-            Some("localhost") => true,
-            Some(h) => h
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        };
-        anyhow::ensure!(
-            url.scheme() == "https" || (url.scheme() == "http" && loopback),
-            "oidc_issuer must be an https URL (plain http only on loopback), not {issuer:?}"
-        );
         let audience = self
             .oidc_audience
             .clone()
@@ -353,13 +339,17 @@ impl Config {
             !self.oidc_groups_claim.is_empty() && !self.oidc_username_claim.is_empty(),
             "oidc_groups_claim and oidc_username_claim must not be empty"
         );
-        Ok(Some(OidcConfig {
+        let config = OidcConfig {
             issuer: issuer.clone(),
             audience,
             groups_claim: self.oidc_groups_claim.clone(),
             username_claim: self.oidc_username_claim.clone(),
             jwks_refresh_min: std::time::Duration::from_secs(self.oidc_jwks_refresh_min_secs),
-        }))
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("oidc_issuer: {e}"))?;
+        Ok(Some(config))
     }
 
     /// The LDAP settings, if a directory is configured.
@@ -367,10 +357,6 @@ impl Config {
         let Some(url) = &self.ldap_url else {
             return Ok(None);
         };
-        anyhow::ensure!(
-            url.starts_with("ldap://"),
-            "ldap_url must be an ldap:// URL (ldaps:// and StartTLS are not supported yet), not {url:?}"
-        );
         let user_dn = self
             .ldap_user_dn
             .clone()
@@ -385,13 +371,17 @@ impl Config {
             !self.ldap_group_attribute.is_empty() && self.ldap_group_filter.starts_with('('),
             "ldap_group_attribute must not be empty and ldap_group_filter must be an LDAP filter"
         );
-        Ok(Some(LdapConfig {
+        let config = LdapConfig {
             url: url.clone(),
             user_dn,
             group_base,
             group_filter: self.ldap_group_filter.clone(),
             group_attribute: self.ldap_group_attribute.clone(),
-        }))
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("ldap_url: {e}"))?;
+        Ok(Some(config))
     }
 
     /// The request limit in force; `None`: unlimited.

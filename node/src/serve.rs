@@ -280,10 +280,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         AuthSetting::Enforced => {
             bootstrap_admin(&cfg.data, &app).await?;
             tracing::info!("authentication enforced");
-            if let Some(oidc) = &app.auth.oidc {
+            at_start("seeding the identity provider settings", transient, || {
+                app.auth.seed_providers(&app.meta)
+            })
+            .await?;
+            let providers = app.auth.providers(&app.meta).await;
+            if let Some(oidc) = &providers.oidc {
                 tracing::info!(issuer = %oidc.config.issuer, audience = %oidc.config.audience, "OIDC ID tokens accepted");
             }
-            if let Some(ldap) = &app.auth.ldap {
+            if let Some(ldap) = &providers.ldap {
                 tracing::info!(url = %ldap.config.url, "LDAP logins accepted for users without a local account");
             }
         }

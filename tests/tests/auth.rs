@@ -1954,3 +1954,171 @@ async fn requests_over_the_concurrency_limit_get_429_until_one_finishes() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_upkeep_prunes_redeemed_and_expired_one_time_tokens() {
+    // Proves: the upkeep removes a one-time token one access-token lifetime after it
+    // was redeemed and one that expired unredeemed, and keeps one still redeemable
+    // (which then still works).
+    // Tokens go one token lifetime (5 s) after redemption or expiry, so the list
+    // read right after the redemption still holds all three.
+    let r = Registry::start(&["--token-ttl-secs", "5", "--upload-ttl-secs", "4"]).await;
+    r.project("team", false).await.unwrap();
+    let scope = "repository:team/app:pull,push";
+    let used = one_time_token(&r, "team", "*").await.unwrap();
+    let short = r
+        .ok(
+            Method::POST,
+            "/api/v1/projects/team/one-time-tokens",
+            Some(json!({ "repositories": "*", "expires_in_secs": 1 })),
+        )
+        .await
+        .unwrap();
+    let kept = one_time_token(&r, "team", "*").await.unwrap();
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &used, scope).await,
+        StatusCode::OK
+    );
+    let names = || async {
+        let list = r
+            .ok(Method::GET, "/api/v1/projects/team/one-time-tokens", None)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut all = vec![
+        used.0.clone(),
+        short["name"].as_str().unwrap().to_owned(),
+        kept.0.clone(),
+    ];
+    all.sort();
+    assert_eq!(names().await, all);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = names().await;
+        if left == [kept.0.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one-time tokens never pruned: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &kept, scope).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_robot_secret_rotated_with_grace_keeps_the_old_one_until_the_grace_ends() {
+    // Proves: after POST /api/v1/robots/{name}/secret?grace_secs=3 both the new and
+    // the old secret push (Basic on /v2/ and /token), the old one is refused once the
+    // grace is over, the new one keeps working; a grace out of range is 400; a later
+    // rotation without grace ends any grace at once.
+    let r = Registry::start(&[]).await;
+    r.project("team", false).await.unwrap();
+    let ci = r
+        .robot(
+            "ci",
+            "team",
+            json!([{ "repositories": "*", "actions": ["pull", "push"] }]),
+            None,
+        )
+        .await
+        .unwrap();
+    let path = format!(
+        "/api/v1/robots/{}/secret",
+        ci.0.replace('$', "%24").replace('+', "%2B")
+    );
+    for bad in ["0", "604801", "x"] {
+        let (s, _) = r
+            .api(
+                Method::POST,
+                &format!("{path}?grace_secs={bad}"),
+                &Creds::admin(),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(s, StatusCode::BAD_REQUEST, "grace_secs={bad}");
+    }
+    let v = r
+        .ok(Method::POST, &format!("{path}?grace_secs=3"), None)
+        .await
+        .unwrap();
+    let rotated_at = Instant::now();
+    assert!(v["previous_valid_until_ms"].as_u64().is_some());
+    let new = Creds::new(&ci.0, v["secret"].as_str().unwrap());
+    let scope = "repository:team/app:pull,push";
+    assert_eq!(
+        r.push_blob(Some(&ci), "team/app", b"old in grace")
+            .await
+            .unwrap(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &ci, scope).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        r.push_blob(Some(&new), "team/app", b"new in grace")
+            .await
+            .unwrap(),
+        StatusCode::CREATED
+    );
+    assert!(
+        rotated_at.elapsed() < Duration::from_secs(3),
+        "the checks in the grace took too long to prove anything"
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(rotated_at.elapsed())).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        r.push_blob(Some(&ci), "team/app", b"old after grace")
+            .await
+            .unwrap(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &ci, scope).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        r.push_blob(Some(&new), "team/app", b"new after grace")
+            .await
+            .unwrap(),
+        StatusCode::CREATED
+    );
+
+    // A rotation with grace, then one without: the grace ends with the second.
+    let v = r
+        .ok(Method::POST, &format!("{path}?grace_secs=600"), None)
+        .await
+        .unwrap();
+    let newer = Creds::new(&ci.0, v["secret"].as_str().unwrap());
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &new, scope).await,
+        StatusCode::OK
+    );
+    let v = r.ok(Method::POST, &path, None).await.unwrap();
+    assert_eq!(v["previous_valid_until_ms"], Value::Null);
+    let newest = Creds::new(&ci.0, v["secret"].as_str().unwrap());
+    for old in [&new, &newer] {
+        assert_eq!(
+            token_status(&r.http, &r.server.url(), old, scope).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        token_status(&r.http, &r.server.url(), &newest, scope).await,
+        StatusCode::OK
+    );
+}

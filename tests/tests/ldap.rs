@@ -371,3 +371,158 @@ async fn ldap_binds_and_groups_decide_access() {
     .await
     .unwrap();
 }
+
+/// Polls `check` every 200 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        ensure!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ldap_settings_made_through_one_node_are_used_by_every_node() {
+    // Proves: in a 3-node cluster started without LDAP flags, an administrator sets
+    // the directory with PUT /api/v1/identity-providers through node 1 (stored
+    // through Raft) and an LDAP login through node 3 then works without a restart;
+    // turning LDAP off through node 2 makes node 3 refuse the same login; invalid
+    // settings are refused with 400 and change nothing.
+    let _heavy = berth_tests::heavy().await;
+    let slapd = Slapd::start().unwrap();
+    let cluster = berth_tests::cluster::Cluster::up_with_env(
+        3,
+        vec![
+            ("BERTH_AUTH".into(), "enforced".into()),
+            ("BERTH_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cluster: {e:#}"));
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin = |node: u16, method: Method, path: &str, body: Value| {
+        http.request(method, format!("{}{path}", cluster.url(node)))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&body)
+            .send()
+    };
+    let alice_v2 = |node: u16| {
+        let request = http
+            .get(format!("{}/v2/", cluster.url(node)))
+            .basic_auth("alice", Some("alice-password"));
+        async move { request.send().await.map(|r| r.status()).ok() }
+    };
+    let providers = admin(3, Method::GET, "/api/v1/identity-providers", json!(null))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(providers["ldap"], Value::Null);
+    assert_eq!(alice_v2(3).await, Some(StatusCode::UNAUTHORIZED));
+
+    let ldap = json!({
+        "url": slapd.url(),
+        "user_dn": format!("uid={{user}},ou=people,{SUFFIX}"),
+        "group_base": format!("ou=groups,{SUFFIX}"),
+    });
+    for bad in [
+        json!({ "ldap": { "url": "http://127.0.0.1:1", "user_dn": "uid={user}", "group_base": "b" } }),
+        json!({ "ldap": { "url": slapd.url(), "user_dn": "uid=alice", "group_base": "b" } }),
+        json!({ "ldap": { "url": slapd.url() } }),
+        json!({ "ldapp": ldap }),
+    ] {
+        let resp = admin(1, Method::PUT, "/api/v1/identity-providers", bad.clone())
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_client_error(),
+            "{bad} answered {}",
+            resp.status()
+        );
+    }
+    let resp = admin(
+        1,
+        Method::PUT,
+        "/api/v1/identity-providers",
+        json!({ "ldap": ldap }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["ldap"]["url"], slapd.url());
+    assert_eq!(view["ldap"]["source"], "cluster");
+    assert_eq!(view["oidc"], Value::Null);
+    let resp = admin(
+        1,
+        Method::POST,
+        "/api/v1/projects",
+        json!({ "name": "team", "public": false }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = admin(
+        1,
+        Method::PUT,
+        "/api/v1/projects/team/groups/ldap/devs",
+        json!({ "role": "developer" }),
+    )
+    .await
+    .unwrap();
+    assert!(resp.status().is_success());
+
+    eventually(
+        Duration::from_secs(20),
+        "an LDAP login through node 3",
+        || async { alice_v2(3).await == Some(StatusCode::OK) },
+    )
+    .await
+    .unwrap();
+    let data = b"alice through node 3";
+    let resp = http
+        .post(format!(
+            "{}/v2/team/app/blobs/uploads/?digest={}",
+            cluster.url(3),
+            sha256_digest(data)
+        ))
+        .basic_auth("alice", Some("alice-password"))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let view: Value = admin(3, Method::GET, "/api/v1/identity-providers", json!(null))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["ldap"]["source"], "cluster");
+
+    let resp = admin(
+        2,
+        Method::PUT,
+        "/api/v1/identity-providers",
+        json!({ "ldap": null }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The login cache of node 3 goes with the directory's old setting.
+    eventually(
+        Duration::from_secs(20),
+        "node 3 refusing LDAP logins",
+        || async { alice_v2(3).await == Some(StatusCode::UNAUTHORIZED) },
+    )
+    .await
+    .unwrap();
+}

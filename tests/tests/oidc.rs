@@ -831,3 +831,179 @@ async fn an_unreachable_issuer_gives_503_not_a_crash() {
     .await
     .unwrap();
 }
+
+/// Polls `check` every 200 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        ensure!(Instant::now() < deadline, "{what} not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn oidc_settings_made_through_one_node_are_used_by_every_node() {
+    // Proves: in a 3-node cluster started without OIDC flags, an administrator sets
+    // the issuer with PUT /api/v1/identity-providers through node 1 (stored through
+    // Raft) and an ID token then logs in and pushes through node 3 without a
+    // restart; an issuer that is not https off loopback is refused with 400.
+    let _heavy = berth_tests::heavy().await;
+    let key = Key::ec("ec-cluster");
+    let issuer = Issuer::start(&[&key]).await;
+    let cluster = berth_tests::cluster::Cluster::up_with_env(
+        3,
+        vec![
+            ("BERTH_AUTH".into(), "enforced".into()),
+            ("BERTH_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cluster: {e:#}"));
+    let http = Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let admin = |node: u16, method: Method, path: &str, body: Value| {
+        http.request(method, format!("{}{path}", cluster.url(node)))
+            .basic_auth("admin", Some(ADMIN_PASSWORD))
+            .json(&body)
+            .send()
+    };
+    let token = key.sign(&issuer.claims("alice", &["devs"]), None);
+    let v2 = |node: u16| {
+        let request = http
+            .get(format!("{}/v2/", cluster.url(node)))
+            .bearer_auth(&token);
+        async move { request.send().await.map(|r| r.status()).ok() }
+    };
+    assert_eq!(v2(3).await, Some(StatusCode::UNAUTHORIZED));
+
+    let resp = admin(
+        1,
+        Method::PUT,
+        "/api/v1/identity-providers",
+        json!({ "oidc": { "issuer": "http://id.example/realm", "audience": AUDIENCE } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = admin(
+        1,
+        Method::PUT,
+        "/api/v1/identity-providers",
+        json!({ "oidc": { "issuer": issuer.url(), "audience": AUDIENCE,
+                          "jwks_refresh_min_secs": REFRESH_MIN_SECS } }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let view: Value = resp.json().await.unwrap();
+    assert_eq!(view["oidc"]["issuer"], issuer.url());
+    assert_eq!(view["oidc"]["groups_claim"], "groups");
+    assert_eq!(view["oidc"]["source"], "cluster");
+    assert_eq!(view["ldap"], Value::Null);
+    let resp = admin(
+        1,
+        Method::POST,
+        "/api/v1/projects",
+        json!({ "name": "team", "public": false }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = admin(
+        1,
+        Method::PUT,
+        "/api/v1/projects/team/groups/oidc/devs",
+        json!({ "role": "developer" }),
+    )
+    .await
+    .unwrap();
+    assert!(resp.status().is_success());
+
+    eventually(
+        Duration::from_secs(20),
+        "an OIDC login through node 3",
+        || async { v2(3).await == Some(StatusCode::OK) },
+    )
+    .await
+    .unwrap();
+    let data = b"alice's bytes through node 3";
+    let resp = http
+        .post(format!(
+            "{}/v2/team/app/blobs/uploads/?digest={}",
+            cluster.url(3),
+            sha256_digest(data)
+        ))
+        .bearer_auth(&token)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let view: Value = admin(3, Method::GET, "/api/v1/identity-providers", json!(null))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["oidc"]["issuer"], issuer.url());
+}
+
+#[tokio::test]
+async fn flags_seed_the_cluster_setting_and_never_overwrite_it() {
+    // Proves: a node started with --oidc-* flags seeds the cluster setting (source
+    // `cluster`); once an administrator turns OIDC off through the API, the node
+    // refuses ID tokens at once and still after a restart with the same flags.
+    let key = Key::ec("ec-seed");
+    let issuer = Issuer::start(&[&key]).await;
+    let mut r = Registry::start(issuer.url(), &[]).await;
+    let token = key.sign(&issuer.claims("alice", &["devs"]), None);
+    assert_eq!(
+        r.status(Method::GET, "/v2/", &Who::Bearer(&token)).await,
+        StatusCode::OK
+    );
+    let view = r
+        .admin(Method::GET, "/api/v1/identity-providers", None)
+        .await
+        .unwrap();
+    assert_eq!(view["oidc"]["issuer"], issuer.url());
+    assert_eq!(view["oidc"]["source"], "cluster");
+
+    let view = r
+        .admin(
+            Method::PUT,
+            "/api/v1/identity-providers",
+            Some(json!({ "oidc": null })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(view["oidc"], Value::Null);
+    assert_eq!(
+        r.status(Method::GET, "/v2/", &Who::Bearer(&token)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    r.audit_until("action=policy", |e| {
+        e.iter().any(|x| {
+            x["resource"]
+                .as_str()
+                .is_some_and(|s| s.contains("identity provider oidc off"))
+        })
+    })
+    .await
+    .unwrap();
+    r.server.restart().await.unwrap();
+    assert_eq!(
+        r.status(Method::GET, "/v2/", &Who::Bearer(&token)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let view = r
+        .admin(Method::GET, "/api/v1/identity-providers", None)
+        .await
+        .unwrap();
+    assert_eq!(view["oidc"], Value::Null);
+}

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use berth_consensus::tenancy::{IdentityProvider, valid_group_name};
+use berth_consensus::tenancy::{IdentityProvider, LdapProviderRecord, valid_group_name};
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry, dn_escape, ldap_escape};
 use sha2::{Digest as _, Sha256};
 
@@ -30,7 +30,7 @@ pub const GROUPS_MAX: usize = 256;
 const INVALID_CREDENTIALS: u32 = 49;
 
 /// Settings of the LDAP provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LdapConfig {
     /// `ldap://host:port`.
     pub url: String,
@@ -44,6 +44,54 @@ pub struct LdapConfig {
     pub group_filter: String,
     /// The attribute of a group entry that names it (e.g. `cn`).
     pub group_attribute: String,
+}
+
+impl LdapConfig {
+    /// Checks the settings: an `ldap://` URL, a user DN template holding `{user}`, a
+    /// group base, an LDAP filter and a group attribute.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.url.starts_with("ldap://") {
+            return Err(format!(
+                "the LDAP URL must be an ldap:// URL (ldaps:// and StartTLS are not supported yet), not {:?}",
+                self.url
+            ));
+        }
+        if !self.user_dn.contains("{user}") {
+            return Err("the LDAP user DN must be a DN template containing {user}".into());
+        }
+        if self.group_base.is_empty() {
+            return Err("the LDAP group base (where groups are searched) must not be empty".into());
+        }
+        if self.group_attribute.is_empty() || !self.group_filter.starts_with('(') {
+            return Err(
+                "the LDAP group attribute must not be empty and the group filter must be an LDAP filter"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The settings as the cluster stores them.
+    pub fn record(&self) -> LdapProviderRecord {
+        LdapProviderRecord {
+            url: self.url.clone(),
+            user_dn: self.user_dn.clone(),
+            group_base: self.group_base.clone(),
+            group_filter: self.group_filter.clone(),
+            group_attribute: self.group_attribute.clone(),
+        }
+    }
+
+    /// The settings from the cluster's record.
+    pub fn of_record(r: &LdapProviderRecord) -> LdapConfig {
+        LdapConfig {
+            url: r.url.clone(),
+            user_dn: r.user_dn.clone(),
+            group_base: r.group_base.clone(),
+            group_filter: r.group_filter.clone(),
+            group_attribute: r.group_attribute.clone(),
+        }
+    }
 }
 
 /// Why an LDAP login failed.

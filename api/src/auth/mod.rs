@@ -19,7 +19,7 @@ pub mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -28,8 +28,8 @@ use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use berth_consensus::tenancy::{
-    AuditOutcome, IdentityProvider, ONE_TIME_PREFIX, ProjectName, RobotRecord, SigningKeyRecord,
-    TenancyCommand, TenancyOutcome, UserRecord,
+    AuditOutcome, IdentityProvider, ONE_TIME_PREFIX, ProjectName, ProviderSetting, RobotRecord,
+    SigningKeyRecord, TenancyCommand, TenancyOutcome, UserRecord,
 };
 use berth_consensus::{CommandV1, ConsensusError, Metadata, Outcome, StateView};
 use berth_types::RepoName;
@@ -49,8 +49,9 @@ pub const SERVICE: &str = "berth";
 const CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most cached credential verifications.
 const CREDENTIAL_CACHE_ENTRIES_MAX: usize = 10_000;
-/// How long a node uses the signing keys it loaded before reading them again (so a
-/// rotation through another node takes effect here within this time).
+/// How long a node uses the signing keys and identity provider settings it loaded
+/// before reading them again (so a change through another node takes effect here
+/// within this time).
 const KEYS_REFRESH: Duration = Duration::from_secs(5);
 
 /// The user name that says "the password is an OIDC ID token" in Basic credentials
@@ -82,9 +83,10 @@ pub struct AuthConfig {
     pub audit_retention: Duration,
     /// Requests in flight per client address and per identity; `None`: unlimited.
     pub concurrent_requests_max: Option<u32>,
-    /// The OIDC issuer whose ID tokens are accepted, if any.
+    /// The OIDC issuer of this node's flags: it seeds the cluster setting and is
+    /// used while the cluster has none.
     pub oidc: Option<oidc::OidcConfig>,
-    /// The LDAP directory that checks passwords of non-local users, if any.
+    /// The LDAP directory of this node's flags (seed, like `oidc`).
     pub ldap: Option<ldap::LdapConfig>,
 }
 
@@ -253,10 +255,21 @@ pub struct Auth {
     pub audit: audit::AuditLog,
     /// Requests in flight per address and identity, when limited.
     pub concurrency: Option<ratelimit::Concurrency>,
+    /// The identity providers in force, as last read from metadata.
+    providers: RwLock<Providers>,
+}
+
+/// The identity providers a node uses: built from the cluster's settings (or, for a
+/// provider the cluster never had a setting for, the node's flags) and rebuilt when
+/// those change.
+#[derive(Clone, Default)]
+pub struct Providers {
     /// The OIDC verifier, when an issuer is configured.
-    pub oidc: Option<oidc::Oidc>,
+    pub oidc: Option<Arc<oidc::Oidc>>,
     /// The LDAP authenticator, when a directory is configured.
-    pub ldap: Option<ldap::Ldap>,
+    pub ldap: Option<Arc<ldap::Ldap>>,
+    /// When the settings were last read from metadata.
+    read_at: Option<Instant>,
 }
 
 impl Auth {
@@ -269,8 +282,11 @@ impl Auth {
                 .map(ratelimit::Concurrency::new),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
-            oidc: config.oidc.clone().map(oidc::Oidc::new),
-            ldap: config.ldap.clone().map(ldap::Ldap::new),
+            providers: RwLock::new(Providers {
+                oidc: config.oidc.clone().map(|c| Arc::new(oidc::Oidc::new(c))),
+                ldap: config.ldap.clone().map(|c| Arc::new(ldap::Ldap::new(c))),
+                read_at: None,
+            }),
             config,
         }
     }
@@ -352,6 +368,106 @@ impl Auth {
         }
     }
 
+    /// Proposes this node's provider flags as the cluster setting of each provider
+    /// the cluster has never had a setting for (the first node to start with flags
+    /// seeds it; later flags never overwrite it), then loads the providers in force.
+    pub async fn seed_providers(&self, meta: &Metadata) -> Result<(), ConsensusError> {
+        let seeds = [
+            self.config
+                .oidc
+                .as_ref()
+                .map(|c| ProviderSetting::Oidc(Some(c.record()))),
+            self.config
+                .ldap
+                .as_ref()
+                .map(|c| ProviderSetting::Ldap(Some(c.record()))),
+        ];
+        for setting in seeds.into_iter().flatten() {
+            let provider = setting.provider();
+            let cmd = TenancyCommand::SetIdentityProvider {
+                setting: setting.clone(),
+                seed: true,
+            };
+            match meta.propose(CommandV1::Tenancy(cmd)).await? {
+                Outcome::Tenancy(TenancyOutcome::Done) => {
+                    tracing::info!(%provider, "seeded the cluster's identity provider setting from this node's flags");
+                }
+                _ => {
+                    let current = meta.read(move |v| v.identity_provider(provider)).await?;
+                    if current.as_ref() != Some(&setting) {
+                        tracing::warn!(%provider, "this node's identity provider flags are ignored: the cluster has its own setting (see GET /api/v1/identity-providers)");
+                    }
+                }
+            }
+        }
+        self.reload_providers(meta).await.map(drop)
+    }
+
+    /// The identity providers in force, read from metadata on first use and again
+    /// every [`KEYS_REFRESH`]. If metadata cannot be read, the ones loaded before
+    /// stay in use.
+    pub async fn providers(&self, meta: &Metadata) -> Providers {
+        {
+            let p = self.providers.read().expect("providers lock poisoned");
+            if p.read_at.is_some_and(|t| t.elapsed() < KEYS_REFRESH) {
+                return p.clone();
+            }
+        }
+        match self.reload_providers(meta).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the identity provider settings");
+                self.providers
+                    .read()
+                    .expect("providers lock poisoned")
+                    .clone()
+            }
+        }
+    }
+
+    /// Reads the identity provider settings again and rebuilds a provider whose
+    /// settings changed (a rebuilt OIDC verifier fetches the issuer's keys anew; a
+    /// rebuilt LDAP authenticator starts with an empty login cache).
+    pub async fn reload_providers(&self, meta: &Metadata) -> Result<Providers, ConsensusError> {
+        let (o, l) = meta
+            .read(|v| {
+                Ok((
+                    v.identity_provider(IdentityProvider::Oidc)?,
+                    v.identity_provider(IdentityProvider::Ldap)?,
+                ))
+            })
+            .await?;
+        let oidc_config = match o {
+            None => self.config.oidc.clone(),
+            Some(ProviderSetting::Oidc(r)) => r.as_ref().map(oidc::OidcConfig::of_record),
+            Some(ProviderSetting::Ldap(_)) => {
+                return Err(ConsensusError::Malformed {
+                    table: "tenancy_meta",
+                });
+            }
+        };
+        let ldap_config = match l {
+            None => self.config.ldap.clone(),
+            Some(ProviderSetting::Ldap(r)) => r.as_ref().map(ldap::LdapConfig::of_record),
+            Some(ProviderSetting::Oidc(_)) => {
+                return Err(ConsensusError::Malformed {
+                    table: "tenancy_meta",
+                });
+            }
+        };
+        let mut p = self.providers.write().expect("providers lock poisoned");
+        if p.oidc.as_ref().map(|o| &o.config) != oidc_config.as_ref() {
+            tracing::info!(issuer = ?oidc_config.as_ref().map(|c| &c.issuer), "OIDC provider setting changed");
+            p.oidc = oidc_config.map(|c| Arc::new(oidc::Oidc::new(c)));
+        }
+        if p.ldap.as_ref().map(|l| &l.config) != ldap_config.as_ref() {
+            tracing::info!(url = ?ldap_config.as_ref().map(|c| &c.url), "LDAP provider setting changed");
+            p.ldap = ldap_config.map(|c| Arc::new(ldap::Ldap::new(c)));
+        }
+        p.read_at = Some(Instant::now());
+        Ok(p.clone())
+    }
+
     /// Identifies the caller from the `Authorization` header. No header: anonymous.
     pub async fn identify(
         &self,
@@ -367,9 +483,12 @@ impl Auth {
             return Ok(Caller::anonymous(client, open));
         };
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        let providers = self.providers(meta).await;
         let caller = if scheme.eq_ignore_ascii_case("basic") {
             let (user, password) = parse_basic(rest.trim()).ok_or(AuthFailure::BadCredentials)?;
-            let principal = self.login(meta, &user, &password, &client).await?;
+            let principal = self
+                .login_with(meta, &providers, &user, &password, &client)
+                .await?;
             Caller {
                 principal,
                 token: None,
@@ -377,11 +496,11 @@ impl Auth {
                 open,
             }
         } else if scheme.eq_ignore_ascii_case("bearer")
-            && let Some(oidc) = &self.oidc
+            && let Some(oidc) = &providers.oidc
             && oidc::Oidc::unverified_issuer(rest.trim()).as_deref()
                 == Some(oidc.config.issuer.as_str())
         {
-            let principal = self.oidc_login(rest.trim(), &client).await?;
+            let principal = self.oidc_login(oidc, rest.trim(), &client).await?;
             Caller {
                 principal,
                 token: None,
@@ -452,8 +571,23 @@ impl Auth {
         password: &str,
         client: &str,
     ) -> Result<Principal, AuthFailure> {
-        if name == OIDC_USER && self.oidc.is_some() {
-            return self.oidc_login(password, client).await;
+        let providers = self.providers(meta).await;
+        self.login_with(meta, &providers, name, password, client)
+            .await
+    }
+
+    async fn login_with(
+        &self,
+        meta: &Metadata,
+        providers: &Providers,
+        name: &str,
+        password: &str,
+        client: &str,
+    ) -> Result<Principal, AuthFailure> {
+        if name == OIDC_USER
+            && let Some(oidc) = &providers.oidc
+        {
+            return self.oidc_login(oidc, password, client).await;
         }
         if let Some(wait) = self.limits.login_blocked(client, name) {
             return Err(AuthFailure::Throttled { retry_after: wait });
@@ -467,15 +601,20 @@ impl Auth {
             Err(e) => return Err(e),
         };
         // Names without a local account are the directory's.
-        if principal.is_none() && self.ldap.is_some() && !name.starts_with("robot$") {
-            return self.ldap_login(name, name, password, client).await;
+        if principal.is_none()
+            && let Some(directory) = &providers.ldap
+            && !name.starts_with("robot$")
+        {
+            return self
+                .ldap_login(directory, name, name, password, client)
+                .await;
         }
         let hash = match &principal {
             Some(Principal::User(u)) => Some(u.password_hash.clone()),
             Some(Principal::Robot(r)) => Some(r.secret_hash.clone()),
             _ => None,
         };
-        let ok = match hash {
+        let mut ok = match hash {
             Some(hash) => self.verify_cached(name, password, hash).await,
             None => {
                 // Unknown accounts cost the same as known ones.
@@ -483,6 +622,17 @@ impl Auth {
                 false
             }
         };
+        if !ok && matches!(principal, Some(Principal::Robot(_))) {
+            // A secret rotated with a grace period: the previous one works until then.
+            let n = name.to_owned();
+            if let Some(grace) = meta.read(move |v| v.robot_secret_grace(&n)).await?
+                && now_ms() < grace.until_ms
+            {
+                ok = self
+                    .verify_cached(name, password, grace.previous_hash)
+                    .await;
+            }
+        }
         match (ok, principal) {
             (true, Some(p)) => Ok(p),
             _ => {
@@ -502,10 +652,12 @@ impl Auth {
 
     /// Verifies an OIDC ID token; failures are audited and throttled like failed
     /// passwords.
-    async fn oidc_login(&self, token: &str, client: &str) -> Result<Principal, AuthFailure> {
-        let Some(oidc) = &self.oidc else {
-            return Err(AuthFailure::BadCredentials);
-        };
+    async fn oidc_login(
+        &self,
+        oidc: &oidc::Oidc,
+        token: &str,
+        client: &str,
+    ) -> Result<Principal, AuthFailure> {
         // Every OIDC login uses the one name `oidc`: failures are counted per client
         // address only, so bad tokens from one address cannot lock everyone out.
         let account = format!("oidc token from {client}");
@@ -549,14 +701,12 @@ impl Auth {
     /// passwords.
     async fn ldap_login(
         &self,
+        directory: &ldap::Ldap,
         name: &str,
         user: &str,
         password: &str,
         client: &str,
     ) -> Result<Principal, AuthFailure> {
-        let Some(directory) = &self.ldap else {
-            return Err(AuthFailure::BadCredentials);
-        };
         match directory.login(user, password).await {
             Ok(identity) => Ok(Principal::External(identity)),
             Err(ldap::LdapError::Unavailable(reason)) => {

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use berth_consensus::tenancy::{ACCOUNT_NAME_BYTES_MAX, IdentityProvider, valid_group_name};
+use berth_consensus::tenancy::{
+    ACCOUNT_NAME_BYTES_MAX, IdentityProvider, OidcProviderRecord, valid_group_name,
+};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
@@ -31,7 +33,7 @@ pub const CLOCK_LEEWAY_SECS: u64 = 30;
 const JWKS_KEYS_MAX: usize = 64;
 
 /// Settings of the OIDC provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcConfig {
     /// The issuer URL, exactly as in the tokens' `iss`.
     pub issuer: String,
@@ -43,6 +45,58 @@ pub struct OidcConfig {
     pub username_claim: String,
     /// Least time between two key fetches triggered by unknown key ids.
     pub jwks_refresh_min: Duration,
+}
+
+impl OidcConfig {
+    /// Checks the settings: the issuer is an https URL (plain http only on loopback,
+    /// for tests and local issuers), the audience and claims are not empty.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.issuer)
+            .map_err(|e| format!("the OIDC issuer {:?} is not a URL: {e}", self.issuer))?;
+        let loopback = match url.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+            return Err(format!(
+                "the OIDC issuer must be an https URL (plain http only on loopback), not {:?}",
+                self.issuer
+            ));
+        }
+        if self.audience.is_empty() {
+            return Err("the OIDC issuer needs an audience (the client id of the tokens)".into());
+        }
+        if self.groups_claim.is_empty() || self.username_claim.is_empty() {
+            return Err("the OIDC groups and username claims must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The settings as the cluster stores them.
+    pub fn record(&self) -> OidcProviderRecord {
+        OidcProviderRecord {
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+            groups_claim: self.groups_claim.clone(),
+            username_claim: self.username_claim.clone(),
+            jwks_refresh_min_secs: self.jwks_refresh_min.as_secs(),
+        }
+    }
+
+    /// The settings from the cluster's record.
+    pub fn of_record(r: &OidcProviderRecord) -> OidcConfig {
+        OidcConfig {
+            issuer: r.issuer.clone(),
+            audience: r.audience.clone(),
+            groups_claim: r.groups_claim.clone(),
+            username_claim: r.username_claim.clone(),
+            jwks_refresh_min: Duration::from_secs(r.jwks_refresh_min_secs),
+        }
+    }
 }
 
 /// Why an ID token was refused.

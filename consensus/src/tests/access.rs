@@ -103,6 +103,47 @@ fn a_one_time_token_is_redeemed_once_and_not_after_expiry() {
 }
 
 #[test]
+fn pruning_removes_tokens_redeemed_before_the_instant_and_keeps_redeemable_ones() {
+    let db = TestDb::new();
+    with_project(&db);
+    for (name, expires) in [("onetime$team+early", 1_000), ("onetime$team+late", 1_000)] {
+        assert_eq!(
+            t(&db, T::CreateOneTimeToken(one_time(name, "team", expires))),
+            TenancyOutcome::Done
+        );
+    }
+    let fresh = one_time("onetime$team+fresh", "team", 1_000);
+    assert_eq!(t(&db, T::CreateOneTimeToken(fresh)), TenancyOutcome::Done);
+    for (name, at_ms) in [("onetime$team+early", 100), ("onetime$team+late", 300)] {
+        assert_eq!(
+            t(
+                &db,
+                T::RedeemOneTimeToken {
+                    name: name.into(),
+                    at_ms
+                }
+            ),
+            TenancyOutcome::Done
+        );
+    }
+    // Redeemed at 100 goes; redeemed at 300 (an access token of it may still be in
+    // use) and the unredeemed one valid until 1000 stay.
+    assert_eq!(
+        t(&db, T::PruneOneTimeTokens { before_ms: 200 }),
+        TenancyOutcome::Audited(1)
+    );
+    let mut left: Vec<String> = db
+        .view()
+        .all_one_time_tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    left.sort();
+    assert_eq!(left, ["onetime$team+fresh", "onetime$team+late"]);
+}
+
+#[test]
 fn a_robot_secret_is_replaced() {
     let db = TestDb::new();
     with_project(&db);
@@ -128,6 +169,48 @@ fn a_robot_secret_is_replaced() {
     assert_eq!(t(&db, set("robot$team+nobody")), TenancyOutcome::NotFound);
     let stored = db.view().robot("robot$team+ci").unwrap().unwrap();
     assert_eq!(stored.secret_hash, "new");
+
+    // A rotation with grace keeps the previous hash until the given instant; one
+    // without ends the grace; deleting the robot (or its project) drops it.
+    let grace = |hash: &str, until| T::SetRobotSecretWithGrace {
+        name: "robot$team+ci".into(),
+        secret_hash: hash.into(),
+        previous_until_ms: until,
+    };
+    assert_eq!(t(&db, grace("newer", 500)), TenancyOutcome::Done);
+    let kept = db
+        .view()
+        .robot_secret_grace("robot$team+ci")
+        .unwrap()
+        .unwrap();
+    assert_eq!((kept.previous_hash.as_str(), kept.until_ms), ("new", 500));
+    assert_eq!(
+        db.view()
+            .robot("robot$team+ci")
+            .unwrap()
+            .unwrap()
+            .secret_hash,
+        "newer"
+    );
+    assert_eq!(t(&db, set("robot$team+ci")), TenancyOutcome::Done);
+    assert_eq!(db.view().robot_secret_grace("robot$team+ci").unwrap(), None);
+    assert_eq!(t(&db, grace("newest", 900)), TenancyOutcome::Done);
+    assert!(
+        db.view()
+            .robot_secret_grace("robot$team+ci")
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        t(
+            &db,
+            T::DeleteProject {
+                name: "team".parse().unwrap()
+            }
+        ),
+        TenancyOutcome::Done
+    );
+    assert_eq!(db.view().robot_secret_grace("robot$team+ci").unwrap(), None);
 }
 
 fn key(kid: &str, created_at_ms: u64) -> SigningKeyRecord {

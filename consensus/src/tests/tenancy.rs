@@ -428,3 +428,56 @@ fn group_bindings_map_external_groups_to_roles() {
     );
     assert!(db.view().group_bindings(None).unwrap().is_empty());
 }
+
+/// Identity provider settings: a seed lands only while the provider was never set, an
+/// administrator's setting replaces one, turning a provider off is remembered (a later
+/// seed does not turn it back on), and oversized fields are refused.
+#[test]
+fn identity_provider_settings_are_seeded_once_and_then_set() {
+    use crate::tenancy::{IdentityProvider, OidcProviderRecord, ProviderSetting};
+    let db = TestDb::new();
+    let oidc = |issuer: &str| {
+        ProviderSetting::Oidc(Some(OidcProviderRecord {
+            issuer: issuer.into(),
+            audience: "berth".into(),
+            groups_claim: "groups".into(),
+            username_claim: "sub".into(),
+            jwks_refresh_min_secs: 60,
+        }))
+    };
+    let set = |setting: ProviderSetting, seed: bool| T::SetIdentityProvider { setting, seed };
+    let read = |db: &TestDb| db.view().identity_provider(IdentityProvider::Oidc).unwrap();
+    assert_eq!(read(&db), None);
+    assert_eq!(
+        db.view().identity_provider(IdentityProvider::Ldap).unwrap(),
+        None
+    );
+
+    assert_eq!(t(&db, set(oidc("https://a"), true)), TenancyOutcome::Done);
+    assert_eq!(read(&db), Some(oidc("https://a")));
+    // A second node's seed finds the setting made and changes nothing.
+    assert_eq!(t(&db, set(oidc("https://b"), true)), TenancyOutcome::Exists);
+    assert_eq!(read(&db), Some(oidc("https://a")));
+    // An administrator's setting replaces it.
+    assert_eq!(t(&db, set(oidc("https://c"), false)), TenancyOutcome::Done);
+    assert_eq!(read(&db), Some(oidc("https://c")));
+    // Off stays off: a seed does not bring it back.
+    assert_eq!(
+        t(&db, set(ProviderSetting::Oidc(None), false)),
+        TenancyOutcome::Done
+    );
+    assert_eq!(t(&db, set(oidc("https://d"), true)), TenancyOutcome::Exists);
+    assert_eq!(read(&db), Some(ProviderSetting::Oidc(None)));
+    // The LDAP setting is separate.
+    assert_eq!(
+        db.view().identity_provider(IdentityProvider::Ldap).unwrap(),
+        None
+    );
+
+    let huge = oidc(&"x".repeat(crate::tenancy::PROVIDER_FIELD_BYTES_MAX + 1));
+    assert_eq!(
+        t(&db, set(huge, false)),
+        TenancyOutcome::Rejected(TenancyRejection::TooLarge)
+    );
+    assert_eq!(read(&db), Some(ProviderSetting::Oidc(None)));
+}
