@@ -14,6 +14,7 @@ use berth_consensus::ConsensusError;
 use berth_types::NodeId;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 
 use crate::AppState;
 
@@ -52,31 +53,43 @@ pub async fn node_report(State(app): State<AppState>) -> Json<NodeReport> {
 
 async fn local_report(app: &AppState) -> NodeReport {
     let disks = app.store.disk_stats().iter().map(DiskStatus::of).collect();
-    // The digest hashes the whole state: computed once per applied index, not once
-    // per status request.
-    let cached = app.applied_state.lock().unwrap().clone();
-    let state = app
-        .meta
-        .read_local(move |v| {
-            let applied = v.applied_index()?;
-            if let Some(c) = cached.filter(|c| c.applied == applied) {
-                return Ok(c);
-            }
-            Ok(AppliedState {
-                applied,
-                digest: hex::encode(v.state_digest()?),
-            })
-        })
-        .await
-        .ok();
-    if let Some(s) = &state {
-        *app.applied_state.lock().unwrap() = Some(s.clone());
-    }
     NodeReport {
         node: app.node.0,
-        state,
+        state: applied_state(app).await,
         disks,
     }
+}
+
+/// The latest state digest computed, with the applied index it reflects. The digest
+/// hashes the whole state, which takes seconds once the state holds hundreds of
+/// megabytes, so it is never computed on the request path: when the node has applied
+/// more since, one background task (at most one at a time) computes the digest of the
+/// state as it is then, and this answer still carries the previous pair. A node whose
+/// applied index stays put reports its current digest from the next request on.
+async fn applied_state(app: &AppState) -> Option<AppliedState> {
+    let cached = app.applied_state.lock().unwrap().clone();
+    let applied = app.meta.read_local(|v| v.applied_index()).await.ok();
+    let fresh = matches!((&cached, applied), (Some(c), Some(a)) if c.applied == a);
+    if !fresh && !app.digesting.swap(true, Ordering::AcqRel) {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let computed = app
+                .meta
+                .read_local(|v| {
+                    Ok(AppliedState {
+                        applied: v.applied_index()?,
+                        digest: hex::encode(v.state_digest()?),
+                    })
+                })
+                .await;
+            match computed {
+                Ok(s) => *app.applied_state.lock().unwrap() = Some(s),
+                Err(e) => tracing::warn!(error = %e, "computing the state digest"),
+            }
+            app.digesting.store(false, Ordering::Release);
+        });
+    }
+    cached
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -42,6 +42,8 @@ pub struct App {
     pub auth: auth::Auth,
     /// The last state digest reported, with the applied index it reflects.
     pub applied_state: std::sync::Mutex<Option<admin::AppliedState>>,
+    /// A background task is computing the state digest.
+    pub digesting: std::sync::atomic::AtomicBool,
 }
 
 pub type AppState = Arc<App>;
@@ -64,6 +66,7 @@ impl App {
             proxy: proxy::UploadProxy::default(),
             auth: auth::Auth::new(auth),
             applied_state: std::sync::Mutex::default(),
+            digesting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 }

@@ -44,6 +44,8 @@ pub struct RaftTuning {
     pub snapshot_chunk_bytes: u64,
     /// Timeout per snapshot message, and for installing it at the receiver.
     pub snapshot_message_timeout: Duration,
+    /// Bytes of page cache of the member's metadata store.
+    pub cache_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -58,6 +60,7 @@ impl Default for RaftTuning {
             logs_kept_after_snapshot: 1000,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT as u64,
             snapshot_message_timeout: Duration::from_secs(2),
+            cache_bytes: crate::db::CACHE_BYTES_DEFAULT,
         }
     }
 }

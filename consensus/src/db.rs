@@ -13,17 +13,29 @@ use crate::tables;
 /// The store's file inside the metadata directory.
 pub(crate) const FILE_NAME: &str = "metadata.redb";
 
-/// Opens or creates the store in `dir` (creating `dir`) and makes sure every table
-/// exists, so read transactions never meet a missing table.
-pub(crate) async fn open(dir: &Path) -> Result<Arc<Database>, ConsensusError> {
+/// Bytes of page cache the store keeps in memory unless configured otherwise
+/// (`--meta-cache-mib`). redb's own default is 1 GiB, which a busy node fills: the
+/// cache holds every page written or read until the budget is reached. Pages beyond
+/// it are read from the file again, usually from the operating system's page cache.
+pub const CACHE_BYTES_DEFAULT: usize = 32 << 20;
+
+/// Opens or creates the store in `dir` (creating `dir`) with a page cache of
+/// `cache_bytes`, and makes sure every table exists, so read transactions never meet
+/// a missing table.
+pub(crate) async fn open(dir: &Path, cache_bytes: usize) -> Result<Arc<Database>, ConsensusError> {
     let dir = dir.to_owned();
-    blocking(move || open_blocking(&dir)).await
+    blocking(move || open_blocking(&dir, cache_bytes)).await
 }
 
 /// [`open`] for callers already on a blocking thread.
-pub(crate) fn open_blocking(dir: &Path) -> Result<Arc<Database>, ConsensusError> {
+pub(crate) fn open_blocking(
+    dir: &Path,
+    cache_bytes: usize,
+) -> Result<Arc<Database>, ConsensusError> {
     std::fs::create_dir_all(dir).map_err(ConsensusError::Directory)?;
-    let db = Database::create(dir.join(FILE_NAME))?;
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(dir.join(FILE_NAME))?;
     let txn = write(&db, Durability::Immediate)?;
     txn.open_table(tables::LOG)?;
     for def in [tables::RAFT_META, tables::SM_META, tables::SNAPSHOT] {

@@ -87,15 +87,24 @@ fn fatal(f: Fatal<TypeConfig>) -> ConsensusError {
 impl Metadata {
     /// Opens or creates the store in `dir` (creates `dir`), starts Raft with this node
     /// id, and on first start initializes a single-voter membership. Returns once a
-    /// leader exists.
+    /// leader exists. The store keeps [`crate::CACHE_BYTES_DEFAULT`] of page cache.
     pub async fn open_single(dir: &Path, node: NodeId) -> Result<Metadata, ConsensusError> {
+        Metadata::open_single_with_cache(dir, node, db::CACHE_BYTES_DEFAULT).await
+    }
+
+    /// [`Metadata::open_single`] with a page cache of `cache_bytes` for the store.
+    pub async fn open_single_with_cache(
+        dir: &Path,
+        node: NodeId,
+        cache_bytes: usize,
+    ) -> Result<Metadata, ConsensusError> {
         let config = Config {
             cluster_name: CLUSTER_NAME.to_owned(),
             ..Config::default()
         }
         .validate()
         .map_err(ConsensusError::Config)?;
-        let (raft, db) = start(dir, node, NoPeers, config).await?;
+        let (raft, db) = start(dir, node, NoPeers, config, cache_bytes).await?;
         initialize(&raft, BTreeMap::from([(node.0, Peer::default())])).await?;
         if let Err(e) =
             wait_leader(&raft, LEADER_WAIT, Some(node), "single voter elects itself").await
@@ -142,7 +151,8 @@ impl Metadata {
             }
         }
         let config = tuning.config()?;
-        let (raft, db) = start(dir, node, GrpcNetwork::new(node.0, dialer.clone()), config).await?;
+        let network = GrpcNetwork::new(node.0, dialer.clone());
+        let (raft, db) = start(dir, node, network, config, tuning.cache_bytes).await?;
         if let ClusterInit::Bootstrap(members) = init {
             let members = members
                 .into_iter()
@@ -572,18 +582,20 @@ impl Metadata {
 /// openraft's cluster name of the metadata group.
 pub(crate) const CLUSTER_NAME: &str = "berth-metadata";
 
-/// Starts a Raft member on the store in `dir` with the given transport.
+/// Starts a Raft member on the store in `dir` (with `cache_bytes` of page cache) with
+/// the given transport.
 async fn start<N>(
     dir: &Path,
     node: NodeId,
     network: N,
     config: Config,
+    cache_bytes: usize,
 ) -> Result<(Raft<TypeConfig, StateMachineStore>, Arc<Database>), ConsensusError>
 where
     N: RaftNetworkFactory<TypeConfig>,
     N::Network: NetSnapshot<TypeConfig, SnapshotData = SnapshotData>,
 {
-    let db = db::open(dir).await?;
+    let db = db::open(dir, cache_bytes).await?;
     let snapshots = dir.join(crate::snapshot_file::DIR_NAME);
     let store = {
         let db = db.clone();

@@ -40,6 +40,7 @@ pub mod view;
 mod view_project;
 
 pub use cluster::{ClusterInit, ClusterMembership, RaftTuning};
+pub use db::CACHE_BYTES_DEFAULT;
 pub use error::{ConsensusError, Unavailability};
 pub use grpc::RaftGrpcService;
 pub use handle::{Metadata, RaftStatus};

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair_interval_secs: Option<u64>,
+    /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
+    /// beyond it go to the file (usually the operating system's page cache).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_cache_mib: Option<u32>,
     /// Log format: json, text, or auto (text on a terminal, else json).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -211,6 +216,7 @@ pub struct Config {
     pub zone: Option<String>,
     pub repair_grace_secs: u64,
     pub repair_interval_secs: u64,
+    pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
     pub node_id: Option<u64>,
@@ -241,6 +247,8 @@ pub struct Config {
     pub ldap_group_attribute: String,
 }
 
+/// Largest accepted `meta_cache_mib` (64 GiB).
+pub const META_CACHE_MIB_MAX: u32 = 65_536;
 /// Enforced mode's concurrency limit per address and identity when none is configured.
 pub const CONCURRENT_REQUESTS_ENFORCED_DEFAULT: u32 = 256;
 /// Enforced mode's request limit per address and identity when none is configured.
@@ -259,6 +267,7 @@ impl Default for Config {
             zone: None,
             repair_grace_secs: 15 * 60,
             repair_interval_secs: 5,
+            meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
             node_id: None,
@@ -396,6 +405,11 @@ impl Config {
 }
 
 impl Config {
+    /// Bytes of the metadata store's page cache.
+    pub fn meta_cache_bytes(&self) -> usize {
+        (self.meta_cache_mib as usize) << 20
+    }
+
     /// The data disks: the configured ones, or one folder inside the data dir.
     pub fn disk_paths(&self) -> Vec<PathBuf> {
         if self.disks.is_empty() {
@@ -563,6 +577,11 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         cfg.repair_interval_secs > 0,
         "repair_interval_secs must be at least 1"
     );
+    anyhow::ensure!(
+        (1..=META_CACHE_MIB_MAX).contains(&cfg.meta_cache_mib),
+        "meta_cache_mib must be between 1 and {META_CACHE_MIB_MAX}, not {}",
+        cfg.meta_cache_mib
+    );
     let profile = cfg.ec_profile()?;
     anyhow::ensure!(
         profile.width() <= cfg.disk_paths().len(),
@@ -593,13 +612,18 @@ mod tests {
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(cfg.disk_paths(), vec![PathBuf::from("berth-data/disk0")]);
         assert_eq!(cfg.ec_profile().unwrap(), EcProfile::SINGLE);
+        assert_eq!(cfg.meta_cache_bytes(), berth_consensus::CACHE_BYTES_DEFAULT);
     }
 
     #[test]
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("berth.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:6000\"\nshard_bytes = 65536\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:6000\"\nshard_bytes = 65536\nmeta_cache_mib = 8\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(file),
             listen: Some("127.0.0.1:7000".parse().unwrap()),
@@ -609,6 +633,7 @@ mod tests {
         let cfg = load(&args).unwrap();
         assert_eq!(cfg.listen.port(), 7000);
         assert_eq!(cfg.shard_bytes, 65536);
+        assert_eq!(cfg.meta_cache_bytes(), 8 << 20);
         assert_eq!(cfg.ec_profile().unwrap().to_string(), "2+2");
     }
 
@@ -710,6 +735,19 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&odd).is_err());
+        for mib in [0, META_CACHE_MIB_MAX + 1] {
+            let cache = ServeArgs {
+                meta_cache_mib: Some(mib),
+                ..ServeArgs::default()
+            };
+            assert!(
+                load(&cache)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("meta_cache_mib"),
+                "{mib}"
+            );
+        }
         let bogus = ServeArgs {
             auth: Some("maybe".into()),
             ..ServeArgs::default()

@@ -180,9 +180,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (meta, app, grpc) = match &cluster {
         None => {
-            let meta = Metadata::open_single(&cfg.data.join("meta"), node)
-                .await
-                .context("opening metadata")?;
+            let meta = Metadata::open_single_with_cache(
+                &cfg.data.join("meta"),
+                node,
+                cfg.meta_cache_bytes(),
+            )
+            .await
+            .context("opening metadata")?;
             (
                 meta.clone(),
                 App::new(node, meta, store, auth, placement.clone()),
@@ -220,7 +224,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                             .collect(),
                     )
                 },
-                &RaftTuning::default(),
+                &RaftTuning {
+                    cache_bytes: cfg.meta_cache_bytes(),
+                    ..RaftTuning::default()
+                },
             )
             .await
             .context("opening clustered metadata")?;

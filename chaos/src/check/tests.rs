@@ -393,3 +393,78 @@ fn a_diverged_state_digest_at_the_same_applied_index_is_caught() {
     let v = convergence::check(&[state(1, Some(&same)), state(2, Some(&same)), later]);
     assert_eq!(v.violations, 0, "{:?}", v.examples);
 }
+
+/// A write answered 503 may take effect only until the forwarding window (plus the
+/// commit margin) after its answer: seen within that time it passes, seen after a read
+/// that began past it had seen another value it "appeared late", and read after a later
+/// acknowledged write it is stale.
+#[test]
+fn a_503_write_taking_effect_after_the_forwarding_window_is_caught() {
+    use super::tags::UNAVAILABLE_EFFECT_MS;
+    let base = || {
+        let mut h = H::new();
+        h.move_tag((0, 10), "a", Some(201));
+        h.move_tag((20, 5_020), "b", Some(503));
+        h.read_tag(2, (5_100, 5_110), Some("a"));
+        h
+    };
+    let late = 5_020 + UNAVAILABLE_EFFECT_MS;
+    // b shows up within its window, after a read that still saw a: fine.
+    let mut within = base();
+    within.read_tag(3, (late - 1_000, late - 990), Some("b"));
+    assert_eq!(tags::check(&within.events).violations, 0);
+    // A read that began after the window saw a; a later read sees b: b appeared late.
+    let mut appeared = base();
+    appeared.read_tag(1, (late + 100, late + 110), Some("a"));
+    appeared.read_tag(2, (late + 5_000, late + 5_010), Some("b"));
+    let v = tags::check(&appeared.events);
+    assert_eq!(v.violations, 1, "{:?}", v.examples);
+    assert!(v.examples[0].contains("appeared late"), "{:?}", v.examples);
+    assert!(v.examples[0].contains("answered 503"), "{:?}", v.examples);
+    // Without the read in between, nothing shows that b was not in effect in time.
+    let mut unseen = base();
+    unseen.read_tag(2, (late + 5_000, late + 5_010), Some("b"));
+    assert_eq!(tags::check(&unseen.events).violations, 0);
+    // A write invoked after the window and acknowledged before the read makes b stale.
+    let mut stale = base();
+    stale.move_tag((late + 100, late + 200), "c", Some(201));
+    stale.read_tag(2, (late + 300, late + 310), Some("b"));
+    let v = tags::check(&stale.events);
+    assert_eq!(v.violations, 1, "{:?}", v.examples);
+    assert!(v.examples[0].contains("stale read"), "{:?}", v.examples);
+    // A write without any answer stays unbounded: the same history passes.
+    let mut unknown = H::new();
+    unknown.move_tag((0, 10), "a", Some(201));
+    unknown.move_tag((20, 15_020), "b", None);
+    unknown.read_tag(1, (late + 100, late + 110), Some("a"));
+    unknown.read_tag(2, (late + 5_000, late + 5_010), Some("b"));
+    assert_eq!(tags::check(&unknown.events).violations, 0);
+}
+
+/// An acknowledged value cannot come back once a read that began after its
+/// acknowledgement saw another value, even if that other write was invoked before it.
+#[test]
+fn an_acknowledged_value_coming_back_after_another_was_read_is_caught() {
+    let mut h = H::new();
+    // Concurrent writes: b acknowledged first, a took effect after it.
+    h.move_tag((0, 100), "a", Some(201));
+    h.move_tag((10, 50), "b", Some(201));
+    h.read_tag(1, (200, 210), Some("a"));
+    h.read_tag(2, (220, 230), Some("a"));
+    assert_eq!(tags::check(&h.events).violations, 0);
+    h.read_tag(3, (300, 310), Some("b"));
+    let v = tags::check(&h.events);
+    assert_eq!(v.violations, 1, "{:?}", v.examples);
+    assert!(v.examples[0].contains("appeared late"), "{:?}", v.examples);
+}
+
+/// A refused write (4xx) never takes effect: reading its value is a violation.
+#[test]
+fn a_value_of_a_refused_write_read_back_is_caught() {
+    let mut h = correct();
+    h.move_tag((50, 60), "x", Some(400));
+    h.read_tag(2, (70, 80), Some("x"));
+    let v = tags::check(&h.events);
+    assert_eq!(v.violations, 1, "{:?}", v.examples);
+    assert!(v.examples[0].contains("no write put"), "{:?}", v.examples);
+}

@@ -54,7 +54,7 @@ pub(crate) struct TestDb {
 impl TestDb {
     pub(crate) fn new() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
-        let db = db::open_blocking(dir.path()).unwrap();
+        let db = db::open_blocking(dir.path(), db::CACHE_BYTES_DEFAULT).unwrap();
         TestDb { _dir: dir, db }
     }
 

@@ -17,7 +17,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbStor
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let db = db::open(dir.path()).await.expect("open metadata store");
+        let db = db::open(dir.path(), db::CACHE_BYTES_DEFAULT)
+            .await
+            .expect("open metadata store");
         let store = StateMachineStore::open(db.clone(), dir.path().join("snapshots"))
             .expect("open the state machine store");
         Ok((dir, LogStore::new(db), store))

@@ -53,7 +53,7 @@ pub(super) struct NodeFinal {
 impl NodeFinal {
     /// Reads node `node`'s store in `dir`. The node must be stopped.
     pub(super) fn read(node: u64, dir: &Path) -> Result<NodeFinal, ConsensusError> {
-        let db = db::open_blocking(dir)?;
+        let db = db::open_blocking(dir, db::CACHE_BYTES_DEFAULT)?;
         let txn = db.begin_read()?;
         let mut log = BTreeMap::new();
         for item in txn.open_table(LOG)?.range(0..)? {
