@@ -4,7 +4,9 @@
 //! [`place_across`] over a [`ClusterMap`] this node assembles from its own disks and
 //! each voter's disk report (`GET /internal/v1/disks` on the internal listener). A
 //! member that does not answer within a second is left out of the map, so new uploads
-//! go around it; the map is rebuilt at most every two seconds.
+//! go around it; the map is rebuilt at most every two seconds. When the reachable
+//! members cannot hold the full profile, a blob gets the default profile of the
+//! reachable member count instead (2+1 becomes 1+1 while one of three nodes is down).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,16 +106,33 @@ impl Placer {
         }
         let profile = self.profile.unwrap_or_else(|| cluster_profile(voters));
         let map = self.map().await;
-        let placements = place_across(upload.to_string().as_bytes(), &map, profile.width())
-            .map_err(|e| {
-                OciError::new(
-                    Code::Unavailable,
-                    format!(
-                        "cannot place a blob of profile {profile}: {e} on the {} reachable members",
-                        map.nodes.len()
-                    ),
-                )
-            })?;
+        let key = upload.to_string();
+        let placed = match place_across(key.as_bytes(), &map, profile.width()) {
+            Ok(p) => Ok((profile, p)),
+            Err(e) => {
+                // Members are down and the rest lack the disks for the full profile:
+                // the blob gets the profile of the members that are reachable (2+1
+                // becomes 1+1 on two nodes), so it still survives one more loss and
+                // pushes go on during the outage. Its layout records that profile.
+                let reachable = cluster_profile(map.nodes.len());
+                if reachable.width() < profile.width() && reachable.m() > 0 {
+                    tracing::info!(%upload, %profile, %reachable, members = map.nodes.len(),
+                        "members down: the blob gets the profile of the reachable members");
+                    place_across(key.as_bytes(), &map, reachable.width()).map(|p| (reachable, p))
+                } else {
+                    Err(e)
+                }
+            }
+        };
+        let (profile, placements) = placed.map_err(|e| {
+            OciError::new(
+                Code::Unavailable,
+                format!(
+                    "cannot place a blob of profile {profile}: {e} on the {} reachable members",
+                    map.nodes.len()
+                ),
+            )
+        })?;
         Ok(self.store.begin_at(upload, profile, &placements)?)
     }
 
