@@ -254,7 +254,18 @@ impl Metadata {
             };
             // A follower: send the command to the leader.
             if let Some((leader, addr)) = self.leader_addr(leader) {
-                match self.inner.forwarder.propose(leader.0, &addr, &cmd).await {
+                // Bounded by what is left of the deadline: a link that holds the call
+                // (a partition) would otherwise keep the caller for the whole RPC
+                // timeout. The command may still reach the leader; the forwarding
+                // window refuses it there once it is older than the deadline.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let forwarded =
+                    tokio::time::timeout(left, self.inner.forwarder.propose(leader.0, &addr, &cmd))
+                        .await
+                        .unwrap_or(Err(ConsensusError::CommitUnknown {
+                            leader: Some(leader),
+                        }));
+                match forwarded {
                     Ok(ForwardReply::Applied(outcome)) => return Ok(outcome),
                     Ok(ForwardReply::CommitUnknown { leader }) => {
                         last = Some(ConsensusError::CommitUnknown {
