@@ -1,6 +1,6 @@
-//! Where the shards of a new upload go. On a single node: its own disks, by the
-//! store's profile. In a cluster of several members: across the members, by the
-//! cluster profile (configured, or [`cluster_profile`] of the member count), through
+//! Where the shards of a new upload go. On a single node, or without a configured
+//! cluster profile: its own disks, by the store's profile. In a cluster of several
+//! members with `--cluster-profile`: across the members, through
 //! [`place_across`] over a [`ClusterMap`] this node assembles from its own disks and
 //! each voter's disk report (`GET /internal/v1/disks` on the internal listener). A
 //! member that does not answer within a second is left out of the map, so new uploads
@@ -54,8 +54,8 @@ pub async fn disk_report(State(app): State<AppState>) -> Json<DiskReport> {
 /// How a node places new blobs in a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct PlacementConfig {
-    /// The profile of blobs written in a cluster of several members; `None` picks one
-    /// from the member count.
+    /// The profile of blobs written across the members of a cluster of several;
+    /// `None` keeps each upload on the receiving node's disks.
     pub profile: Option<EcProfile>,
     /// This node's failure zone; nodes without one are each their own zone.
     pub zone: Option<String>,
@@ -73,7 +73,7 @@ pub struct Placer {
     node: NodeId,
     meta: Metadata,
     store: BlobStore,
-    /// The configured cluster profile; `None` picks one from the member count.
+    /// The configured cluster profile; `None` keeps uploads on this node's disks.
     profile: Option<EcProfile>,
     /// This node's failure zone.
     zone: Option<String>,
@@ -101,10 +101,9 @@ impl Placer {
     /// Starts the stripe writer of `upload` on the disks or members placement picks.
     pub async fn begin(&self, upload: UploadId) -> OciResult<StripeWriter> {
         let voters = self.voters().len();
-        if voters <= 1 {
+        let Some(profile) = self.profile.filter(|_| voters > 1) else {
             return Ok(self.store.begin(upload)?);
-        }
-        let profile = self.profile.unwrap_or_else(|| cluster_profile(voters));
+        };
         let map = self.map().await;
         let key = upload.to_string();
         let placed = match place_across(key.as_bytes(), &map, profile.width()) {

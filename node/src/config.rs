@@ -47,8 +47,9 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_ttl_secs: Option<u64>,
-    /// Erasure-coding profile k+m of blobs in a cluster of several members, across
-    /// them (default from the member count: 2+1 for 3-4, 3+2 for 5, 4+2 for 6 or more).
+    /// Erasure-coding profile k+m of blobs across the members of a cluster (2+1 suits
+    /// 3-4 nodes, 3+2 five, 4+2 six or more). Default: off, each upload stays on the
+    /// disks of the node that received it.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster_profile: Option<String>,

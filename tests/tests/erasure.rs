@@ -42,6 +42,15 @@ fn sizes() -> Vec<usize> {
     }
 }
 
+/// The environment of nodes that stripe blobs 2+1 across the cluster, plus `more`.
+fn across(more: &[(&str, &str)]) -> Vec<(String, String)> {
+    [("BERTH_CLUSTER_PROFILE", "2+1")]
+        .iter()
+        .chain(more)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 /// Pushes one blob of each size, rotating over `nodes`; returns (digest, bytes).
 async fn push_all(c: &Cluster, nodes: &[u16]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut pushed = Vec::new();
@@ -127,7 +136,7 @@ async fn run(cluster: &Cluster, body: impl AsyncFnOnce(&Cluster) -> Result<()>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_blob_survives_the_loss_of_any_one_of_three_nodes() {
     let _heavy = berth_tests::heavy().await;
-    let cluster = Cluster::up(3).unwrap_or_else(|e| panic!("{e:#}"));
+    let cluster = Cluster::up_with_env(3, across(&[])).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;
         let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count();
@@ -159,10 +168,10 @@ async fn every_blob_survives_the_loss_of_any_one_of_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
     let _heavy = berth_tests::heavy().await;
-    let env = vec![
-        ("BERTH_REPAIR_INTERVAL_SECS".to_owned(), "1".to_owned()),
-        ("BERTH_REPAIR_GRACE_SECS".to_owned(), "2".to_owned()),
-    ];
+    let env = across(&[
+        ("BERTH_REPAIR_INTERVAL_SECS", "1"),
+        ("BERTH_REPAIR_GRACE_SECS", "2"),
+    ]);
     let cluster = Cluster::up_with_env(4, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let mut blobs = push_all(c, &[1, 2, 3, 4]).await?;
@@ -275,7 +284,7 @@ fn damage_first_shards(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_shards_are_read_around_then_rebuilt() {
     let _heavy = berth_tests::heavy().await;
-    let env = vec![("BERTH_REPAIR_INTERVAL_SECS".to_owned(), "1".to_owned())];
+    let env = across(&[("BERTH_REPAIR_INTERVAL_SECS", "1")]);
     let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;

@@ -164,6 +164,13 @@ impl From<BlobStoreError> for OciError {
                 tracing::warn!(error = %e, "storage full");
                 OciError::new(Code::StorageFull, "storage is full")
             }
+            BlobStoreError::NotEnoughDisks { .. }
+            | BlobStoreError::Peer { .. }
+            | BlobStoreError::RemoteShard { .. }
+            | BlobStoreError::TooFewShards { .. } => {
+                tracing::warn!(error = %e, "storage temporarily unavailable");
+                OciError::new(Code::Unavailable, format!("storage unavailable: {e}"))
+            }
             other => OciError::internal(&other),
         }
     }
