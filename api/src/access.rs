@@ -303,22 +303,26 @@ pub struct SigningKeyView {
     pub retires_at_ms: Option<u64>,
 }
 
-/// `GET /api/v1/system/signing-keys` (administrators): the token signing keys.
-pub async fn list_signing_keys(
-    State(app): State<AppState>,
-    Mgmt(caller): Mgmt,
-) -> ApiResult<Response> {
-    require_admin(&caller)?;
+/// The token signing keys with their retirement instants, as the API shows them.
+async fn signing_key_views(app: &AppState) -> ApiResult<Vec<SigningKeyView>> {
     let keys = app.meta.read(|v| v.signing_keys_with_retirement()).await?;
-    let out: Vec<SigningKeyView> = keys
+    Ok(keys
         .into_iter()
         .map(|(k, retires_at_ms)| SigningKeyView {
             kid: k.kid,
             created_at_ms: k.created_at_ms,
             retires_at_ms,
         })
-        .collect();
-    Ok(Json(out).into_response())
+        .collect())
+}
+
+/// `GET /api/v1/system/signing-keys` (administrators): the token signing keys.
+pub async fn list_signing_keys(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    Ok(Json(signing_key_views(&app).await?).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,16 +353,8 @@ pub async fn rotate_signing_key(
     }
     let kid = app.auth.rotate_keys(&app.meta, overlap).await?;
     policy_audit(&app, &caller, format!("rotate signing key to {kid}"), None);
-    let keys = app.meta.read(|v| v.signing_keys_with_retirement()).await?;
-    let out: Vec<SigningKeyView> = keys
-        .into_iter()
-        .map(|(k, retires_at_ms)| SigningKeyView {
-            kid: k.kid,
-            created_at_ms: k.created_at_ms,
-            retires_at_ms,
-        })
-        .collect();
-    Ok(Json(json!({ "kid": kid, "keys": out })).into_response())
+    let keys = signing_key_views(&app).await?;
+    Ok(Json(json!({ "kid": kid, "keys": keys })).into_response())
 }
 
 /// Items (repositories, manifests, tags or links) read per batch while purging.

@@ -62,6 +62,7 @@ pub struct PlacementConfig {
 }
 
 /// The cluster map in use and when it was made.
+#[derive(Clone)]
 struct Cached {
     made: Instant,
     voters: usize,
@@ -78,7 +79,9 @@ pub struct Placer {
     /// This node's failure zone.
     zone: Option<String>,
     proxy: UploadProxy,
-    cached: tokio::sync::Mutex<Option<Cached>>,
+    cached: std::sync::Mutex<Option<Cached>>,
+    /// Held by the one caller rebuilding the map.
+    rebuilding: tokio::sync::Mutex<()>,
     /// Shards to rebuild, and repair's counters.
     pub repairs: std::sync::Arc<crate::repair::Repairs>,
 }
@@ -93,7 +96,8 @@ impl Placer {
             profile,
             zone,
             proxy: UploadProxy::default(),
-            cached: tokio::sync::Mutex::new(None),
+            cached: std::sync::Mutex::new(None),
+            rebuilding: tokio::sync::Mutex::new(()),
             repairs: std::sync::Arc::default(),
         }
     }
@@ -136,18 +140,30 @@ impl Placer {
     }
 
     /// The current cluster map: rebuilt when older than [`MAP_TTL`] or when the
-    /// membership changed size. One rebuild at a time; concurrent callers wait for it.
+    /// membership changed size. One caller rebuilds (asking every member, up to
+    /// [`REPORT_WAIT`] for one that is down); callers meanwhile keep using the map it
+    /// replaces, so uploads never queue behind a rebuild once a map exists.
     pub async fn map(&self) -> Arc<ClusterMap> {
         let voters = self.voters();
-        let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref()
+        let current = self
+            .cached
+            .lock()
+            .expect("cluster map lock poisoned")
+            .clone();
+        let usable = current.filter(|c| c.voters == voters.len());
+        if let Some(c) = &usable
             && c.made.elapsed() < MAP_TTL
-            && c.voters == voters.len()
         {
             return c.map.clone();
         }
+        let _rebuilding = match (self.rebuilding.try_lock(), &usable) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some(stale)) => return stale.map.clone(),
+            // No map yet: wait for the rebuild in progress rather than place blind.
+            (Err(_), None) => self.rebuilding.lock().await,
+        };
         let map = Arc::new(self.build(&voters).await);
-        *cached = Some(Cached {
+        *self.cached.lock().expect("cluster map lock poisoned") = Some(Cached {
             made: Instant::now(),
             voters: voters.len(),
             map: map.clone(),

@@ -129,6 +129,12 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
             .lock()
             .expect("repair queue lock poisoned"),
     );
+    // The leader scans only when there is another member whose shards could be
+    // lost; the map (which asks every member) is fetched only when there is work.
+    let scans = app.meta.status().is_leader && app.meta.membership().nodes.len() > 1;
+    if queued.is_empty() && !scans {
+        return;
+    }
     let map = app.uploads.placer.map().await;
     for (digest, shards) in queued {
         let wanted = digest.clone();
@@ -154,7 +160,7 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
             repairs(app).queue(&digest, &failed);
         }
     }
-    if app.meta.status().is_leader {
+    if scans {
         scan(app, cfg, &map).await;
     }
 }
@@ -210,11 +216,10 @@ async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
             continue;
         };
         for (index, at) in layout.shards.iter().enumerate() {
-            if is_lost(at.node) {
+            if is_lost(at.node)
+                && !rebuild(app, map, &record.digest, record.size, layout, index).await
+            {
                 found += 1;
-                if rebuild(app, map, &record.digest, record.size, layout, index).await {
-                    found -= 1;
-                }
             }
         }
     }
@@ -293,9 +298,18 @@ async fn rebuild(
             true
         }
         Ok(Outcome::Rejected(Rejection::LayoutChanged)) => {
-            if to != from
-                && let Err(e) = app.store.delete_shard(layout, digest, index, to).await
-            {
+            // Another repairer (the leader's scan and a node's queue can both pick a
+            // shard) may have moved the shard to this very place, from where this
+            // rebuild rewrote it with the same bytes: the file is removed only if the
+            // layout now in force does not place it there. When in doubt it stays for
+            // the orphan sweep, which judges by placement.
+            let wanted = digest.clone();
+            let current = app.meta.read(move |v| v.blob(&wanted)).await;
+            let unused = match &current {
+                Ok(record) => rebuilt_file_unused(record.as_ref(), layout.upload, index, to),
+                Err(_) => false,
+            };
+            if unused && let Err(e) = app.store.delete_shard(layout, digest, index, to).await {
                 tracing::debug!(%digest, shard = index, error = %e,
                     "repair: unused rebuilt file not removed; the orphan sweep will");
             }
@@ -311,5 +325,66 @@ async fn rebuild(
             repairs(app).failures.fetch_add(1, Ordering::Relaxed);
             false
         }
+    }
+}
+
+/// Whether the file a refused move wrote for shard `index` of `upload` at `to` is
+/// unused by the blob's current record: no record, another upload's files, or shard
+/// `index` placed elsewhere.
+fn rebuilt_file_unused(
+    record: Option<&berth_consensus::BlobRecord>,
+    upload: berth_types::UploadId,
+    index: usize,
+    to: ShardPlacement,
+) -> bool {
+    match record.map(|r| &r.layout) {
+        Some(BlobLayout::Striped(l)) if l.upload == upload => l.shards.get(index) != Some(&to),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_consensus::BlobRecord;
+    use berth_types::{CodecId, DiskId, EcProfile, UploadId};
+
+    use super::*;
+
+    fn at(node: u64, disk: u32) -> ShardPlacement {
+        ShardPlacement {
+            node: NodeId(node),
+            disk: DiskId(disk),
+        }
+    }
+
+    fn record(upload: UploadId, shards: Vec<ShardPlacement>) -> BlobRecord {
+        BlobRecord {
+            digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+            size: 10,
+            layout: BlobLayout::Striped(StripedLayout {
+                codec: CodecId::ReedSolomonV1,
+                profile: EcProfile::new(2, 1).unwrap(),
+                shard_bytes: 1024,
+                upload,
+                shards,
+            }),
+            created_at_ms: 1,
+        }
+    }
+
+    /// Two repairers rebuilt shard 1 onto node 4; the first one's move won. The
+    /// second one's move is refused, and the file it wrote is the one now in force:
+    /// it must stay. Files of a deleted blob, of another upload, or at a place the
+    /// layout does not use go.
+    #[test]
+    fn a_refused_move_keeps_the_file_when_the_layout_now_uses_it() {
+        let upload = UploadId::new(NodeId(1), 7);
+        let moved = record(upload, vec![at(1, 0), at(4, 0), at(3, 0)]);
+        assert!(!rebuilt_file_unused(Some(&moved), upload, 1, at(4, 0)));
+        assert!(rebuilt_file_unused(Some(&moved), upload, 1, at(5, 0)));
+        assert!(rebuilt_file_unused(Some(&moved), upload, 0, at(4, 0)));
+        assert!(rebuilt_file_unused(None, upload, 1, at(4, 0)));
+        let other = UploadId::new(NodeId(2), 9);
+        assert!(rebuilt_file_unused(Some(&moved), other, 1, at(4, 0)));
     }
 }

@@ -357,17 +357,12 @@ impl BlobStore {
                     },
                 }
             })?;
+        let node = self.inner.node;
         let targets = chosen
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                let slot = self
-                    .inner
-                    .slot(*id)
-                    .expect("placement chose a disk of this store");
-                ShardTarget::local(self.inner.clone(), slot.disk.clone(), upload, i)
-            })
-            .collect();
+            .map(|(i, &disk)| self.target(upload, i, ShardPlacement { node, disk }))
+            .collect::<Result<Vec<_>, BlobStoreError>>()?;
         Ok(StripeWriter::new(
             self.inner.clone(),
             upload,
@@ -605,7 +600,9 @@ impl BlobStore {
             if placement.node == self.inner.node {
                 local.push((index, placement));
             } else {
-                remote.push((index, placement, self.peer(index, placement.node)?));
+                // Every peer must be reachable before anything is removed.
+                self.peer(index, placement.node)?;
+                remote.push((index, placement));
             }
         }
         let inner = self.inner.clone();
@@ -617,29 +614,13 @@ impl BlobStore {
                     continue;
                 };
                 let path = format::final_path(&digest_owned, &upload, index);
-                match slot.disk.remove(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(BlobStoreError::io(placement.disk, path, e)),
-                }
+                remove(slot.disk.as_ref(), &path)?;
             }
-            Ok(())
+            Ok::<(), BlobStoreError>(())
         })
         .await??;
-        for (index, placement, client) in remote {
-            let shard = ShardRef {
-                disk: placement.disk,
-                upload,
-                index: index as u8,
-            };
-            client
-                .delete(&shard, digest)
-                .await
-                .map_err(|source| BlobStoreError::Peer {
-                    node: placement.node,
-                    shard: index,
-                    source,
-                })?;
+        for (index, placement) in remote {
+            self.delete_shard(layout, digest, index, placement).await?;
         }
         Ok(())
     }
