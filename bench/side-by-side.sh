@@ -19,6 +19,8 @@
 # Exit: 0 when every run succeeded, 1 when some failed, 2 when a binary is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 rounds=5
 quick=0
@@ -65,19 +67,7 @@ profile="${BERTH_BENCH_PROFILE:-release}"
 berth="$target/$profile/berth"
 bench="$target/$profile/berth-bench"
 registry="${DOCKER_REGISTRY:-/usr/bin/docker-registry}"
-for bin in "$berth" "$bench"; do
-    if [ ! -x "$bin" ]; then
-        echo "side-by-side.sh: $bin is missing; build it first:" >&2
-        echo "  cargo build --profile $profile -p berth-node -p berth-bench" >&2
-        exit 2
-    fi
-done
-if [ ! -x "$registry" ]; then
-    echo "side-by-side.sh: CNCF Distribution ($registry) is missing; install it with" >&2
-    echo "  sudo apt-get install docker-registry     (Debian, Ubuntu)" >&2
-    echo "or point DOCKER_REGISTRY at a registry binary that takes 'serve CONFIG.yml'." >&2
-    exit 2
-fi
+need_binaries
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/berth-side.XXXXXX")"
 out="${out:-$work/results}"
@@ -87,60 +77,10 @@ mkdir -p "$out/runs"
 
 pids=()
 stop_servers() {
-    local pid i
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for i in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    stop_pids
     rm -rf "$work/berth-data" "$work/distribution-data"
 }
 trap stop_servers EXIT
-
-# A loopback port nobody answers on (bounded tries).
-used_ports=" "
-free_port() {
-    local port i
-    for i in $(seq 100); do
-        port=$((20000 + RANDOM % 40000))
-        case "$used_ports" in *" $port "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            used_ports="$used_ports$port "
-            echo "$port"
-            return 0
-        fi
-    done
-    echo "side-by-side.sh: no free loopback port after 100 tries" >&2
-    return 1
-}
-
-# Waits (at most 20 s) until GET /v2/ answers 200 while the process lives.
-wait_ready() {
-    local name="$1" pid="$2" port="$3" i
-    for i in $(seq 200); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "side-by-side.sh: $name exited at start; its log:" >&2
-            cat "$work/$name.log" >&2
-            return 1
-        fi
-        if [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$port/v2/")" = 200 ]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "side-by-side.sh: $name did not answer on port $port within 20 s" >&2
-    return 1
-}
-
-rss_mib() {
-    awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
-}
 
 berth_port="$(free_port)"
 dist_port="$(free_port)"
@@ -150,25 +90,7 @@ BERTH_LOG=error "$berth" serve --listen "127.0.0.1:$berth_port" \
 berth_pid=$!
 pids+=("$berth_pid")
 
-cat >"$work/distribution.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  cache:
-    blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: $work/distribution-data
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$dist_port
-EOF
-"$registry" serve "$work/distribution.yml" >"$work/distribution.log" 2>&1 &
-dist_pid=$!
-pids+=("$dist_pid")
+start_distribution "$dist_port"
 
 wait_ready berth "$berth_pid" "$berth_port"
 wait_ready distribution "$dist_pid" "$dist_port"
@@ -219,19 +141,7 @@ for round in $(seq "$rounds"); do
             else
                 url="http://127.0.0.1:$dist_port" pid="$dist_pid"
             fi
-            run="$out/runs/$label.$side.$round"
-            if RUST_LIB_BACKTRACE=0 "$bench" "${flags[@]}" --url "$url" --server-pid "$pid" --label "$label" \
-                --seed "$((seed_base * 1000 + round))" >"$run.out" 2>"$run.err" &&
-                [ "$(grep -c '^{' "$run.out")" = 1 ]; then
-                grep '^{' "$run.out" >>"$out/$side.jsonl"
-                echo "[round $round/$rounds] $label on $side:"
-                grep -v '^{' "$run.out" | sed 's/^/    /'
-            else
-                failures=$((failures + 1))
-                printf '{"label":"%s","failed":true}\n' "$label" >>"$out/$side.jsonl"
-                echo "[round $round/$rounds] $label on $side FAILED:"
-                head -n 8 "$run.err" | sed 's/^/    /'
-            fi
+            run_bench "$side" "$label" "$round" "$url" "$pid" "$((seed_base * 1000 + round))" "${flags[@]}"
         done
     done
 done

@@ -81,9 +81,11 @@ as_root "$CARGO_TARGET_DIR/debug/berth-chaos" --berth "$CARGO_TARGET_DIR/debug/b
     --out "$chaos_out" 2>&1 | tail -n 40
 echo "test.sh: failover drill passed; report in $chaos_out/report.md"
 # Benchmark smoke test: every scenario once, tiny sizes, berth beside Distribution.
-# It checks the bench and both servers work; it asserts no timing.
+# It checks the bench and both servers work; it asserts no timing. Then the cluster
+# benchmark once: 3 nodes striping 2+1, a node killed, reads degraded, repair onto a 4th.
 cargo build -p berth-bench
 BERTH_BENCH_PROFILE=debug bench/side-by-side.sh --quick --out "$(mktemp -d)"
+BERTH_BENCH_PROFILE=debug bench/cluster.sh --quick --out "$(mktemp -d)"
 
 # One closing line with the totals of every test binary above.
 awk '/^test result:/ {

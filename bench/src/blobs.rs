@@ -1,7 +1,9 @@
 //! The `blobs` scenario: push N blobs of S bytes with C requests in flight (monolithic
 //! or chunked uploads), then pull every one back and verify its digest. Reports MB/s
 //! for each direction. Blob `i` is pushed through URL `i` and pulled through URL
-//! `i + 1`, so with several URLs every pull reads through another node.
+//! `i + 1`, so with several URLs every pull reads through another node. `--phase`
+//! runs one direction alone: push a set once, then pull the same set (same `--seed`)
+//! as often as wanted, for example before and after a cluster node is stopped.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +22,17 @@ pub enum Mode {
     Monolithic,
     /// `POST`, `PATCH` per chunk, then an empty `PUT ?digest=`.
     Chunked,
+}
+
+/// Which directions a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Push the blobs, then pull them back.
+    Both,
+    /// Only push.
+    Push,
+    /// Only pull blobs an earlier `--phase push` with the same seed stored.
+    Pull,
 }
 
 impl Mode {
@@ -53,12 +66,19 @@ pub struct Args {
     /// Repository to push into.
     #[arg(long, default_value = "bench/blobs")]
     pub repo: String,
+    /// Directions to measure; `pull` needs the `--seed` of the run that pushed.
+    #[arg(long, value_enum, default_value_t = Phase::Both)]
+    pub phase: Phase,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     ensure!(args.count > 0, "--count must be at least 1");
     ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     ensure!(args.chunk > 0, "--chunk must be at least 1 byte");
+    ensure!(
+        args.phase != Phase::Pull || args.common.seed.is_some(),
+        "--phase pull needs the --seed of the run that pushed the blobs"
+    );
     let targets = Arc::new(args.common.targets()?);
     let client = args.common.client(args.concurrency)?;
     let seed = args.common.seed();
@@ -75,7 +95,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let meter = Meter::start(args.common.server_pid);
     let started = Instant::now();
-    run_bounded(
+    if args.phase != Phase::Pull {
+        run_bounded(
         args.concurrency,
         blobs
             .iter()
@@ -85,25 +106,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let (client, targets, repo) = (client.clone(), targets.clone(), repo.clone());
                 async move { push_blob(&client, targets.get(i), &repo, data, &digest, chunk).await }
             }),
-    )
-    .await?;
+        )
+        .await?;
+    }
     let push_secs = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let pulled: u64 = run_bounded(
-        args.concurrency,
-        blobs
-            .iter()
-            .map(|(_, d)| d.clone())
-            .enumerate()
-            .map(|(i, digest)| {
-                let (client, targets, repo) = (client.clone(), targets.clone(), repo.clone());
-                async move { pull_blob(&client, targets.get(i + 1), &repo, &digest).await }
-            }),
-    )
-    .await?
-    .into_iter()
-    .sum();
+    let pulled: u64 = if args.phase == Phase::Push {
+        total
+    } else {
+        run_bounded(
+            args.concurrency,
+            blobs
+                .iter()
+                .map(|(_, d)| d.clone())
+                .enumerate()
+                .map(|(i, digest)| {
+                    let (client, targets, repo) = (client.clone(), targets.clone(), repo.clone());
+                    async move { pull_blob(&client, targets.get(i + 1), &repo, &digest).await }
+                }),
+        )
+        .await?
+        .into_iter()
+        .sum()
+    };
     let pull_secs = started.elapsed().as_secs_f64();
     let usage = meter.finish();
     if pulled != total {
@@ -131,8 +157,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         args.concurrency.to_string(),
         args.mode.name().into(),
         chunk.map_or_else(|| "-".into(), fmt_size),
-        format!("{:.1}", mb / push_secs),
-        format!("{:.1}", mb / pull_secs),
+        rate(args.phase != Phase::Pull, mb, push_secs),
+        rate(args.phase != Phase::Push, mb, pull_secs),
     ]);
     report.param("count", args.count);
     report.param("size_bytes", args.size);
@@ -140,10 +166,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     report.param("mode", args.mode.name());
     report.param("chunk_bytes", chunk);
     report.param("targets", targets.len());
-    report.metric("push_mb_s", mb / push_secs);
-    report.metric("pull_mb_s", mb / pull_secs);
-    report.metric("push_secs", push_secs);
-    report.metric("pull_secs", pull_secs);
+    report.param("phase", format!("{:?}", args.phase).to_lowercase());
+    if args.phase != Phase::Pull {
+        report.metric("push_mb_s", mb / push_secs);
+        report.metric("push_secs", push_secs);
+    }
+    if args.phase != Phase::Push {
+        report.metric("pull_mb_s", mb / pull_secs);
+        report.metric("pull_secs", pull_secs);
+    }
     report.print(&args.common, seed, &usage);
     Ok(())
+}
+
+/// MB/s for the table, or `-` for a direction the run did not measure.
+fn rate(measured: bool, mb: f64, secs: f64) -> String {
+    if measured {
+        format!("{:.1}", mb / secs)
+    } else {
+        "-".into()
+    }
 }
