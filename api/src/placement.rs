@@ -1,6 +1,6 @@
-//! Where the shards of a new upload go. On a single node, or without a configured
-//! cluster profile: its own disks, by the store's profile. In a cluster of several
-//! members with `--cluster-profile`: across the members, through
+//! Where the shards of a new upload go. On a single node, or with the cluster profile
+//! off: its own disks, by the store's profile. In a cluster of several members
+//! (`--cluster-profile auto`, the default, or a fixed `K+M`): across the members, through
 //! [`place_across`] over a [`ClusterMap`] this node assembles from its own disks and
 //! each voter's disk report (`GET /internal/v1/disks` on the internal listener). A
 //! member that does not answer within a second is left out of the map, so new uploads
@@ -51,12 +51,36 @@ pub async fn disk_report(State(app): State<AppState>) -> Json<DiskReport> {
     })
 }
 
+/// How blobs are spread over the members of a cluster of several (`--cluster-profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterProfile {
+    /// Each upload stays on the disks of the node that received it.
+    Off,
+    /// The default: striped across the members with the profile [`cluster_profile`]
+    /// suggests for the number of voters (2: 1+1, 3-4: 2+1, 5: 3+2, 6 or more: 4+2).
+    #[default]
+    Auto,
+    /// Striped across the members with this profile.
+    Fixed(EcProfile),
+}
+
+impl ClusterProfile {
+    /// The profile of a new blob in a cluster of `voters`; `None` for this node's disks.
+    pub fn for_voters(self, voters: usize) -> Option<EcProfile> {
+        match self {
+            _ if voters < 2 => None,
+            ClusterProfile::Off => None,
+            ClusterProfile::Auto => Some(cluster_profile(voters)),
+            ClusterProfile::Fixed(p) => Some(p),
+        }
+    }
+}
+
 /// How a node places new blobs in a cluster.
 #[derive(Debug, Clone, Default)]
 pub struct PlacementConfig {
-    /// The profile of blobs written across the members of a cluster of several;
-    /// `None` keeps each upload on the receiving node's disks.
-    pub profile: Option<EcProfile>,
+    /// How blobs are spread over the members of a cluster of several.
+    pub profile: ClusterProfile,
     /// This node's failure zone; nodes without one are each their own zone.
     pub zone: Option<String>,
 }
@@ -74,8 +98,8 @@ pub struct Placer {
     node: NodeId,
     meta: Metadata,
     store: BlobStore,
-    /// The configured cluster profile; `None` keeps uploads on this node's disks.
-    profile: Option<EcProfile>,
+    /// The configured cluster profile.
+    profile: ClusterProfile,
     /// This node's failure zone.
     zone: Option<String>,
     proxy: UploadProxy,
@@ -105,7 +129,7 @@ impl Placer {
     /// Starts the stripe writer of `upload` on the disks or members placement picks.
     pub async fn begin(&self, upload: UploadId) -> OciResult<StripeWriter> {
         let voters = self.voters().len();
-        let Some(profile) = self.profile.filter(|_| voters > 1) else {
+        let Some(profile) = self.profile.for_voters(voters) else {
             return Ok(self.store.begin(upload)?);
         };
         let map = self.map().await;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use berth_api::auth::ldap::LdapConfig;
 use berth_api::auth::oidc::OidcConfig;
+use berth_api::placement::ClusterProfile;
 use berth_types::EcProfile;
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
 use figment::Figment;
@@ -47,8 +48,9 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_ttl_secs: Option<u64>,
-    /// Erasure-coding profile k+m of blobs across the members of a cluster (2+1 suits
-    /// 3-4 nodes, 3+2 five, 4+2 six or more). Default: off, each upload stays on the
+    /// How a cluster spreads blobs over its members: `auto` (the default) stripes each
+    /// blob across them with the profile suited to their number (2 nodes 1+1, 3-4 2+1,
+    /// 5 3+2, 6 or more 4+2); `K+M` fixes the profile; `off` keeps each upload on the
     /// disks of the node that received it.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -420,15 +422,15 @@ impl Config {
         }
     }
 
-    /// The configured profile of blobs across a cluster's members, if any.
-    pub fn cluster_ec_profile(&self) -> anyhow::Result<Option<EcProfile>> {
-        self.cluster_profile
-            .as_deref()
-            .map(|p| {
-                p.parse()
-                    .with_context(|| format!("invalid cluster erasure-coding profile {p:?}"))
-            })
-            .transpose()
+    /// How blobs are spread over a cluster's members.
+    pub fn cluster_ec_profile(&self) -> anyhow::Result<ClusterProfile> {
+        Ok(match self.cluster_profile.as_deref().map(str::trim) {
+            None | Some("auto") => ClusterProfile::Auto,
+            Some("off") => ClusterProfile::Off,
+            Some(p) => ClusterProfile::Fixed(p.parse().with_context(|| {
+                format!("invalid cluster erasure-coding profile {p:?} (auto, off or K+M)")
+            })?),
+        })
     }
 
     /// The configured profile, or the default for the number of disks.

@@ -138,6 +138,12 @@ impl IntoResponse for OciError {
         for (name, value) in self.headers {
             resp.headers_mut().insert(name, value);
         }
+        // Every 503 tells the client when to come back, whichever path made it.
+        if self.code == Code::Unavailable {
+            resp.headers_mut()
+                .entry(header::RETRY_AFTER)
+                .or_insert(HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -193,6 +199,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["errors"][0]["code"], "NAME_INVALID");
         assert_eq!(v["errors"][0]["message"], "bad name");
+    }
+
+    #[test]
+    fn every_unavailable_answer_says_when_to_retry() {
+        let storage = OciError::from(BlobStoreError::TooFewShards {
+            stripe: 0,
+            needed: 2,
+            available: 1,
+        });
+        for e in [
+            storage,
+            OciError::new(Code::Unavailable, "x"),
+            OciError::unavailable("y"),
+        ] {
+            let resp = e.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        }
+        let custom = OciError::new(Code::Unavailable, "z")
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("7"))
+            .into_response();
+        assert_eq!(custom.headers()[header::RETRY_AFTER], "7");
     }
 
     #[test]
