@@ -3,7 +3,8 @@
 //! blob pulls byte-identical through the survivors of any one node's loss; a node that
 //! is killed and removed for good has its shards rebuilt onto the others by repair,
 //! after which the cluster survives the loss of one more node; damaged shard files are
-//! read around and rewritten by repair. Short by default;
+//! read around and rewritten by repair; the scrubber finds rotten parity and a
+//! missing shard file that no read meets, and repair restores them. Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
 use std::path::Path;
@@ -279,8 +280,8 @@ fn damage_first_shards(dir: &Path) -> usize {
 // deleted; every blob still pulls byte-identical through node 1, which counts the
 // damage and queues it; repair rewrites the damaged shards; then node 2 is killed and
 // every blob pulls through nodes 1 and 3, which needs the rewritten shards. (Damage in
-// a shard that holds only padding or parity is not met by reads; finding it is the
-// scrubber's job, not built yet.)
+// a shard that holds only padding or parity is not met by reads; the scrubber finds
+// it: see the next test.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_shards_are_read_around_then_rebuilt() {
     let _heavy = berth_tests::heavy().await;
@@ -317,6 +318,159 @@ async fn damaged_shards_are_read_around_then_rebuilt() {
         }
         c.signal(2, "-9")?;
         for n in [1, 3] {
+            pull_all(c, n, &blobs).await?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Every shard file under a node's data folder, with the shard index its name ends in,
+/// sorted by path.
+fn shard_paths(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
+    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.components().any(|c| c.as_os_str() == "blobs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_string_lossy().to_string();
+            let index = name.rsplit_once('.')?.1.parse().ok()?;
+            Some((path, index))
+        })
+        .collect()
+}
+
+/// The blob (digest folder) a shard file belongs to.
+fn blob_of(path: &Path) -> std::path::PathBuf {
+    path.parent()
+        .expect("a shard file is in its blob's folder")
+        .file_name()
+        .map(Into::into)
+        .expect("named")
+}
+
+/// Sum of a metric over `nodes`.
+async fn metric_sum(c: &Cluster, nodes: &[u16], name: &str) -> Result<u64> {
+    let mut sum = 0;
+    for &n in nodes {
+        sum += metric(c, n, name).await?;
+    }
+    Ok(sum)
+}
+
+// Proves that the scrubber finds damage no read meets and that repair then restores
+// full redundancy: in a 3-node cluster (2+1) bytes are flipped in a PARITY shard file
+// on one node (reads of a healthy stripe never touch parity) and another blob's shard
+// file is deleted on a second node; nothing is pulled. The scrubbers (a pass every 3 s
+// here) find both, count them in `berth_scrub_damaged_shards_total`, and repair
+// rewrites both files byte-identical to what they were. Then the third node, whose
+// shards were all healthy, is killed: every blob must pull through the two damaged
+// nodes, which needs the rewritten parity and the restored file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_finds_rotten_parity_and_a_lost_shard_and_repair_restores_them() {
+    let _heavy = berth_tests::heavy().await;
+    let env = across(&[
+        ("BERTH_REPAIR_INTERVAL_SECS", "1"),
+        ("BERTH_SCRUB_INTERVAL_SECS", "3"),
+    ]);
+    let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let blobs = push_all(c, &[1, 2, 3]).await?;
+        let files: Vec<Vec<(std::path::PathBuf, usize)>> =
+            (1..=3).map(|n| shard_paths(&c.data_dir(n))).collect();
+        // The parity shard (index 2) with the most bytes, on whichever node holds it.
+        let (rotten_node, parity) = (1..=3u16)
+            .flat_map(|n| {
+                files[usize::from(n) - 1]
+                    .iter()
+                    .filter(|(_, i)| *i == 2)
+                    .map(move |(p, _)| (n, p.clone()))
+            })
+            .max_by_key(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .context("no parity shard file on any node")?;
+        // A shard of another blob, on another node.
+        let (lost_node, lost) = (1..=3u16)
+            .filter(|&n| n != rotten_node)
+            .find_map(|n| {
+                files[usize::from(n) - 1]
+                    .iter()
+                    .find(|(p, _)| blob_of(p) != blob_of(&parity))
+                    .map(|(p, _)| (n, p.clone()))
+            })
+            .context("no shard file of another blob on another node")?;
+        let healthy = (1..=3u16)
+            .find(|&n| n != rotten_node && n != lost_node)
+            .expect("three nodes");
+        let parity_bytes = std::fs::read(&parity)?;
+        let lost_bytes = std::fs::read(&lost)?;
+        let mut rotten = parity_bytes.clone();
+        let (middle, last) = (rotten.len() / 2, rotten.len() - 1);
+        rotten[middle] ^= 0x5a;
+        rotten[last] ^= 0xa5;
+        std::fs::write(&parity, &rotten)?;
+        std::fs::remove_file(&lost)?;
+        eprintln!(
+            "flipped bytes in parity {} on node {rotten_node}, deleted {} on node {lost_node}",
+            parity.display(),
+            lost.display()
+        );
+
+        let all = [1, 2, 3];
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let found = metric_sum(c, &all, "berth_scrub_damaged_shards_total").await?;
+            let rebuilt = metric_sum(c, &all, "berth_repair_rebuilt_shards").await?;
+            let restored = std::fs::read(&parity).is_ok_and(|b| b == parity_bytes)
+                && std::fs::read(&lost).is_ok_and(|b| b == lost_bytes);
+            if found >= 2 && rebuilt >= 2 && restored {
+                eprintln!(
+                    "scrub found {found} damaged shards, repair rebuilt {rebuilt}, in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "after {:?}: scrub found {found} damaged shards, repair rebuilt {rebuilt}, files restored: {restored}",
+                    started.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        ensure!(
+            metric(c, rotten_node, "berth_scrub_damaged_shards_total").await? >= 1
+                && metric(c, lost_node, "berth_scrub_damaged_shards_total").await? >= 1,
+            "each damaged node's own scrubber must find its damage"
+        );
+        let verified = metric_sum(c, &all, "berth_scrub_verified_shards_total").await?;
+        let verified_bytes = metric_sum(c, &all, "berth_scrub_verified_bytes_total").await?;
+        let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count() as u64;
+        ensure!(
+            verified >= 3 * striped && verified_bytes > 0,
+            "{verified} shards ({verified_bytes} bytes) scrubbed; every pass covers {}",
+            3 * striped
+        );
+        for n in all {
+            ensure!(
+                metric(c, n, "berth_scrub_last_complete_pass_timestamp_seconds").await? > 0,
+                "node {n} records no complete scrub pass"
+            );
+        }
+
+        c.signal(healthy, "-9")?;
+        for n in [rotten_node, lost_node] {
             pull_all(c, n, &blobs).await?;
         }
         Ok(())

@@ -9,4 +9,5 @@ mod disk_full;
 mod repair;
 mod round_trip;
 mod rpc;
+mod scrub;
 mod sweep;
