@@ -6,6 +6,7 @@
 mod common;
 mod crash;
 mod disk_full;
+mod faults;
 mod repair;
 mod round_trip;
 mod rpc;
