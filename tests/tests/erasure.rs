@@ -3,8 +3,10 @@
 //! blob pulls byte-identical through the survivors of any one node's loss; a node that
 //! is killed and removed for good has its shards rebuilt onto the others by repair,
 //! after which the cluster survives the loss of one more node; damaged shard files are
-//! read around and rewritten by repair; the scrubber finds rotten parity and a
-//! missing shard file that no read meets, and repair restores them. Short by default;
+//! read around and rewritten by repair; a 5-node cluster striping 3+2 serves every
+//! blob through the survivors of any two nodes' loss; the scrubber finds rotten
+//! parity and a missing shard file that no read meets, and repair restores them.
+//! Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
 use std::path::Path;
@@ -45,7 +47,12 @@ fn sizes() -> Vec<usize> {
 
 /// The environment of nodes that stripe blobs 2+1 across the cluster, plus `more`.
 fn across(more: &[(&str, &str)]) -> Vec<(String, String)> {
-    [("BERTH_CLUSTER_PROFILE", "2+1")]
+    across_as("2+1", more)
+}
+
+/// The environment of nodes that stripe blobs `profile` across the cluster, plus `more`.
+fn across_as(profile: &str, more: &[(&str, &str)]) -> Vec<(String, String)> {
+    [("BERTH_CLUSTER_PROFILE", profile)]
         .iter()
         .chain(more)
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -155,6 +162,54 @@ async fn every_blob_survives_the_loss_of_any_one_of_three_nodes() {
                 c.forget(victim)?;
                 c.add(victim)?;
             }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+// Proves that a 5-node cluster striping 3+2 loses no blob to the loss of any two
+// nodes: every node holds one shard of every striped blob; nodes 4 and 5 are killed
+// (SIGKILL) and every blob pulls byte-identical through each of nodes 1-3; they are
+// restarted, then the Raft leader and one more node are killed and every blob pulls
+// through each of the three others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_blob_survives_the_loss_of_any_two_of_five_nodes() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster =
+        Cluster::up_with_env(5, across_as("3+2", &[])).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let all = [1u16, 2, 3, 4, 5];
+        let blobs = push_all(c, &all).await?;
+        let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count();
+        let files: Vec<usize> = all.iter().map(|&n| shard_files(&c.data_dir(n))).collect();
+        ensure!(
+            files.iter().all(|&f| f == striped),
+            "every node holds one shard of each of the {striped} striped blobs: {files:?}"
+        );
+
+        for victim in [4, 5] {
+            c.signal(victim, "-9")?;
+        }
+        for survivor in [1, 2, 3] {
+            pull_all(c, survivor, &blobs).await?;
+        }
+        for victim in [4, 5] {
+            c.forget(victim)?;
+            c.add(victim)?;
+        }
+        for n in [4, 5] {
+            pull_all(c, n, &blobs).await?;
+        }
+
+        let leader = c.leader(&all).await?;
+        let other = *all.iter().find(|&&n| n != leader).expect("five nodes");
+        eprintln!("killing the leader, node {leader}, and node {other}");
+        for victim in [leader, other] {
+            c.signal(victim, "-9")?;
+        }
+        for survivor in all.into_iter().filter(|&n| n != leader && n != other) {
+            pull_all(c, survivor, &blobs).await?;
         }
         Ok(())
     })
