@@ -36,6 +36,11 @@ struct DiskLabels {
     disk: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
 /// The registry of every metric this node exports.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +64,7 @@ pub struct Metrics {
     scrub_bytes: Counter,
     scrub_damaged: Counter,
     scrub_last_pass: Gauge,
+    drain_left: Family<NodeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -95,6 +101,7 @@ impl Metrics {
             scrub_bytes: Counter::default(),
             scrub_damaged: Counter::default(),
             scrub_last_pass: Gauge::default(),
+            drain_left: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +200,11 @@ impl Metrics {
             "Unix time of the scrubber's last complete pass on this node (0: none yet)",
             m.scrub_last_pass.clone(),
         );
+        registry.register(
+            "drain_shards_left",
+            "On the leader, per draining node covered by a complete repair scan: the shards it still holds",
+            m.drain_left.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -273,6 +285,14 @@ impl Metrics {
         self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
         self.repair_failures.set(as_gauge(repair.failures));
         self.repair_backlog.set(as_gauge(repair.backlog_shards));
+        self.drain_left.clear();
+        for (node, left) in &repair.drain_shards_left {
+            self.drain_left
+                .get_or_create(&NodeLabels {
+                    node: node.to_string(),
+                })
+                .set(as_gauge(*left));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

@@ -5,8 +5,8 @@
 //! after which the cluster survives the loss of one more node; damaged shard files are
 //! read around and rewritten by repair; a 5-node cluster striping 3+2 serves every
 //! blob through the survivors of any two nodes' loss; the scrubber finds rotten
-//! parity and a missing shard file that no read meets, and repair restores them.
-//! Short by default;
+//! parity and a missing shard file that no read meets, and repair restores them; a
+//! drained node's shards move to the others before it is removed. Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
 use std::path::Path;
@@ -526,6 +526,89 @@ async fn the_scrubber_finds_rotten_parity_and_a_lost_shard_and_repair_restores_t
 
         c.signal(healthy, "-9")?;
         for n in [rotten_node, lost_node] {
+            pull_all(c, n, &blobs).await?;
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Runs `berth cluster ARGS` and returns its standard output.
+fn cluster_cli(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(berth_tests::server::berth_binary()?)
+        .arg("cluster")
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "berth cluster {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+// Proves that draining a node moves its shards before it goes: in a 4-node cluster
+// (2+1, each blob on three of the four nodes) `berth cluster drain 4` marks node 4;
+// repair moves every shard it holds onto nodes 1-3 (reading them from node 4) and
+// deletes its files, `berth cluster status` counts down to 0 shards left, and new
+// blobs are placed on nodes 1-3 only. Node 4 is then removed and stopped, node 1 is
+// killed too, and every blob, old and new, pulls byte-identical through nodes 2 and 3:
+// no blob lost redundancy with node 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
+    let _heavy = berth_tests::heavy().await;
+    let env = across(&[("BERTH_REPAIR_INTERVAL_SECS", "1")]);
+    let cluster = Cluster::up_with_env(4, env).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let mut blobs = push_all(c, &[1, 2, 3, 4]).await?;
+        let on_4 = shard_files(&c.data_dir(4));
+        ensure!(on_4 > 0, "node 4 holds no shard: nothing to drain");
+
+        let started = Instant::now();
+        let said = cluster_cli(&["drain", "4", "--url", &c.url(2)])?;
+        ensure!(said.contains("node 4 draining"), "drain answered {said:?}");
+        let deadline = started + Duration::from_secs(120);
+        loop {
+            let status = cluster_cli(&["status", "--url", &c.url(1)])?;
+            let files = shard_files(&c.data_dir(4));
+            if files == 0 && status.contains("node 4 draining: 0 shards left") {
+                eprintln!(
+                    "{on_4} shards drained off node 4 in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("node 4 still holds {files} shard files; status:\n{status}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let rebuilt = metric_sum(c, &[1, 2, 3, 4], "berth_repair_rebuilt_shards").await?;
+        ensure!(
+            rebuilt >= on_4 as u64,
+            "{rebuilt} shards moved for {on_4} on node 4"
+        );
+
+        // New blobs go around the draining node.
+        blobs.extend(push_all(c, &[1, 4]).await?);
+        ensure!(
+            shard_files(&c.data_dir(4)) == 0,
+            "a new blob was placed on the draining node"
+        );
+
+        let http = reqwest::Client::new();
+        let resp = http
+            .delete(format!("{}/api/v1/cluster/members/4", c.url(1)))
+            .send()
+            .await?;
+        ensure!(
+            resp.status().is_success(),
+            "removing node 4: {}",
+            resp.status()
+        );
+        c.signal(4, "-TERM")?;
+        c.signal(1, "-9")?;
+        for n in [2, 3] {
             pull_all(c, n, &blobs).await?;
         }
         Ok(())
