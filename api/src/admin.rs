@@ -4,7 +4,8 @@
 //! disks, and every member's own report of its disks and applied state, fetched over
 //! the internal listener), `POST /api/v1/cluster/members` (`{"id", "addr", "cluster_id"?}`: join a
 //! node, learner first, voter once caught up; a node that already belongs to another
-//! cluster is refused) and `DELETE /api/v1/cluster/members/{id}`.
+//! cluster is refused), `DELETE /api/v1/cluster/members/{id}`, and
+//! `POST`/`DELETE /api/v1/cluster/members/{id}/drain` (mark a member draining, or not).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 
 use crate::AppState;
+use crate::repair::RepairStats;
 
 /// One member as this node sees it.
 #[derive(Debug, Serialize)]
@@ -39,6 +41,10 @@ pub struct NodeReport {
     pub node: u64,
     pub state: Option<AppliedState>,
     pub disks: Vec<DiskStatus>,
+    /// The node's repair counters and backlog (on the leader also the shards each
+    /// draining node still holds).
+    #[serde(default)]
+    pub repair: RepairStats,
 }
 
 /// The internal listener's path of [`node_report`].
@@ -57,6 +63,7 @@ async fn local_report(app: &AppState) -> NodeReport {
         node: app.node.0,
         state: applied_state(app).await,
         disks,
+        repair: app.uploads.placer.repairs.stats(),
     }
 }
 
@@ -120,6 +127,8 @@ pub struct ClusterStatus {
     /// A membership change is in progress (two voter sets).
     pub joint: bool,
     pub members: Vec<MemberStatus>,
+    /// Nodes marked draining (`berth cluster drain`).
+    pub draining: Vec<u64>,
     pub disks: Vec<DiskStatus>,
     /// The applied state, read in one transaction: equal `applied` on two nodes
     /// means equal `digest` unless their states diverged.
@@ -188,6 +197,14 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         .ok()
         .flatten()
         .map(|id| format!("{id:032x}"));
+    let draining = app
+        .meta
+        .read_local(|v| v.draining())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|n| n.0)
+        .collect();
     let NodeReport { disks, state, .. } = here;
     Json(ClusterStatus {
         cluster_id,
@@ -202,6 +219,7 @@ pub async fn cluster_status(State(app): State<AppState>) -> Json<ClusterStatus> 
         purged: raft.purged,
         joint: membership.is_joint(),
         members,
+        draining,
         disks,
         state,
     })
@@ -267,6 +285,39 @@ pub async fn join(State(app): State<AppState>, Json(req): Json<JoinRequest>) -> 
 pub async fn remove(State(app): State<AppState>, Path(id): Path<u64>) -> Response {
     match app.meta.remove(NodeId(id)).await {
         Ok(()) => cluster_status(State(app)).await.into_response(),
+        Err(e) => membership_error(e),
+    }
+}
+
+/// `POST /api/v1/cluster/members/{id}/drain`: marks a member draining through Raft.
+/// Placement gives it no new shards and the leader's repair scan moves every shard it
+/// holds onto other members; once the leader's report shows none left
+/// (`repair.drain_shards_left`), removing it loses no redundancy.
+pub async fn drain(State(app): State<AppState>, Path(id): Path<u64>) -> Response {
+    set_draining(app, id, true).await
+}
+
+/// `DELETE /api/v1/cluster/members/{id}/drain`: the member takes shards again; shards
+/// already moved stay where they are.
+pub async fn undrain(State(app): State<AppState>, Path(id): Path<u64>) -> Response {
+    set_draining(app, id, false).await
+}
+
+async fn set_draining(app: AppState, id: u64, draining: bool) -> Response {
+    let node = NodeId(id);
+    if draining && !app.meta.membership().nodes.contains_key(&node) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("node {id} is not a member") })),
+        )
+            .into_response();
+    }
+    match app
+        .meta
+        .propose(berth_consensus::CommandV1::SetDraining { node, draining })
+        .await
+    {
+        Ok(_) => cluster_status(State(app)).await.into_response(),
         Err(e) => membership_error(e),
     }
 }

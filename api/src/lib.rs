@@ -20,6 +20,7 @@ mod ops;
 pub mod placement;
 pub mod proxy;
 pub mod repair;
+pub mod scrub;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -78,6 +79,10 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/cluster/status", get(admin::cluster_status))
         .route("/api/v1/cluster/members", post(admin::join))
         .route("/api/v1/cluster/members/{id}", delete(admin::remove))
+        .route(
+            "/api/v1/cluster/members/{id}/drain",
+            post(admin::drain).delete(admin::undrain),
+        )
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             manage::admin_only,

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route, method and status, latency histograms,
-//! blob bytes in and out, and Raft and disk gauges refreshed at scrape time.
+//! blob bytes in and out, the scrubber's counters, and Raft, disk and repair gauges
+//! refreshed at scrape time.
 
 use std::time::Instant;
 
@@ -35,6 +36,11 @@ struct DiskLabels {
     disk: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
 /// The registry of every metric this node exports.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +60,11 @@ pub struct Metrics {
     repair_bytes: Gauge,
     repair_failures: Gauge,
     repair_backlog: Gauge,
+    scrub_shards: Counter,
+    scrub_bytes: Counter,
+    scrub_damaged: Counter,
+    scrub_last_pass: Gauge,
+    drain_left: Family<NodeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -86,6 +97,11 @@ impl Metrics {
             repair_bytes: Gauge::default(),
             repair_failures: Gauge::default(),
             repair_backlog: Gauge::default(),
+            scrub_shards: Counter::default(),
+            scrub_bytes: Counter::default(),
+            scrub_damaged: Counter::default(),
+            scrub_last_pass: Gauge::default(),
+            drain_left: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -164,6 +180,31 @@ impl Metrics {
             "Shards known to need a rebuild: this node's queue and, on the leader, the last scan's finds",
             m.repair_backlog.clone(),
         );
+        registry.register(
+            "scrub_verified_shards",
+            "Shard files the scrubber read and checked on this node's disks",
+            m.scrub_shards.clone(),
+        );
+        registry.register(
+            "scrub_verified_bytes",
+            "Bytes of shard files the scrubber read and checked",
+            m.scrub_bytes.clone(),
+        );
+        registry.register(
+            "scrub_damaged_shards",
+            "Shard files the scrubber found missing, unreadable or corrupt and queued for repair",
+            m.scrub_damaged.clone(),
+        );
+        registry.register(
+            "scrub_last_complete_pass_timestamp_seconds",
+            "Unix time of the scrubber's last complete pass on this node (0: none yet)",
+            m.scrub_last_pass.clone(),
+        );
+        registry.register(
+            "drain_shards_left",
+            "On the leader, per draining node covered by a complete repair scan: the shards it still holds",
+            m.drain_left.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -173,6 +214,26 @@ impl Metrics {
 
     pub fn blob_bytes_out(&self, n: u64) {
         self.bytes_out.inc_by(n);
+    }
+
+    /// A shard file the scrubber checked, `bytes` read.
+    pub fn scrub_verified(&self, bytes: u64) {
+        self.scrub_shards.inc();
+        self.scrub_bytes.inc_by(bytes);
+    }
+
+    /// A shard file the scrubber found damaged.
+    pub fn scrub_damaged(&self) {
+        self.scrub_damaged.inc();
+    }
+
+    /// A scrub pass completed at `at`.
+    pub fn scrub_pass_completed(&self, at: std::time::SystemTime) {
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.scrub_last_pass
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
     fn record(&self, route: &str, method: &str, status: u16, seconds: f64) {
@@ -224,6 +285,14 @@ impl Metrics {
         self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
         self.repair_failures.set(as_gauge(repair.failures));
         self.repair_backlog.set(as_gauge(repair.backlog_shards));
+        self.drain_left.clear();
+        for (node, left) in &repair.drain_shards_left {
+            self.drain_left
+                .get_or_create(&NodeLabels {
+                    node: node.to_string(),
+                })
+                .set(as_gauge(*left));
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

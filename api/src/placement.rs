@@ -7,6 +7,7 @@
 //! go around it; the map is rebuilt at most every two seconds. When the reachable
 //! members cannot hold the full profile, a blob gets the default profile of the
 //! reachable member count instead (2+1 becomes 1+1 while one of three nodes is down).
+//! The disks of a draining member count as full: it takes no new shards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,9 +237,23 @@ impl Placer {
             }
         }))
         .await;
-        ClusterMap {
-            nodes: reports.into_iter().flatten().collect(),
+        // A draining node stays in the map (it is up, and repair tells a member that
+        // is down by its absence) but takes no new shards.
+        let draining = self
+            .meta
+            .read_local(|v| v.draining())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the draining nodes; placing as if none");
+                Default::default()
+            });
+        let mut nodes: Vec<NodeCandidates> = reports.into_iter().flatten().collect();
+        for node in nodes.iter_mut().filter(|n| draining.contains(&n.node)) {
+            for disk in &mut node.disks {
+                disk.state = DiskState::Full;
+            }
         }
+        ClusterMap { nodes }
     }
 }
 

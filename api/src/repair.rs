@@ -10,7 +10,9 @@
 //! - the leader's scan: every pass reads the next page of blob layouts and rebuilds
 //!   every shard that sits on a node that is no longer a member, or that has been
 //!   unreachable for longer than the grace period (so a restart does not set off a
-//!   flood of copies).
+//!   flood of copies), or that is draining (`berth cluster drain`: its shards are read
+//!   from it while it is up, else rebuilt from the rest of their stripes). After each
+//!   complete round the scan knows how many shards each draining node still holds.
 //!
 //! A rebuild whose move is refused (the blob was deleted or moved meanwhile) removes
 //! the file it wrote. A crash between the rebuild and the move leaves a file no layout
@@ -65,15 +67,32 @@ pub struct Repairs {
     /// full round found on lost members.
     backlog: AtomicU64,
     round_backlog: AtomicU64,
+    drain: Mutex<DrainProgress>,
+}
+
+/// What the leader's scan knows of draining nodes.
+#[derive(Default)]
+struct DrainProgress {
+    /// Per node draining since the current round of the scan began: its shards the
+    /// round could not move so far.
+    round: BTreeMap<NodeId, u64>,
+    /// Per node draining throughout the last complete round: its shards that round
+    /// could not move (0: the node holds no shard any more).
+    last: BTreeMap<NodeId, u64>,
 }
 
 /// Counters of repair, for metrics and the status.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RepairStats {
     pub rebuilt_shards: u64,
     pub rebuilt_bytes: u64,
     pub failures: u64,
     pub backlog_shards: u64,
+    /// On the leader, per draining node (by id) that a complete round of the scan has
+    /// covered: the shards it still holds. A node missing here is not draining, or not
+    /// covered by a complete round yet.
+    #[serde(default)]
+    pub drain_shards_left: BTreeMap<u64, u64>,
 }
 
 impl Repairs {
@@ -99,6 +118,14 @@ impl Repairs {
             rebuilt_bytes: self.bytes.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             backlog_shards: self.backlog.load(Ordering::Relaxed) + queued as u64,
+            drain_shards_left: self
+                .drain
+                .lock()
+                .expect("repair lock poisoned")
+                .last
+                .iter()
+                .map(|(node, left)| (node.0, *left))
+                .collect(),
         }
     }
 }
@@ -136,6 +163,14 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
         return;
     }
     let map = app.uploads.placer.map().await;
+    // Fresher than the map, which may predate a drain mark by its two seconds.
+    let draining = match app.meta.read_local(|v| v.draining()).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "repair: metadata unavailable");
+            BTreeSet::new()
+        }
+    };
     for (digest, shards) in queued {
         let wanted = digest.clone();
         let record = match app.meta.read(move |v| v.blob(&wanted)).await {
@@ -152,7 +187,7 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
         };
         let mut failed = Vec::new();
         for index in shards {
-            if !rebuild(app, &map, &digest, record.size, &layout, index).await {
+            if !rebuild(app, &map, &draining, &digest, record.size, &layout, index).await {
                 failed.push(index);
             }
         }
@@ -161,12 +196,12 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
         }
     }
     if scans {
-        scan(app, cfg, &map).await;
+        scan(app, cfg, &map, &draining).await;
     }
 }
 
 /// The leader's scan: one page of layouts, rebuilding shards on lost members.
-async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
+async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap, draining: &BTreeSet<NodeId>) {
     let members = app.meta.membership().nodes;
     let lost: BTreeSet<NodeId> = {
         let mut down = repairs(app)
@@ -193,6 +228,13 @@ async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
         .lock()
         .expect("repair lock poisoned")
         .clone();
+    {
+        let mut drain = repairs(app).drain.lock().expect("repair lock poisoned");
+        if after.is_none() {
+            drain.round = draining.iter().map(|n| (*n, 0)).collect();
+        }
+        drain.round.retain(|n, _| draining.contains(n));
+    }
     let page = match app
         .meta
         .read(move |v| v.blobs_after(after.as_ref(), SCAN_PAGE))
@@ -216,10 +258,26 @@ async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
             continue;
         };
         for (index, at) in layout.shards.iter().enumerate() {
-            if is_lost(at.node)
-                && !rebuild(app, map, &record.digest, record.size, layout, index).await
+            let drains = draining.contains(&at.node);
+            if (is_lost(at.node) || drains)
+                && !rebuild(
+                    app,
+                    map,
+                    draining,
+                    &record.digest,
+                    record.size,
+                    layout,
+                    index,
+                )
+                .await
             {
                 found += 1;
+                if drains {
+                    let mut drain = repairs(app).drain.lock().expect("repair lock poisoned");
+                    if let Some(left) = drain.round.get_mut(&at.node) {
+                        *left += 1;
+                    }
+                }
             }
         }
     }
@@ -230,14 +288,18 @@ async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap) {
     if done {
         repairs(app).backlog.store(round, Ordering::Relaxed);
         repairs(app).round_backlog.store(0, Ordering::Relaxed);
+        let mut drain = repairs(app).drain.lock().expect("repair lock poisoned");
+        drain.last = std::mem::take(&mut drain.round);
     }
 }
 
-/// Rebuilds shard `index` of a blob onto the home placement picks for it and moves the
-/// layout there. Returns whether the shard is where the layout says and whole.
+/// Rebuilds shard `index` of a blob onto the home placement picks for it (never a
+/// draining node) and moves the layout there. Returns whether the shard is where the
+/// layout says and whole.
 async fn rebuild(
     app: &AppState,
     map: &ClusterMap,
+    draining: &BTreeSet<NodeId>,
     digest: &Digest,
     size: u64,
     layout: &StripedLayout,
@@ -255,6 +317,11 @@ async fn rebuild(
         .collect();
     let key = layout.upload.to_string();
     let to = match place_shard(key.as_bytes(), map, index, &others) {
+        Ok(to) if draining.contains(&to.node) => {
+            tracing::debug!(%digest, shard = index, node = %to.node,
+                "repair: placement picked a draining node (a map older than the mark); retried later");
+            return false;
+        }
         Ok(to) => to,
         Err(e) => {
             tracing::warn!(%digest, shard = index, error = %e, "repair: no home for the shard");

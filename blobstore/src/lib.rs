@@ -1,7 +1,7 @@
 //! Blob bytes of berth on this node: the erasure codec, the disks, the shard files and
 //! their byte format, placement of shards on disks, the stripe writer and reader behind
-//! `BlobStore`, and the shard gRPC service and client (`rpc`) through which a node
-//! writes and reads shard files on other nodes' disks. Metadata (which blobs exist,
+//! `BlobStore`, the scrub of one shard file, and the shard gRPC service and client
+//! (`rpc`) through which a node writes and reads shard files on other nodes' disks. Metadata (which blobs exist,
 //! their layouts) lives elsewhere; this crate only stores and returns bytes and never
 //! decides what is committed.
 
@@ -12,6 +12,7 @@ pub mod format;
 pub mod placement;
 mod reader;
 pub mod rpc;
+mod scrub;
 mod shard;
 pub mod sim;
 mod store;
@@ -26,6 +27,7 @@ pub use placement::{
     place_across, place_shard,
 };
 pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
+pub use scrub::{Pacer, ShardDamage, ShardHealth};
 pub use sim::{SimDisk, SimPower};
 pub use store::{
     BlobStore, DamagedShard, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters,

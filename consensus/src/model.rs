@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use berth_types::{BlobLayout, Digest, RepoName, ShardPlacement, Tag, UploadId};
+use berth_types::{BlobLayout, Digest, NodeId, RepoName, ShardPlacement, Tag, UploadId};
 use serde::{Deserialize, Serialize};
 
 use crate::tenancy::{TenancyCommand, TenancyOutcome};
@@ -153,6 +153,12 @@ pub enum CommandV1 {
         from: ShardPlacement,
         to: ShardPlacement,
     },
+    /// Marks `node` draining (placement gives it no new shards and repair moves every
+    /// shard it holds onto other nodes), or no longer draining.
+    SetDraining {
+        node: NodeId,
+        draining: bool,
+    },
 }
 
 /// The command format current code proposes.
@@ -278,6 +284,9 @@ impl fmt::Display for VersionedCommand {
                 "move-shard {digest} {index} from {}/{} to {}/{}",
                 from.node, from.disk, to.node, to.disk
             ),
+            CommandV1::SetDraining { node, draining } => {
+                write!(f, "set-draining {node} {draining}")
+            }
         }
     }
 }
@@ -336,6 +345,8 @@ pub enum Outcome {
     Tenancy(TenancyOutcome),
     /// The shard now sits where the move put it.
     ShardMoved,
+    /// The node's draining mark is as the command asked.
+    DrainingSet,
 }
 
 impl Outcome {

@@ -4,7 +4,7 @@
 //! the same state from the same log. Also the shared read helpers [`crate::view`]
 //! builds its queries on.
 
-use berth_types::{Digest, RepoName, Tag, UploadId};
+use berth_types::{Digest, NodeId, RepoName, Tag, UploadId};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -217,6 +217,21 @@ impl<'txn> StateTables<'txn> {
                 from,
                 to,
             } => self.move_shard(digest, *upload, usize::from(*index), *from, *to),
+            Command::SetDraining { node, draining } => {
+                let mut nodes: std::collections::BTreeSet<NodeId> =
+                    read_record(&self.cluster, "draining nodes", tables::DRAINING)?
+                        .unwrap_or_default();
+                let changed = if *draining {
+                    nodes.insert(*node)
+                } else {
+                    nodes.remove(node)
+                };
+                if changed {
+                    self.cluster
+                        .insert(tables::DRAINING, codec::encode(&nodes).as_slice())?;
+                }
+                Ok(Outcome::DrainingSet)
+            }
         }
     }
 

@@ -66,9 +66,11 @@ pub(crate) const REQUESTS: BytesTable = TableDefinition::new("requests");
 /// a prefix range.
 pub(crate) const REQUESTS_BY_TIME: BytesTable = TableDefinition::new("requests_by_time");
 
-/// [`CLUSTER_ID`] -> the cluster's id (16 bytes big-endian, set once).
+/// [`CLUSTER_ID`] -> the cluster's id (16 bytes big-endian, set once);
+/// [`DRAINING`] -> the set of draining node ids (absent: none).
 pub(crate) const CLUSTER: BytesTable = TableDefinition::new("cluster");
 pub(crate) const CLUSTER_ID: &[u8] = b"id";
+pub(crate) const DRAINING: &[u8] = b"draining";
 
 /// Every registry table, in the fixed order snapshots and the state digest use.
 pub(crate) const STATE_TABLES: [(&str, BytesTable); 12] = [

@@ -4,7 +4,7 @@
 use std::ops::Bound;
 
 use berth_types::limits::{LIST_PAGE_ENTRIES_MAX, REFERRERS_ENTRIES_MAX};
-use berth_types::{Digest, RepoName, Tag, UploadId};
+use berth_types::{Digest, NodeId, RepoName, Tag, UploadId};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata};
 use sha2::{Digest as _, Sha256};
 
@@ -223,6 +223,16 @@ impl StateView {
             .get(tables::CLUSTER_ID)?
             .map(|v| crate::state::cluster_id_of(v.value()))
             .transpose()
+    }
+
+    /// The nodes marked draining.
+    pub fn draining(&self) -> Result<std::collections::BTreeSet<NodeId>, ConsensusError> {
+        Ok(read_record(
+            &self.table(tables::CLUSTER)?,
+            "draining nodes",
+            tables::DRAINING,
+        )?
+        .unwrap_or_default())
     }
 
     /// The log index of the last entry applied to the state this view reads.

@@ -1,9 +1,12 @@
 //! `berth cluster ...`: operator commands against running nodes over their HTTP API,
 //! with an administrator's Basic credentials when given ([`Credentials`]: flags,
 //! `BERTH_USER`/`BERTH_PASSWORD`, or the bootstrap `<data>/admin-password`).
-//! `remove` takes a node out of the membership through any member. `status` asks each given node for `/api/v1/cluster/status` and prints a table (or
-//! the raw JSON): every node's term, role, log, commit and apply indices, the
-//! leader's view of each member's replication lag, and disk state.
+//! `remove` takes a node out of the membership through any member; `drain` marks a
+//! node draining so repair moves its shards off first. `status` asks each given node
+//! for `/api/v1/cluster/status` and prints a table (or the raw JSON): every node's
+//! term, role, log, commit and apply indices, the leader's view of each member's
+//! replication lag, each member's repair backlog and counters, draining nodes with
+//! the shards they still hold, and disk state.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +24,21 @@ pub enum ClusterCommand {
         /// Print JSON (one array of node answers) instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        creds: Credentials,
+    },
+    /// Move every shard off a node (through any member): it takes no new shards and
+    /// repair moves what it holds onto the others; `status` shows the shards left.
+    /// Remove it once none are left.
+    Drain {
+        /// A member's HTTP URL.
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        url: String,
+        /// The node id to drain.
+        id: u64,
+        /// Take the mark off instead: the node takes shards again.
+        #[arg(long)]
+        cancel: bool,
         #[command(flatten)]
         creds: Credentials,
     },
@@ -90,7 +108,47 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             status(&urls, json, &creds.resolve()?).await
         }
         ClusterCommand::Remove { url, id, creds } => remove(&url, id, &creds.resolve()?).await,
+        ClusterCommand::Drain {
+            url,
+            id,
+            cancel,
+            creds,
+        } => drain(&url, id, cancel, &creds.resolve()?).await,
     }
+}
+
+async fn drain(
+    url: &str,
+    id: u64,
+    cancel: bool,
+    creds: &Option<(String, String)>,
+) -> anyhow::Result<()> {
+    let endpoint = format!(
+        "{}/api/v1/cluster/members/{id}/drain",
+        url.trim_end_matches('/')
+    );
+    let client = reqwest::Client::new();
+    let req = if cancel {
+        client.delete(&endpoint)
+    } else {
+        client.post(&endpoint)
+    };
+    let resp = Credentials::apply(creds, req)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("asking {endpoint}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{endpoint}: {status} {body}");
+    if cancel {
+        println!("node {id} no longer draining");
+    } else {
+        println!(
+            "node {id} draining: `berth cluster status` shows the shards it still holds; remove it once none are left"
+        );
+    }
+    Ok(())
 }
 
 async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow::Result<()> {
@@ -228,6 +286,7 @@ fn table(answers: &[(String, Value)]) -> String {
                     .map_or("-", |d| &d[..d.len().min(12)]),
             );
         }
+        out += &repair_lines(v);
         // Every member's disks, as each member reported them.
         for m in v["members"].as_array().into_iter().flatten() {
             if let Some(why) = m["unreachable"].as_str() {
@@ -257,6 +316,39 @@ fn table(answers: &[(String, Value)]) -> String {
                 num(&d["total_bytes"]),
             );
         }
+    }
+    out
+}
+
+/// Each member's repair counters and backlog, and the draining nodes with the shards
+/// they still hold as the leader's repair scan last counted them.
+fn repair_lines(v: &Value) -> String {
+    let mut out = String::new();
+    let members = v["members"].as_array();
+    for m in members.into_iter().flatten() {
+        let r = &m["report"]["repair"];
+        if r.is_object() {
+            out += &format!(
+                "repair on node {}: backlog {} shards, rebuilt {} shards ({} bytes), {} failures\n",
+                num(&m["id"]),
+                num(&r["backlog_shards"]),
+                num(&r["rebuilt_shards"]),
+                num(&r["rebuilt_bytes"]),
+                num(&r["failures"]),
+            );
+        }
+    }
+    let leader_left = members
+        .into_iter()
+        .flatten()
+        .find(|m| m["id"] == v["leader"])
+        .map(|m| &m["report"]["repair"]["drain_shards_left"]);
+    for node in v["draining"].as_array().into_iter().flatten() {
+        let left = leader_left.and_then(|l| l[num(node)].as_u64()).map_or_else(
+            || "not counted yet".to_owned(),
+            |n| format!("{n} shards left"),
+        );
+        out += &format!("node {} draining: {left}\n", num(node));
     }
     out
 }
@@ -303,6 +395,30 @@ mod tests {
             out.contains("node 2 unreachable: no answer within 2s"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn table_shows_repair_backlog_and_drain_progress() {
+        let repair = |left: Value| {
+            json!({"rebuilt_shards": 5, "rebuilt_bytes": 5000, "failures": 1,
+                   "backlog_shards": 2, "drain_shards_left": left})
+        };
+        let status = json!({
+            "node": 1, "leader": 1, "is_leader": true, "draining": [4, 3],
+            "members": [
+                {"id": 1, "report": {"disks": [], "repair": repair(json!({"4": 7}))}},
+                {"id": 4, "report": {"disks": [], "repair": repair(json!({}))}}
+            ]
+        });
+        let out = table(&[("http://a".into(), status)]);
+        assert!(
+            out.contains(
+                "repair on node 1: backlog 2 shards, rebuilt 5 shards (5000 bytes), 1 failures"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("node 4 draining: 7 shards left"), "{out}");
+        assert!(out.contains("node 3 draining: not counted yet"), "{out}");
     }
 
     #[test]

@@ -68,6 +68,19 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repair_interval_secs: Option<u64>,
+    /// Hours from the start of one scrub pass (re-reading and checking every shard file
+    /// on this node's disks) to the next; 0 turns the scrubber off (default 168).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_interval_hours: Option<u64>,
+    /// Seconds between scrub passes, overriding --scrub-interval-hours (for tests).
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_interval_secs: Option<u64>,
+    /// MiB per second the scrubber reads, at most (default 32).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_mib_per_sec: Option<u32>,
     /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
     /// beyond it go to the file (usually the operating system's page cache).
     #[arg(long)]
@@ -219,6 +232,9 @@ pub struct Config {
     pub zone: Option<String>,
     pub repair_grace_secs: u64,
     pub repair_interval_secs: u64,
+    pub scrub_interval_hours: u64,
+    pub scrub_interval_secs: Option<u64>,
+    pub scrub_mib_per_sec: u32,
     pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
@@ -270,6 +286,9 @@ impl Default for Config {
             zone: None,
             repair_grace_secs: 15 * 60,
             repair_interval_secs: 5,
+            scrub_interval_hours: 168,
+            scrub_interval_secs: None,
+            scrub_mib_per_sec: 32,
             meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
@@ -408,6 +427,19 @@ impl Config {
 }
 
 impl Config {
+    /// Time between scrub passes; zero: the scrubber is off.
+    pub fn scrub_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.scrub_interval_secs
+                .unwrap_or(self.scrub_interval_hours.saturating_mul(3600)),
+        )
+    }
+
+    /// Bytes the scrubber reads per second, at most.
+    pub fn scrub_bytes_per_sec(&self) -> u64 {
+        u64::from(self.scrub_mib_per_sec) << 20
+    }
+
     /// Bytes of the metadata store's page cache.
     pub fn meta_cache_bytes(&self) -> usize {
         (self.meta_cache_mib as usize) << 20
@@ -581,6 +613,10 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         "repair_interval_secs must be at least 1"
     );
     anyhow::ensure!(
+        cfg.scrub_mib_per_sec > 0,
+        "scrub_mib_per_sec must be at least 1 (turn the scrubber off with scrub_interval_hours = 0)"
+    );
+    anyhow::ensure!(
         (1..=META_CACHE_MIB_MAX).contains(&cfg.meta_cache_mib),
         "meta_cache_mib must be between 1 and {META_CACHE_MIB_MAX}, not {}",
         cfg.meta_cache_mib
@@ -616,6 +652,40 @@ mod tests {
         assert_eq!(cfg.disk_paths(), vec![PathBuf::from("berth-data/disk0")]);
         assert_eq!(cfg.ec_profile().unwrap(), EcProfile::SINGLE);
         assert_eq!(cfg.meta_cache_bytes(), berth_consensus::CACHE_BYTES_DEFAULT);
+        assert_eq!(
+            cfg.scrub_interval(),
+            std::time::Duration::from_secs(168 * 3600)
+        );
+        assert_eq!(cfg.scrub_bytes_per_sec(), 32 << 20);
+    }
+
+    #[test]
+    fn scrub_flags_set_the_schedule_and_the_rate() {
+        let args = ServeArgs {
+            scrub_interval_hours: Some(0),
+            scrub_mib_per_sec: Some(8),
+            ..ServeArgs::default()
+        };
+        let cfg = load(&args).unwrap();
+        assert!(
+            cfg.scrub_interval().is_zero(),
+            "0 hours turns scrubbing off"
+        );
+        assert_eq!(cfg.scrub_bytes_per_sec(), 8 << 20);
+        let args = ServeArgs {
+            scrub_interval_hours: Some(24),
+            scrub_interval_secs: Some(3),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            load(&args).unwrap().scrub_interval(),
+            std::time::Duration::from_secs(3)
+        );
+        let args = ServeArgs {
+            scrub_mib_per_sec: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(load(&args).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod admin_cli;
 mod cluster_cli;
 mod config;
+mod scrub_state;
 mod serve;
 mod telemetry;
 

@@ -1,7 +1,7 @@
 //! `berth serve`: the one wiring function. Opens the node identity, the metadata
 //! (Raft), the disks and the blob store, builds the HTTP app, serves it, and on
 //! SIGTERM or Ctrl-C shuts down in order: stop accepting, finish in-flight requests,
-//! stop upkeep, stop Raft.
+//! stop upkeep (maintenance, repair, scrub, audit), stop Raft.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use berth_api::auth::{AuthConfig, AuthMode, audit, password};
 use berth_api::oci::error::Code;
 use berth_api::placement::PlacementConfig;
 use berth_api::repair::{self, RepairConfig};
+use berth_api::scrub;
 use berth_api::{App, AppState, maintenance, proxy, router};
 use berth_consensus::tenancy::{TenancyCommand, TenancyOutcome, UserRecord};
 use berth_consensus::{CommandV1, Outcome};
@@ -325,6 +326,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         stop_rx.clone(),
     ));
+    let scrub_cfg =
+        crate::scrub_state::config(&cfg.data, cfg.scrub_interval(), cfg.scrub_bytes_per_sec())?;
+    let scrub = tokio::spawn(scrub::run(app.clone(), scrub_cfg, stop_rx.clone()));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
     let served = axum::serve(
         listener,
@@ -337,6 +341,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = upkeep.await;
     let _ = audit.await;
     let _ = repair.await;
+    let _ = scrub.await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),

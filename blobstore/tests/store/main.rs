@@ -6,7 +6,9 @@
 mod common;
 mod crash;
 mod disk_full;
+mod faults;
 mod repair;
 mod round_trip;
 mod rpc;
+mod scrub;
 mod sweep;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_types::Digest;
+use berth_types::{Digest, NodeId};
 
 use super::{TestDb, inline, repo, sha, tag, upload};
 use crate::model::{
@@ -332,6 +332,27 @@ fn each_command_returns_its_outcome_and_refusals_change_nothing() {
             want: Outcome::NotFound,
         },
         Case {
+            name: "mark a node draining",
+            setup: vec![],
+            cmd: Command::SetDraining {
+                node: NodeId(4),
+                draining: true,
+            },
+            want: Outcome::DrainingSet,
+        },
+        Case {
+            name: "clear a node's draining mark",
+            setup: vec![Command::SetDraining {
+                node: NodeId(4),
+                draining: true,
+            }],
+            cmd: Command::SetDraining {
+                node: NodeId(4),
+                draining: false,
+            },
+            want: Outcome::DrainingSet,
+        },
+        Case {
             name: "move a shard from where the layout has it",
             setup: vec![striped_commit(1)],
             cmd: move_shard(1, 7, 1, at(2, 0), at(4, 1)),
@@ -633,4 +654,29 @@ fn request_ids_are_forgotten_after_the_retention() {
         Outcome::UploadCancelled
     );
     assert!(db.view().upload(&upload(1)).unwrap().is_none());
+}
+
+/// Draining marks form a set: marking twice keeps one mark, clearing one leaves the
+/// others.
+#[test]
+fn draining_marks_are_a_set_of_nodes() {
+    let db = TestDb::new();
+    assert!(db.view().draining().unwrap().is_empty());
+    for (node, draining) in [(4, true), (4, true), (2, true), (4, false)] {
+        assert_eq!(
+            db.apply(&Command::SetDraining {
+                node: NodeId(node),
+                draining,
+            }),
+            Outcome::DrainingSet
+        );
+    }
+    assert_eq!(
+        db.view()
+            .draining()
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![NodeId(2)]
+    );
 }

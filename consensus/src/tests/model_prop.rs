@@ -36,9 +36,9 @@ impl Model {
     fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd.clone() {
             Command::Tenancy(_) => unreachable!("the registry model generates no tenancy commands"),
-            Command::MoveShard { .. } => {
+            Command::MoveShard { .. } | Command::SetDraining { .. } => {
                 unreachable!(
-                    "the registry model generates inline blobs only; shard moves are table-tested"
+                    "the registry model generates inline blobs only; shard moves and drain marks are table-tested"
                 )
             }
             Command::CreateUpload { id, repo, at_ms } => {
