@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,8 +23,8 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::auth::policy::Actions;
 use crate::manage::{
-    ApiError, ApiResult, Mgmt, hash, owns, policy_audit, project_name, propose, require_admin,
-    unexpected, valid_pattern,
+    ApiError, ApiPath, ApiQuery, ApiResult, Mgmt, hash, owns, policy_audit, project_name, propose,
+    require_admin, unexpected, valid_pattern,
 };
 use crate::uploads::now_ms;
 use crate::{App, AppState};
@@ -127,7 +127,7 @@ impl From<&OneTimeTokenRecord> for OneTimeTokenView {
 pub async fn create_one_time_token(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let project = project_name(&name)?;
@@ -208,7 +208,7 @@ pub async fn create_one_time_token(
 pub async fn list_one_time_tokens(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let project = project_name(&name)?;
     if !maintains(&app, &caller, &project).await? {
@@ -235,8 +235,8 @@ pub struct RotateSecretQuery {
 pub async fn rotate_robot_secret(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
-    Query(query): Query<RotateSecretQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RotateSecretQuery>,
 ) -> ApiResult<Response> {
     if let Some(g) = query.grace_secs
         && !(1..=ROBOT_SECRET_GRACE_SECS_MAX).contains(&g)
