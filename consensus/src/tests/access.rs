@@ -1,12 +1,13 @@
 //! Access commands: one-time tokens are redeemed exactly once and never after their
 //! expiry, a robot's secret is replaced, and signing-key rotation retires the keys in
-//! force at the given instant and drops keys retired before the new key was made.
+//! force at the given instant and drops keys retired before the new key was made;
+//! a project's request limit is stored, validated and dropped with the project.
 
 use super::TestDb;
 use crate::model::{Command, Outcome};
 use crate::tenancy::{
-    OneTimeTokenRecord, ProjectRecord, RobotActions, RobotGrant, RobotRecord, SigningKeyRecord,
-    TenancyCommand as T, TenancyOutcome, TenancyRejection,
+    OneTimeTokenRecord, ProjectLimits, ProjectRecord, RobotActions, RobotGrant, RobotRecord,
+    SigningKeyRecord, TenancyCommand as T, TenancyOutcome, TenancyRejection,
 };
 
 fn t(db: &TestDb, cmd: T) -> TenancyOutcome {
@@ -269,4 +270,56 @@ fn rotation_retires_the_previous_key_at_the_overlap_end() {
             ("k4".into(), None)
         ]
     );
+}
+
+#[test]
+fn project_limits_are_validated_listed_and_dropped_with_the_project() {
+    let db = TestDb::new();
+    let team = || "team".parse().unwrap();
+    let limits = ProjectLimits {
+        requests_per_second: 5,
+        burst: Some(20),
+    };
+    let set = |l: Option<ProjectLimits>| T::SetProjectLimits {
+        project: team(),
+        limits: l,
+    };
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::NotFound);
+    with_project(&db);
+    for bad in [
+        ProjectLimits {
+            requests_per_second: 0,
+            burst: None,
+        },
+        ProjectLimits {
+            requests_per_second: 5,
+            burst: Some(0),
+        },
+        ProjectLimits {
+            requests_per_second: crate::tenancy::PROJECT_RPS_MAX + 1,
+            burst: None,
+        },
+    ] {
+        assert_eq!(
+            t(&db, set(Some(bad))),
+            TenancyOutcome::Rejected(TenancyRejection::TooLarge)
+        );
+    }
+    assert_eq!(db.view().project_limits(&team()).unwrap(), None);
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::Done);
+    assert_eq!(db.view().project_limits(&team()).unwrap(), Some(limits));
+    assert_eq!(
+        db.view().all_project_limits().unwrap(),
+        vec![("team".to_owned(), limits)]
+    );
+    assert_eq!(t(&db, set(None)), TenancyOutcome::Done);
+    assert!(db.view().all_project_limits().unwrap().is_empty());
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::Done);
+    assert_eq!(
+        t(&db, T::DeleteProject { name: team() }),
+        TenancyOutcome::Done
+    );
+    assert!(db.view().all_project_limits().unwrap().is_empty());
+    with_project(&db);
+    assert_eq!(db.view().project_limits(&team()).unwrap(), None);
 }
