@@ -464,6 +464,55 @@ pub async fn rotate_signing_key(
     Ok(Json(json!({ "kid": kid, "keys": keys })).into_response())
 }
 
+/// Longest pause between two checks of the periodic key rotation.
+pub const KEY_ROTATION_CHECK_MAX: Duration = Duration::from_secs(60);
+/// Shortest pause between two checks of the periodic key rotation.
+pub const KEY_ROTATION_CHECK_MIN: Duration = Duration::from_secs(1);
+
+/// The periodic signing-key rotation (`AuthConfig::key_rotation`): on the leader
+/// only, a check every tenth of the period (1 s to 1 min) rotates the key once it is
+/// a period old. The previous keys verify for one refresh-token lifetime more, so
+/// every token issued before the rotation, refresh tokens too, lives out its life.
+/// Runs until the shutdown signal.
+pub async fn rotate_keys_periodically(app: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(period) = app.auth.config.key_rotation else {
+        return;
+    };
+    let overlap = app.auth.config.refresh_ttl;
+    let pause = (period / 10).clamp(KEY_ROTATION_CHECK_MIN, KEY_ROTATION_CHECK_MAX);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if !app.meta.status().is_leader {
+            continue;
+        }
+        match app
+            .auth
+            .rotate_keys_if_due(&app.meta, period, overlap)
+            .await
+        {
+            Ok(Some(kid)) => {
+                tracing::info!(%kid, "rotated the token signing key on its period");
+                app.auth.audit.record(crate::auth::audit::entry(
+                    "berth",
+                    "-",
+                    "policy",
+                    &format!("rotate signing key to {kid} (period)"),
+                    None,
+                    berth_consensus::tenancy::AuditOutcome::Success,
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "periodic signing key rotation"),
+        }
+    }
+}
+
 /// Items (repositories, manifests, tags or links) read per batch while purging.
 const PURGE_BATCH_ENTRIES_MAX: usize = 500;
 /// Most commands one project purge proposes (bounded work per request).

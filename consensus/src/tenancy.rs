@@ -568,6 +568,14 @@ pub enum TenancyCommand {
         project: ProjectName,
         limits: Option<ProjectLimits>,
     },
+    /// [`TenancyCommand::RotateSigningKey`], but only while `expected_kid` is the key
+    /// that signs (`Exists` otherwise): the periodic rotation of a leader, so two
+    /// proposals made for the same due key (a leader change in between) rotate once.
+    RotateSigningKeyFrom {
+        expected_kid: String,
+        key: SigningKeyRecord,
+        retire_previous_at_ms: u64,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -638,6 +646,15 @@ impl fmt::Display for TenancyCommand {
                 ),
                 None => write!(f, "set-project-limits {project} off"),
             },
+            TenancyCommand::RotateSigningKeyFrom {
+                expected_kid,
+                key,
+                retire_previous_at_ms,
+            } => write!(
+                f,
+                "rotate-signing-key {expected_kid} -> {} {retire_previous_at_ms}",
+                key.kid
+            ),
         }
     }
 }

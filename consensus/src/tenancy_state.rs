@@ -318,6 +318,17 @@ impl<'txn> TenancyTables<'txn> {
                 project,
                 role,
             } => self.set_group_binding(*provider, group, project, *role)?,
+            TenancyCommand::RotateSigningKeyFrom {
+                expected_kid,
+                key,
+                retire_previous_at_ms,
+            } => {
+                if self.signing_kid()?.as_deref() == Some(expected_kid.as_str()) {
+                    self.rotate_signing_key(key, *retire_previous_at_ms)?
+                } else {
+                    Exists
+                }
+            }
             TenancyCommand::SetProjectLimits { project, limits } => {
                 let k = project_limits_key(project);
                 if !contains(&self.projects, project.as_str().as_bytes())? {
@@ -438,6 +449,25 @@ impl<'txn> TenancyTables<'txn> {
         self.one_time
             .insert(name.as_bytes(), codec::encode(&t).as_slice())?;
         Ok(TenancyOutcome::Done)
+    }
+
+    /// The key that signs: the newest key without a retirement instant.
+    fn signing_kid(&self) -> Result<Option<String>, ConsensusError> {
+        let mut best: Option<SigningKeyRecord> = None;
+        for entry in self.keys.iter()? {
+            let (kid, v) = entry?;
+            if self.retirement.get(kid.value())?.is_some() {
+                continue;
+            }
+            let k: SigningKeyRecord = codec::decode("signing key record", v.value())?;
+            if best
+                .as_ref()
+                .is_none_or(|b| k.created_at_ms > b.created_at_ms)
+            {
+                best = Some(k);
+            }
+        }
+        Ok(best.map(|k| k.kid))
     }
 
     fn rotate_signing_key(

@@ -171,6 +171,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
         oidc: cfg.oidc()?,
         ldap: cfg.ldap()?,
+        key_rotation: cfg.signing_key_rotation(),
         ..AuthConfig::open()
     };
     let placement = PlacementConfig {
@@ -325,6 +326,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         stop_rx.clone(),
     ));
+    let key_rotation = tokio::spawn(berth_api::access::rotate_keys_periodically(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
     let served = axum::serve(
         listener,
@@ -336,6 +341,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
     let _ = audit.await;
+    let _ = key_rotation.await;
     let _ = repair.await;
     if let Some(grpc) = grpc {
         match grpc.await {

@@ -1723,6 +1723,72 @@ async fn tokens_of_a_rotated_signing_key_verify_until_the_overlap_ends() {
     assert_eq!(get(new).await, StatusCode::OK);
 }
 
+#[tokio::test]
+async fn the_leader_rotates_the_signing_key_on_its_period_and_older_tokens_still_verify() {
+    // Proves: with a 4 s rotation period (the test-only seconds flag) the node rotates
+    // the signing key by itself; a token issued before the rotation still verifies,
+    // new tokens carry a new key id, and the previous key stays for the overlap (one
+    // refresh-token lifetime, 30 days), not just until the next period.
+    let r = Registry::start(&["--token-ttl-secs", "120", "--signing-key-rotate-secs", "4"]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let scope = "repository:team/app:pull";
+    let kid = |t: &str| -> String {
+        let h = t.split('.').next().unwrap();
+        let v: Value = serde_json::from_slice(&base64_url_decode(h)).unwrap();
+        v["kid"].as_str().unwrap().to_owned()
+    };
+    let old = r.token(Some(&dev), scope).await.unwrap();
+    let first = kid(&old);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let keys = loop {
+        let keys = r
+            .ok(Method::GET, "/api/v1/system/signing-keys", None)
+            .await
+            .unwrap();
+        let signing = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["retires_at_ms"].is_null())
+            .map(|k| k["kid"].as_str().unwrap().to_owned());
+        if signing.is_some_and(|k| k != first) {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "never rotated: {keys}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let retired = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == first.as_str())
+        .unwrap_or_else(|| panic!("the first key is gone: {keys}"));
+    let retires = retired["retires_at_ms"].as_u64().unwrap();
+    assert!(
+        retires > now_ms + 29 * 86_400_000,
+        "the first key retires at {retires}, not a refresh-token lifetime from now"
+    );
+    let new = r.token(Some(&dev), scope).await.unwrap();
+    assert_ne!(kid(&new), first, "a new token is signed by the old key");
+    for token in [old, new] {
+        let status = r
+            .http
+            .get(r.url("/v2/team/app/manifests/v1"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
 fn base64_url_decode(s: &str) -> Vec<u8> {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);

@@ -88,6 +88,8 @@ pub struct AuthConfig {
     pub oidc: Option<oidc::OidcConfig>,
     /// The LDAP directory of this node's flags (seed, like `oidc`).
     pub ldap: Option<ldap::LdapConfig>,
+    /// Age at which the leader replaces the signing key; `None`: never by itself.
+    pub key_rotation: Option<Duration>,
 }
 
 impl AuthConfig {
@@ -102,6 +104,7 @@ impl AuthConfig {
             concurrent_requests_max: None,
             oidc: None,
             ldap: None,
+            key_rotation: None,
         }
     }
 }
