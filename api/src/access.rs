@@ -464,6 +464,8 @@ pub async fn rotate_signing_key(
     Ok(Json(json!({ "kid": kid, "keys": keys })).into_response())
 }
 
+/// The identity the periodic rotation is audited as (local names cannot hold `:`).
+pub const KEY_ROTATION_IDENTITY: &str = "berth:upkeep";
 /// Longest pause between two checks of the periodic key rotation.
 pub const KEY_ROTATION_CHECK_MAX: Duration = Duration::from_secs(60);
 /// Shortest pause between two checks of the periodic key rotation.
@@ -499,7 +501,7 @@ pub async fn rotate_keys_periodically(app: AppState, mut stop: tokio::sync::watc
             Ok(Some(kid)) => {
                 tracing::info!(%kid, "rotated the token signing key on its period");
                 app.auth.audit.record(crate::auth::audit::entry(
-                    "berth",
+                    KEY_ROTATION_IDENTITY,
                     "-",
                     "policy",
                     &format!("rotate signing key to {kid} (period)"),

@@ -1728,7 +1728,8 @@ async fn the_leader_rotates_the_signing_key_on_its_period_and_older_tokens_still
     // Proves: with a 4 s rotation period (the test-only seconds flag) the node rotates
     // the signing key by itself; a token issued before the rotation still verifies,
     // new tokens carry a new key id, and the previous key stays for the overlap (one
-    // refresh-token lifetime, 30 days), not just until the next period.
+    // refresh-token lifetime, 30 days), not just until the next period; the rotation
+    // is audited as `berth:upkeep`.
     let r = Registry::start(&["--token-ttl-secs", "120", "--signing-key-rotate-secs", "4"]).await;
     r.project("team", false).await.unwrap();
     let dev = r.user("dev", "team", "developer").await.unwrap();
@@ -1787,6 +1788,11 @@ async fn the_leader_rotates_the_signing_key_on_its_period_and_older_tokens_still
             .status();
         assert_eq!(status, StatusCode::OK);
     }
+    r.audit_until("action=policy", |e| {
+        has(e, "policy", "berth:upkeep", "success")
+    })
+    .await
+    .unwrap();
 }
 
 fn base64_url_decode(s: &str) -> Vec<u8> {
