@@ -59,6 +59,21 @@ if ! python3 -c 'import oras.provider' >/dev/null 2>&1; then
     python3 -m pip install --quiet oras \
         || python3 -m pip install --quiet --break-system-packages oras
 fi
+# schemathesis for the management API fuzz run (tests/tests/apifuzz.rs), pinned, in
+# its own virtualenv so reruns reuse it and the system Python stays untouched.
+schemathesis_version=4.32.5
+schemathesis_venv="$HOME/.cache/berth/schemathesis-venv"
+if ! "$schemathesis_venv/bin/schemathesis" --version 2>/dev/null \
+    | grep -q "version $schemathesis_version\$"; then
+    echo "test.sh: installing schemathesis $schemathesis_version into $schemathesis_venv"
+    if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
+    fi
+    rm -rf "$schemathesis_venv"
+    python3 -m venv "$schemathesis_venv"
+    "$schemathesis_venv/bin/python" -m pip install --quiet "schemathesis==$schemathesis_version"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -1,6 +1,7 @@
 //! The access part of the management API under `/api/v1/`: one-time tokens for a
 //! single CI push (project maintainers), robot secret rotation (the robot's project
-//! owners) and signing-key rotation (administrators), and the purge of a project's
+//! owners), signing-key rotation (administrators), project request limits
+//! (administrators set them, owners read them), and the purge of a project's
 //! repositories before the project is deleted. Described by `docs/openapi.yaml`;
 //! every change is audited.
 
@@ -9,13 +10,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_consensus::tenancy::{
-    ONE_TIME_PREFIX, OneTimeTokenRecord, ProjectName, ProjectRole, RobotActions, TenancyCommand,
-    TenancyOutcome, TenancyRejection,
+    ONE_TIME_PREFIX, OneTimeTokenRecord, PROJECT_BURST_MAX, PROJECT_RPS_MAX, ProjectLimits,
+    ProjectName, ProjectRole, RobotActions, TenancyCommand, TenancyOutcome, TenancyRejection,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,8 +24,8 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::auth::policy::Actions;
 use crate::manage::{
-    ApiError, ApiResult, Mgmt, hash, owns, policy_audit, project_name, propose, require_admin,
-    unexpected, valid_pattern,
+    ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Mgmt, hash, owns, policy_audit, project_name,
+    propose, require_admin, unexpected, valid_pattern,
 };
 use crate::uploads::now_ms;
 use crate::{App, AppState};
@@ -47,6 +48,10 @@ pub fn routes() -> Router<AppState> {
             get(list_one_time_tokens).post(create_one_time_token),
         )
         .route("/api/v1/robots/{name}/secret", post(rotate_robot_secret))
+        .route(
+            "/api/v1/projects/{name}/limits",
+            get(get_project_limits).put(set_project_limits),
+        )
         .route("/api/v1/system/signing-keys", get(list_signing_keys))
         .route(
             "/api/v1/system/signing-keys/rotate",
@@ -60,6 +65,108 @@ fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &Bytes) -> ApiR
         return Ok(T::default());
     }
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// A project's request limit as the API shows and takes it; `requests_per_second`
+/// null: unlimited; `burst` null: one second's worth.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectLimitsView {
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl From<Option<ProjectLimits>> for ProjectLimitsView {
+    fn from(l: Option<ProjectLimits>) -> ProjectLimitsView {
+        ProjectLimitsView {
+            requests_per_second: l.map(|l| l.requests_per_second),
+            burst: l.and_then(|l| l.burst),
+        }
+    }
+}
+
+/// `GET /api/v1/projects/{name}/limits` (administrators and the project's owners).
+pub async fn get_project_limits(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    let name = project_name(&name)?;
+    if !owns(&app, &caller, &name).await? {
+        return Err(ApiError::not_found("project"));
+    }
+    let n = name.clone();
+    let found = app
+        .meta
+        .read(move |v| {
+            Ok(match v.project(&n)? {
+                Some(_) => Some(v.project_limits(&n)?),
+                None => None,
+            })
+        })
+        .await?;
+    match found {
+        Some(limits) => Ok(Json(ProjectLimitsView::from(limits)).into_response()),
+        None => Err(ApiError::not_found("project")),
+    }
+}
+
+/// `PUT /api/v1/projects/{name}/limits` (administrators): sets or (with
+/// `requests_per_second` null) removes the project's request limit. This node uses
+/// it at once, every other node within [`PROJECT_LIMITS_REFRESH`].
+///
+/// [`PROJECT_LIMITS_REFRESH`]: crate::auth::ratelimit::PROJECT_LIMITS_REFRESH
+pub async fn set_project_limits(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ProjectLimitsView>,
+) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    let name = project_name(&name)?;
+    let limits = match (body.requests_per_second, body.burst) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(ApiError::bad("burst needs requests_per_second")),
+        (Some(rps), burst) => {
+            let l = ProjectLimits {
+                requests_per_second: rps,
+                burst,
+            };
+            if !l.valid() {
+                return Err(ApiError::bad(format!(
+                    "requests_per_second must be 1 to {PROJECT_RPS_MAX} and burst 1 to \
+                     {PROJECT_BURST_MAX}"
+                )));
+            }
+            Some(l)
+        }
+    };
+    let cmd = TenancyCommand::SetProjectLimits {
+        project: name.clone(),
+        limits,
+    };
+    match propose(&app, cmd).await? {
+        TenancyOutcome::Done => {
+            app.auth.projects.invalidate();
+            let what = match limits {
+                Some(l) => format!(
+                    "set project {name} limit {} rps burst {}",
+                    l.requests_per_second,
+                    l.bucket()
+                ),
+                None => format!("remove project {name} limit"),
+            };
+            policy_audit(&app, &caller, what, Some(name.as_str()));
+            Ok(Json(ProjectLimitsView::from(limits)).into_response())
+        }
+        TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
+        TenancyOutcome::Rejected(TenancyRejection::TooLarge) => {
+            Err(ApiError::bad("limit out of range"))
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Whether the caller is an administrator or a Maintainer (or Owner) of `project`.
@@ -127,7 +234,7 @@ impl From<&OneTimeTokenRecord> for OneTimeTokenView {
 pub async fn create_one_time_token(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let project = project_name(&name)?;
@@ -208,7 +315,7 @@ pub async fn create_one_time_token(
 pub async fn list_one_time_tokens(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let project = project_name(&name)?;
     if !maintains(&app, &caller, &project).await? {
@@ -235,8 +342,8 @@ pub struct RotateSecretQuery {
 pub async fn rotate_robot_secret(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
-    Query(query): Query<RotateSecretQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<RotateSecretQuery>,
 ) -> ApiResult<Response> {
     if let Some(g) = query.grace_secs
         && !(1..=ROBOT_SECRET_GRACE_SECS_MAX).contains(&g)
@@ -355,6 +462,57 @@ pub async fn rotate_signing_key(
     policy_audit(&app, &caller, format!("rotate signing key to {kid}"), None);
     let keys = signing_key_views(&app).await?;
     Ok(Json(json!({ "kid": kid, "keys": keys })).into_response())
+}
+
+/// The identity the periodic rotation is audited as (local names cannot hold `:`).
+pub const KEY_ROTATION_IDENTITY: &str = "berth:upkeep";
+/// Longest pause between two checks of the periodic key rotation.
+pub const KEY_ROTATION_CHECK_MAX: Duration = Duration::from_secs(60);
+/// Shortest pause between two checks of the periodic key rotation.
+pub const KEY_ROTATION_CHECK_MIN: Duration = Duration::from_secs(1);
+
+/// The periodic signing-key rotation (`AuthConfig::key_rotation`): on the leader
+/// only, a check every tenth of the period (1 s to 1 min) rotates the key once it is
+/// a period old. The previous keys verify for one refresh-token lifetime more, so
+/// every token issued before the rotation, refresh tokens too, lives out its life.
+/// Runs until the shutdown signal.
+pub async fn rotate_keys_periodically(app: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(period) = app.auth.config.key_rotation else {
+        return;
+    };
+    let overlap = app.auth.config.refresh_ttl;
+    let pause = (period / 10).clamp(KEY_ROTATION_CHECK_MIN, KEY_ROTATION_CHECK_MAX);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if !app.meta.status().is_leader {
+            continue;
+        }
+        match app
+            .auth
+            .rotate_keys_if_due(&app.meta, period, overlap)
+            .await
+        {
+            Ok(Some(kid)) => {
+                tracing::info!(%kid, "rotated the token signing key on its period");
+                app.auth.audit.record(crate::auth::audit::entry(
+                    KEY_ROTATION_IDENTITY,
+                    "-",
+                    "policy",
+                    &format!("rotate signing key to {kid} (period)"),
+                    None,
+                    berth_consensus::tenancy::AuditOutcome::Success,
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "periodic signing key rotation"),
+        }
+    }
 }
 
 /// Items (repositories, manifests, tags or links) read per batch while purging.

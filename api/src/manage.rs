@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -119,6 +119,50 @@ impl From<AuthFailure> for ApiError {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON request body. A body that is not the JSON the operation takes (also a
+/// missing or wrong `Content-Type`) is a 400 `{"error": ...}` like every other
+/// management API error, not the extractor's plain-text answer.
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<ApiJson<T>, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(ApiError::bad(rejection.body_text())),
+        }
+    }
+}
+
+/// Query parameters; malformed ones are a 400 `{"error": ...}`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<ApiQuery<T>, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(ApiError::bad(rejection.body_text())),
+        }
+    }
+}
+
+/// Path parameters; ones that do not decode (not UTF-8) are a 400 `{"error": ...}`.
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<ApiPath<T>, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError::bad(rejection.body_text())),
+        }
+    }
+}
 
 /// The authenticated caller of a management request. Anonymous callers are refused
 /// in enforced mode (401 with a Basic challenge); in open mode everyone is an
@@ -274,7 +318,7 @@ pub async fn list_projects(State(app): State<AppState>, Mgmt(caller): Mgmt) -> A
 pub async fn create_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Json(body): Json<NewProject>,
+    ApiJson(body): ApiJson<NewProject>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let name = project_name(&body.name)?;
@@ -311,7 +355,7 @@ pub(crate) fn unexpected(o: TenancyOutcome) -> ApiError {
 pub async fn get_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let name = project_name(&name)?;
     let n = name.clone();
@@ -348,8 +392,8 @@ pub struct ProjectChange {
 pub async fn update_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
-    Json(body): Json<ProjectChange>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ProjectChange>,
 ) -> ApiResult<Response> {
     let name = project_name(&name)?;
     if !owns(&app, &caller, &name).await? {
@@ -385,7 +429,7 @@ pub async fn update_project(
 pub async fn delete_project(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let name = project_name(&name)?;
@@ -433,7 +477,7 @@ pub struct Member {
 pub async fn list_members(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let name = project_name(&name)?;
     if !owns(&app, &caller, &name).await? {
@@ -457,8 +501,8 @@ pub struct MemberChange {
 pub async fn set_member(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path((name, user)): Path<(String, String)>,
-    Json(body): Json<MemberChange>,
+    ApiPath((name, user)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<MemberChange>,
 ) -> ApiResult<Response> {
     let role: ProjectRole = body.role.parse().map_err(ApiError::bad)?;
     member_change(app, caller, name, user, Some(role)).await
@@ -468,7 +512,7 @@ pub async fn set_member(
 pub async fn remove_member(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path((name, user)): Path<(String, String)>,
+    ApiPath((name, user)): ApiPath<(String, String)>,
 ) -> ApiResult<Response> {
     member_change(app, caller, name, user, None).await
 }
@@ -564,7 +608,7 @@ pub async fn list_users(State(app): State<AppState>, Mgmt(caller): Mgmt) -> ApiR
 pub async fn create_user(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Json(body): Json<NewUser>,
+    ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     if !valid_user_name(&body.name) {
@@ -604,7 +648,7 @@ pub async fn create_user(
 pub async fn delete_user(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     if caller.name() == name {
@@ -629,8 +673,8 @@ pub struct PasswordChange {
 pub async fn set_password(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
-    Json(body): Json<PasswordChange>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<PasswordChange>,
 ) -> ApiResult<Response> {
     let own = matches!(&caller.principal, Principal::User(u) if u.name == name);
     if !own && !caller.is_admin() {
@@ -735,7 +779,7 @@ pub(crate) fn valid_pattern(p: &str) -> bool {
 pub async fn create_robot(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Json(body): Json<NewRobot>,
+    ApiJson(body): ApiJson<NewRobot>,
 ) -> ApiResult<Response> {
     let short_ok = !body.name.is_empty()
         && body.name.len() <= 64
@@ -843,7 +887,7 @@ pub struct RobotFilter {
 pub async fn list_robots(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Query(filter): Query<RobotFilter>,
+    ApiQuery(filter): ApiQuery<RobotFilter>,
 ) -> ApiResult<Response> {
     let project = filter.project.as_deref().map(project_name).transpose()?;
     match &project {
@@ -863,7 +907,7 @@ pub async fn list_robots(
 pub async fn delete_robot(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let n = name.clone();
     let robot = app.meta.read(move |v| v.robot(&n)).await?;
@@ -945,7 +989,7 @@ pub fn audit_csv(entries: &[AuditRecord]) -> String {
 pub async fn audit_log(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Query(p): Query<AuditParams>,
+    ApiQuery(p): ApiQuery<AuditParams>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let csv = match p.format.as_deref() {

@@ -4,7 +4,7 @@
 //! identity providers (administrators). Every change is audited.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
@@ -20,7 +20,8 @@ use crate::AppState;
 use crate::auth::ldap::LdapConfig;
 use crate::auth::oidc::OidcConfig;
 use crate::manage::{
-    ApiError, ApiResult, Mgmt, owns, policy_audit, project_name, propose, require_admin, unexpected,
+    ApiError, ApiJson, ApiPath, ApiResult, Mgmt, owns, policy_audit, project_name, propose,
+    require_admin, unexpected,
 };
 
 /// One group binding of a project.
@@ -40,7 +41,7 @@ pub struct GroupRoleChange {
 pub async fn list_groups(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
     let name = project_name(&name)?;
     if !owns(&app, &caller, &name).await? {
@@ -63,8 +64,8 @@ pub async fn list_groups(
 pub async fn set_group(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path((name, provider, group)): Path<(String, String, String)>,
-    Json(body): Json<GroupRoleChange>,
+    ApiPath((name, provider, group)): ApiPath<(String, String, String)>,
+    ApiJson(body): ApiJson<GroupRoleChange>,
 ) -> ApiResult<Response> {
     let role: ProjectRole = body.role.parse().map_err(ApiError::bad)?;
     group_change(app, caller, name, provider, group, Some(role)).await
@@ -74,7 +75,7 @@ pub async fn set_group(
 pub async fn remove_group(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Path((name, provider, group)): Path<(String, String, String)>,
+    ApiPath((name, provider, group)): ApiPath<(String, String, String)>,
 ) -> ApiResult<Response> {
     group_change(app, caller, name, provider, group, None).await
 }
@@ -206,7 +207,7 @@ pub async fn identity_providers(
 pub async fn set_identity_providers(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
-    Json(body): Json<ProvidersChange>,
+    ApiJson(body): ApiJson<ProvidersChange>,
 ) -> ApiResult<Response> {
     require_admin(&caller)?;
     let mut settings = Vec::new();

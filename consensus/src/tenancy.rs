@@ -22,6 +22,10 @@ pub const GROUP_NAME_BYTES_MAX: usize = 256;
 /// Longest field of an identity provider setting (a URL, DN template or filter), in
 /// bytes.
 pub const PROVIDER_FIELD_BYTES_MAX: usize = 2048;
+/// Highest request rate a project limit may set (requests per second).
+pub const PROJECT_RPS_MAX: u32 = 1_000_000;
+/// Largest burst a project limit may allow (requests).
+pub const PROJECT_BURST_MAX: u32 = 10_000_000;
 
 /// A project name: one repository path component (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -211,6 +215,32 @@ pub struct RobotRecord {
 impl RobotRecord {
     pub fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|e| now_ms >= e)
+    }
+}
+
+/// A project's request limit: each node lets through `requests_per_second` registry
+/// requests for the project's repositories, with bursts of up to `burst` (a token
+/// bucket per project and node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectLimits {
+    /// 1 to [`PROJECT_RPS_MAX`].
+    pub requests_per_second: u32,
+    /// 1 to [`PROJECT_BURST_MAX`]; `None`: one second's worth (`requests_per_second`).
+    pub burst: Option<u32>,
+}
+
+impl ProjectLimits {
+    /// Whether both numbers are in range.
+    pub fn valid(&self) -> bool {
+        (1..=PROJECT_RPS_MAX).contains(&self.requests_per_second)
+            && self
+                .burst
+                .is_none_or(|b| (1..=PROJECT_BURST_MAX).contains(&b))
+    }
+
+    /// The bucket size: `burst`, or one second's worth of requests.
+    pub fn bucket(&self) -> u32 {
+        self.burst.unwrap_or(self.requests_per_second)
     }
 }
 
@@ -531,6 +561,21 @@ pub enum TenancyCommand {
         secret_hash: String,
         previous_until_ms: u64,
     },
+    /// Sets the request limit of `project` (`None`: unlimited). `NotFound` without
+    /// the project, `Rejected(TooLarge)` for numbers out of range. Deleting the
+    /// project drops its limit.
+    SetProjectLimits {
+        project: ProjectName,
+        limits: Option<ProjectLimits>,
+    },
+    /// [`TenancyCommand::RotateSigningKey`], but only while `expected_kid` is the key
+    /// that signs (`Exists` otherwise): the periodic rotation of a leader, so two
+    /// proposals made for the same due key (a leader change in between) rotate once.
+    RotateSigningKeyFrom {
+        expected_kid: String,
+        key: SigningKeyRecord,
+        retire_previous_at_ms: u64,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -591,6 +636,24 @@ impl fmt::Display for TenancyCommand {
                     ProviderSetting::Oidc(Some(_)) | ProviderSetting::Ldap(Some(_)) => "on",
                     _ => "off",
                 }
+            ),
+            TenancyCommand::SetProjectLimits { project, limits } => match limits {
+                Some(l) => write!(
+                    f,
+                    "set-project-limits {project} {} rps burst {}",
+                    l.requests_per_second,
+                    l.bucket()
+                ),
+                None => write!(f, "set-project-limits {project} off"),
+            },
+            TenancyCommand::RotateSigningKeyFrom {
+                expected_kid,
+                key,
+                retire_previous_at_ms,
+            } => write!(
+                f,
+                "rotate-signing-key {expected_kid} -> {} {retire_previous_at_ms}",
+                key.kid
             ),
         }
     }

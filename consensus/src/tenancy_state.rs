@@ -11,9 +11,9 @@ use crate::state::{BytesRead, contains, read_record};
 use crate::tables::{BytesTable, key, prefix_range};
 use crate::tenancy::{
     AUDIT_BATCH_ENTRIES_MAX, AuditRecord, GroupBinding, IdentityProvider, OneTimeTokenRecord,
-    ProjectName, ProjectRecord, ProjectRole, ProviderSetting, ROBOT_GRANTS_MAX, RobotRecord,
-    RobotSecretGrace, SigningKeyRecord, TenancyCommand, TenancyOutcome, TenancyRejection,
-    UserRecord, valid_group_name,
+    ProjectLimits, ProjectName, ProjectRecord, ProjectRole, ProviderSetting, ROBOT_GRANTS_MAX,
+    RobotRecord, RobotSecretGrace, SigningKeyRecord, TenancyCommand, TenancyOutcome,
+    TenancyRejection, UserRecord, valid_group_name,
 };
 use crate::view::StateView;
 
@@ -36,6 +36,12 @@ const AUDIT_SEQ: &[u8] = b"audit_seq";
 /// whose secret was rotated with a grace period.
 fn robot_grace_key(robot: &str) -> Vec<u8> {
     key(&[b"robot_grace", robot.as_bytes()])
+}
+
+/// `project_limits\0<project>` in [`TENANCY_META`] -> the [`ProjectLimits`] of a
+/// project that has a request limit.
+fn project_limits_key(project: &ProjectName) -> Vec<u8> {
+    key(&[b"project_limits", project.as_str().as_bytes()])
 }
 
 /// `provider\0<oidc|ldap>` in [`TENANCY_META`] -> the [`ProviderSetting`] in force
@@ -312,6 +318,36 @@ impl<'txn> TenancyTables<'txn> {
                 project,
                 role,
             } => self.set_group_binding(*provider, group, project, *role)?,
+            TenancyCommand::RotateSigningKeyFrom {
+                expected_kid,
+                key,
+                retire_previous_at_ms,
+            } => {
+                if self.signing_kid()?.as_deref() == Some(expected_kid.as_str()) {
+                    self.rotate_signing_key(key, *retire_previous_at_ms)?
+                } else {
+                    Exists
+                }
+            }
+            TenancyCommand::SetProjectLimits { project, limits } => {
+                let k = project_limits_key(project);
+                if !contains(&self.projects, project.as_str().as_bytes())? {
+                    NotFound
+                } else {
+                    match limits {
+                        Some(l) if !l.valid() => Rejected(TenancyRejection::TooLarge),
+                        Some(l) => {
+                            self.meta
+                                .insert(k.as_slice(), codec::encode(l).as_slice())?;
+                            Done
+                        }
+                        None => {
+                            self.meta.remove(k.as_slice())?;
+                            Done
+                        }
+                    }
+                }
+            }
             TenancyCommand::SetIdentityProvider { setting, seed } => {
                 let k = provider_key(setting.provider());
                 if !setting.fits() {
@@ -413,6 +449,25 @@ impl<'txn> TenancyTables<'txn> {
         self.one_time
             .insert(name.as_bytes(), codec::encode(&t).as_slice())?;
         Ok(TenancyOutcome::Done)
+    }
+
+    /// The key that signs: the newest key without a retirement instant.
+    fn signing_kid(&self) -> Result<Option<String>, ConsensusError> {
+        let mut best: Option<SigningKeyRecord> = None;
+        for entry in self.keys.iter()? {
+            let (kid, v) = entry?;
+            if self.retirement.get(kid.value())?.is_some() {
+                continue;
+            }
+            let k: SigningKeyRecord = codec::decode("signing key record", v.value())?;
+            if best
+                .as_ref()
+                .is_none_or(|b| k.created_at_ms > b.created_at_ms)
+            {
+                best = Some(k);
+            }
+        }
+        Ok(best.map(|k| k.kid))
     }
 
     fn rotate_signing_key(
@@ -574,6 +629,7 @@ impl<'txn> TenancyTables<'txn> {
         for k in bindings {
             self.groups.remove(k.as_slice())?;
         }
+        self.meta.remove(project_limits_key(name).as_slice())?;
         Ok(TenancyOutcome::Done)
     }
 }
@@ -705,6 +761,34 @@ impl StateView {
             "identity provider setting",
             provider_key(provider).as_slice(),
         )
+    }
+
+    /// The request limit of `project`, if it has one.
+    pub fn project_limits(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Option<ProjectLimits>, ConsensusError> {
+        read_record(
+            &self.table(TENANCY_META)?,
+            "project limits",
+            project_limits_key(project).as_slice(),
+        )
+    }
+
+    /// Every project request limit, by project name.
+    pub fn all_project_limits(&self) -> Result<Vec<(String, ProjectLimits)>, ConsensusError> {
+        let table = self.table(TENANCY_META)?;
+        let (start, stop) = prefix_range(&[b"project_limits"]);
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8]>(start.as_slice()..stop.as_slice())? {
+            let (k, v) = entry?;
+            let project = k.value()[start.len()..].to_vec();
+            let project = String::from_utf8(project).map_err(|_| ConsensusError::Malformed {
+                table: "project limits",
+            })?;
+            out.push((project, codec::decode("project limits", v.value())?));
+        }
+        Ok(out)
     }
 
     /// The previous secret of robot `name` kept by a rotation with a grace period

@@ -114,6 +114,20 @@ pub enum ProjectCommand {
     Delete {
         name: String,
     },
+    /// Shows the project's request limit, or sets it with --rps (and --burst), or
+    /// removes it with --off (administrators). Each node enforces it on its own.
+    Limits {
+        name: String,
+        /// Registry requests per second for the project's repositories, per node.
+        #[arg(long, conflicts_with = "off")]
+        rps: Option<u32>,
+        /// Requests allowed at once above the rate (default: one second's worth).
+        #[arg(long, requires = "rps")]
+        burst: Option<u32>,
+        /// Removes the limit.
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -328,8 +342,18 @@ impl Api {
         let resp = req.send().await.with_context(|| format!("calling {url}"))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
-        anyhow::ensure!(status.is_success(), "{url}: {status} {text}");
+        if !status.is_success() {
+            anyhow::bail!("{url}: {status}: {}", server_error(&text));
+        }
         Ok(text)
+    }
+}
+
+/// The message of an error answer: its JSON `error` field, else the body on one line.
+fn server_error(text: &str) -> String {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) if v["error"].is_string() => v["error"].as_str().unwrap_or_default().to_owned(),
+        _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
     }
 }
 
@@ -367,6 +391,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 api.call(Method::DELETE, &format!("/api/v1/projects/{name}"), None)
                     .await?;
                 println!("project {name} deleted");
+            }
+            ProjectCommand::Limits {
+                name,
+                rps,
+                burst,
+                off,
+            } => {
+                let path = format!("/api/v1/projects/{name}/limits");
+                let answer = if rps.is_some() || off {
+                    let body = json!({ "requests_per_second": rps, "burst": burst });
+                    api.call(Method::PUT, &path, Some(body)).await?
+                } else {
+                    api.call(Method::GET, &path, None).await?
+                };
+                print_json(&answer);
             }
         },
         AdminCommand::Member(c) => match c {
@@ -699,5 +738,14 @@ mod tests {
                 .unwrap(),
             b"robot$team+ci:s3cret"
         );
+    }
+
+    #[test]
+    fn server_errors_are_one_line() {
+        assert_eq!(
+            server_error(r#"{"error":"project not found"}"#),
+            "project not found"
+        );
+        assert_eq!(server_error("bad\n  gateway\n"), "bad gateway");
     }
 }

@@ -210,6 +210,15 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ldap_group_attribute: Option<String>,
+    /// Days after which the leader replaces the token signing key (previous keys
+    /// verify for one refresh-token lifetime more); 0 turns it off. Default 30.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_rotate_days: Option<u64>,
+    /// The rotation period in seconds instead of days (for tests).
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_rotate_secs: Option<u64>,
 }
 
 /// Whether requests are authenticated.
@@ -264,6 +273,8 @@ pub struct Config {
     pub ldap_group_base: Option<String>,
     pub ldap_group_filter: String,
     pub ldap_group_attribute: String,
+    pub signing_key_rotate_days: u64,
+    pub signing_key_rotate_secs: Option<u64>,
 }
 
 /// Largest accepted `meta_cache_mib` (64 GiB).
@@ -318,6 +329,8 @@ impl Default for Config {
             ldap_group_base: None,
             ldap_group_filter: "(&(objectClass=groupOfNames)(member={dn}))".into(),
             ldap_group_attribute: "cn".into(),
+            signing_key_rotate_days: 30,
+            signing_key_rotate_secs: None,
         }
     }
 }
@@ -413,6 +426,14 @@ impl Config {
             .validate()
             .map_err(|e| anyhow::anyhow!("ldap_url: {e}"))?;
         Ok(Some(config))
+    }
+
+    /// The age at which the leader rotates the signing key; `None`: never.
+    pub fn signing_key_rotation(&self) -> Option<std::time::Duration> {
+        let secs = self
+            .signing_key_rotate_secs
+            .unwrap_or(self.signing_key_rotate_days.saturating_mul(86_400));
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
     }
 
     /// The request limit in force; `None`: unlimited.
@@ -686,6 +707,28 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&args).is_err());
+    }
+
+    #[test]
+    fn signing_key_rotation_defaults_to_thirty_days_and_zero_turns_it_off() {
+        let cfg = load(&ServeArgs::default()).unwrap();
+        assert_eq!(
+            cfg.signing_key_rotation(),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        let off = ServeArgs {
+            signing_key_rotate_days: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(load(&off).unwrap().signing_key_rotation(), None);
+        let secs = ServeArgs {
+            signing_key_rotate_secs: Some(3),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            load(&secs).unwrap().signing_key_rotation(),
+            Some(std::time::Duration::from_secs(3))
+        );
     }
 
     #[test]

@@ -172,6 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
         oidc: cfg.oidc()?,
         ldap: cfg.ldap()?,
+        key_rotation: cfg.signing_key_rotation(),
         ..AuthConfig::open()
     };
     let placement = PlacementConfig {
@@ -329,6 +330,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let scrub_cfg =
         crate::scrub_state::config(&cfg.data, cfg.scrub_interval(), cfg.scrub_bytes_per_sec())?;
     let scrub = tokio::spawn(scrub::run(app.clone(), scrub_cfg, stop_rx.clone()));
+    let key_rotation = tokio::spawn(berth_api::access::rotate_keys_periodically(
+        app.clone(),
+        stop_rx.clone(),
+    ));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
     let served = axum::serve(
         listener,
@@ -340,6 +345,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = upkeep.await;
     let _ = audit.await;
+    let _ = key_rotation.await;
     let _ = repair.await;
     let _ = scrub.await;
     if let Some(grpc) = grpc {

@@ -1,8 +1,9 @@
 //! Tenancy and access control against a real berth in enforced mode: the Docker token
 //! flow with skopeo and oras-py using credentials, anonymous pulls on public and
 //! private projects, roles, robots limited to one repository, cross-project mounts
-//! that reveal nothing, expired and tampered tokens, the audit log, rate limits and
-//! failed-login throttling, the bootstrap administrator, and `berth admin`.
+//! that reveal nothing, expired and tampered tokens, the audit log, rate limits (per
+//! address, identity and project) and failed-login throttling, the bootstrap
+//! administrator, and `berth admin`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1098,6 +1099,148 @@ async fn a_generated_bootstrap_password_is_written_once_for_its_owner() {
 }
 
 #[tokio::test]
+async fn a_project_over_its_request_limit_gets_429_then_recovers_and_others_pass() {
+    // Proves: a project limit set with `berth admin project limits` (2 requests/s,
+    // bursts of 4) turns a burst of registry requests for that project's repositories
+    // into 429 TOOMANYREQUESTS with Retry-After, requests pass again after waiting
+    // that long, another project's requests pass meanwhile, and removing the limit or
+    // the project removes it. CLI errors are one `error: ...` line with exit status 1.
+    let r = Registry::start(&[]).await;
+    r.project("limited", false).await.unwrap();
+    r.project("free", false).await.unwrap();
+    let bin = berth_binary().unwrap();
+    let url = r.server.url();
+    let admin = |args: &[&str]| -> Output {
+        let mut all = vec![
+            "admin",
+            "--url",
+            &url,
+            "--user",
+            "admin",
+            "--password",
+            ADMIN_PASSWORD,
+        ];
+        all.extend_from_slice(args);
+        Command::new(&bin)
+            .args(&all)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running berth admin")
+    };
+    let set = admin(&["project", "limits", "limited", "--rps", "2", "--burst", "4"]);
+    assert!(set.status.success(), "{set:?}");
+    let shown: Value = serde_json::from_slice(&admin(&["project", "limits", "limited"]).stdout)
+        .expect("limits as JSON");
+    assert_eq!(shown, json!({ "requests_per_second": 2, "burst": 4 }));
+
+    // Admin requests that pass authorization and answer 404 (no such repository).
+    let burst = async |project: &str| -> (Vec<u16>, String) {
+        let mut statuses = Vec::new();
+        let mut retry_after = String::new();
+        for _ in 0..20 {
+            let resp = r
+                .req(
+                    Method::GET,
+                    &format!("/v2/{project}/app/tags/list"),
+                    Some(&Creds::admin()),
+                )
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                retry_after = header(resp.headers(), "retry-after");
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["errors"][0]["code"], "TOOMANYREQUESTS");
+                statuses.push(429);
+            } else {
+                statuses.push(resp.status().as_u16());
+            }
+        }
+        (statuses, retry_after)
+    };
+    let (statuses, retry_after) = burst("limited").await;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(statuses[0], 404, "the first request is within the burst");
+    assert!(
+        limited >= 10,
+        "only {limited} of 20 were limited: {statuses:?}"
+    );
+    let wait: u64 = retry_after
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {retry_after:?}"));
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let (others, _) = burst("free").await;
+    assert!(
+        others.iter().all(|s| *s == 404),
+        "another project was limited: {others:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(200)).await;
+    let resp = r
+        .req(
+            Method::GET,
+            "/v2/limited/app/tags/list",
+            Some(&Creds::admin()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "no recovery after Retry-After"
+    );
+
+    let off = admin(&["project", "limits", "limited", "--off"]);
+    assert!(off.status.success(), "{off:?}");
+    let (statuses, _) = burst("limited").await;
+    assert!(
+        statuses.iter().all(|s| *s == 404),
+        "still limited: {statuses:?}"
+    );
+
+    // Out-of-range limits are refused; a deleted project's limit is gone with it.
+    for bad in [json!({ "burst": 3 }), json!({ "requests_per_second": 0 })] {
+        let (status, v) = r
+            .api(
+                Method::PUT,
+                "/api/v1/projects/limited/limits",
+                &Creds::admin(),
+                Some(bad),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    }
+    r.ok(
+        Method::PUT,
+        "/api/v1/projects/limited/limits",
+        Some(json!({ "requests_per_second": 1 })),
+    )
+    .await
+    .unwrap();
+    r.ok(Method::DELETE, "/api/v1/projects/limited", None)
+        .await
+        .unwrap();
+    r.project("limited", false).await.unwrap();
+    let v = r
+        .ok(Method::GET, "/api/v1/projects/limited/limits", None)
+        .await
+        .unwrap();
+    assert_eq!(v, json!({ "requests_per_second": null, "burst": null }));
+
+    let failed = admin(&["project", "limits", "nosuch", "--rps", "5"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains("404")
+            && stderr.contains("project not found"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn berth_admin_creates_a_project_user_and_robot_and_prints_a_pull_secret() {
     // Proves: the CLI drives the management API with Basic credentials: it creates and
     // lists a project, creates a user and a robot whose secret pulls, and prints a
@@ -1578,6 +1721,78 @@ async fn tokens_of_a_rotated_signing_key_verify_until_the_overlap_ends() {
     .await;
     assert_eq!(get(old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(get(new).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_leader_rotates_the_signing_key_on_its_period_and_older_tokens_still_verify() {
+    // Proves: with a 4 s rotation period (the test-only seconds flag) the node rotates
+    // the signing key by itself; a token issued before the rotation still verifies,
+    // new tokens carry a new key id, and the previous key stays for the overlap (one
+    // refresh-token lifetime, 30 days), not just until the next period; the rotation
+    // is audited as `berth:upkeep`.
+    let r = Registry::start(&["--token-ttl-secs", "120", "--signing-key-rotate-secs", "4"]).await;
+    r.project("team", false).await.unwrap();
+    let dev = r.user("dev", "team", "developer").await.unwrap();
+    r.push_image(&dev, "team/app", "v1").await.unwrap();
+    let scope = "repository:team/app:pull";
+    let kid = |t: &str| -> String {
+        let h = t.split('.').next().unwrap();
+        let v: Value = serde_json::from_slice(&base64_url_decode(h)).unwrap();
+        v["kid"].as_str().unwrap().to_owned()
+    };
+    let old = r.token(Some(&dev), scope).await.unwrap();
+    let first = kid(&old);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let keys = loop {
+        let keys = r
+            .ok(Method::GET, "/api/v1/system/signing-keys", None)
+            .await
+            .unwrap();
+        let signing = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["retires_at_ms"].is_null())
+            .map(|k| k["kid"].as_str().unwrap().to_owned());
+        if signing.is_some_and(|k| k != first) {
+            break keys;
+        }
+        assert!(Instant::now() < deadline, "never rotated: {keys}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let retired = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == first.as_str())
+        .unwrap_or_else(|| panic!("the first key is gone: {keys}"));
+    let retires = retired["retires_at_ms"].as_u64().unwrap();
+    assert!(
+        retires > now_ms + 29 * 86_400_000,
+        "the first key retires at {retires}, not a refresh-token lifetime from now"
+    );
+    let new = r.token(Some(&dev), scope).await.unwrap();
+    assert_ne!(kid(&new), first, "a new token is signed by the old key");
+    for token in [old, new] {
+        let status = r
+            .http
+            .get(r.url("/v2/team/app/manifests/v1"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    r.audit_until("action=policy", |e| {
+        has(e, "policy", "berth:upkeep", "success")
+    })
+    .await
+    .unwrap();
 }
 
 fn base64_url_decode(s: &str) -> Vec<u8> {

@@ -3,7 +3,8 @@
 //! the access token issued for it then lets a single CI push finish, and its identity
 //! stays valid for one access-token lifetime after the redemption. A rotation stores
 //! a new signing key that signs from then on, while the keys before it still verify
-//! until the overlap ends.
+//! until the overlap ends; [`Auth::rotate_keys_if_due`] is the periodic rotation the
+//! leader runs.
 
 use std::time::Duration;
 
@@ -137,6 +138,47 @@ impl Auth {
         };
         let kid = match meta.propose(CommandV1::Tenancy(cmd)).await? {
             Outcome::Tenancy(TenancyOutcome::SigningKey(k)) => k.kid,
+            _ => {
+                return Err(ConsensusError::Malformed {
+                    table: "signing_keys",
+                });
+            }
+        };
+        self.reload_keys(meta).await?;
+        Ok(kid)
+    }
+
+    /// Rotates the signing key if the key that signs is at least `period` old: the new
+    /// key signs from now on, the previous ones verify for `overlap` more. The command
+    /// names the key it replaces, so a rotation another leader already made for it is
+    /// not repeated. Returns the new key id, or `None` when nothing was due or done.
+    pub async fn rotate_keys_if_due(
+        &self,
+        meta: &Metadata,
+        period: Duration,
+        overlap: Duration,
+    ) -> Result<Option<String>, ConsensusError> {
+        let records = meta.read(|v| v.signing_keys_with_retirement()).await?;
+        let Some(current) = records
+            .into_iter()
+            .filter(|(_, retires)| retires.is_none())
+            .map(|(k, _)| k)
+            .max_by_key(|k| k.created_at_ms)
+        else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if now.saturating_sub(current.created_at_ms) < period.as_millis() as u64 {
+            return Ok(None);
+        }
+        let cmd = TenancyCommand::RotateSigningKeyFrom {
+            expected_kid: current.kid,
+            key: token::generate_key(now),
+            retire_previous_at_ms: now.saturating_add(overlap.as_millis() as u64),
+        };
+        let kid = match meta.propose(CommandV1::Tenancy(cmd)).await? {
+            Outcome::Tenancy(TenancyOutcome::SigningKey(k)) => Some(k.kid),
+            Outcome::Tenancy(TenancyOutcome::Exists) => None,
             _ => {
                 return Err(ConsensusError::Malformed {
                     table: "signing_keys",

@@ -88,6 +88,8 @@ pub struct AuthConfig {
     pub oidc: Option<oidc::OidcConfig>,
     /// The LDAP directory of this node's flags (seed, like `oidc`).
     pub ldap: Option<ldap::LdapConfig>,
+    /// Age at which the leader replaces the signing key; `None`: never by itself.
+    pub key_rotation: Option<Duration>,
 }
 
 impl AuthConfig {
@@ -102,6 +104,7 @@ impl AuthConfig {
             concurrent_requests_max: None,
             oidc: None,
             ldap: None,
+            key_rotation: None,
         }
     }
 }
@@ -255,6 +258,8 @@ pub struct Auth {
     pub audit: audit::AuditLog,
     /// Requests in flight per address and identity, when limited.
     pub concurrency: Option<ratelimit::Concurrency>,
+    /// The request limits of projects and their token buckets on this node.
+    pub projects: ratelimit::ProjectLimiter,
     /// The identity providers in force, as last read from metadata.
     providers: RwLock<Providers>,
 }
@@ -280,6 +285,7 @@ impl Auth {
             concurrency: config
                 .concurrent_requests_max
                 .map(ratelimit::Concurrency::new),
+            projects: ratelimit::ProjectLimiter::default(),
             keys: RwLock::new(None),
             verified: Mutex::new(HashMap::new()),
             providers: RwLock::new(Providers {
@@ -293,6 +299,19 @@ impl Auth {
 
     pub fn is_open(&self) -> bool {
         self.config.mode == AuthMode::Open
+    }
+
+    /// Counts one registry request for `project` against the project's request
+    /// limit (reading the limits from metadata again when they are due); `Some(wait)`
+    /// when it is over the limit.
+    pub async fn project_limit(&self, meta: &Metadata, project: &str) -> Option<Duration> {
+        if self.projects.due(Instant::now()) {
+            match meta.read(|v| v.all_project_limits()).await {
+                Ok(limits) => self.projects.set_limits(limits),
+                Err(e) => tracing::warn!(error = %e, "reading the project request limits"),
+            }
+        }
+        self.projects.check(project, Instant::now())
     }
 
     /// Makes sure a signing key is in Raft (proposing a fresh one if there is none;

@@ -2,7 +2,8 @@
 //! second, bursts of twice that), and a throttle on failed logins per address and per
 //! account. Over a limit a client gets 429 with `Retry-After` and the OCI
 //! TOOMANYREQUESTS code. [`Concurrency`] bounds the requests in flight per client
-//! address and per identity.
+//! address and per identity. [`ProjectLimiter`] holds a token bucket per project
+//! that has a request limit (set through Raft; each node counts its own requests).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -10,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderValue, header};
+use berth_consensus::tenancy::ProjectLimits;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -230,5 +232,175 @@ mod concurrency_tests {
             c.acquire(vec!["addr:c".into(), "id:alice".into()])
                 .is_some()
         );
+    }
+}
+
+/// How long a node uses the project limits it read before reading them again (a
+/// limit set through another node takes effect here within this time).
+pub const PROJECT_LIMITS_REFRESH: Duration = Duration::from_secs(5);
+
+/// A token bucket of one project on this node: `requests_per_second` tokens a
+/// second, at most `bucket()` held, full when made.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    limits: ProjectLimits,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(limits: ProjectLimits, now: Instant) -> TokenBucket {
+        TokenBucket {
+            limits,
+            tokens: f64::from(limits.bucket()),
+            at: now,
+        }
+    }
+
+    /// Takes one token at `now`; `Err(wait)` (until one is back) when empty.
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let rate = f64::from(self.limits.requests_per_second);
+        let size = f64::from(self.limits.bucket());
+        if now > self.at {
+            let refill = (now - self.at).as_secs_f64() * rate;
+            self.tokens = (self.tokens + refill).min(size);
+            self.at = now;
+        }
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate))
+        }
+    }
+}
+
+/// The per-project request limits on this node: the limits as last read from
+/// metadata and one [`TokenBucket`] per limited project. Buckets exist only for
+/// projects that have a limit, so the memory is bounded by the limited projects; a
+/// project deleted or made unlimited loses its bucket at the next read.
+#[derive(Default)]
+pub struct ProjectLimiter {
+    state: Mutex<ProjectLimiterState>,
+}
+
+#[derive(Default)]
+struct ProjectLimiterState {
+    limits: HashMap<String, ProjectLimits>,
+    read_at: Option<Instant>,
+    buckets: HashMap<String, TokenBucket>,
+}
+
+impl ProjectLimiter {
+    /// Whether the limits are due to be read again; marks them read, so of many
+    /// callers at once only one reads.
+    pub fn due(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().expect("project limiter lock poisoned");
+        let due = s
+            .read_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= PROJECT_LIMITS_REFRESH);
+        if due {
+            s.read_at = Some(now);
+        }
+        due
+    }
+
+    /// Makes the next request read the limits again (after this node changed one).
+    pub fn invalidate(&self) {
+        self.state
+            .lock()
+            .expect("project limiter lock poisoned")
+            .read_at = None;
+    }
+
+    /// Replaces the limits with those read from metadata. Buckets of projects
+    /// without a limit now are dropped; a changed limit starts a full bucket.
+    pub fn set_limits(&self, limits: Vec<(String, ProjectLimits)>) {
+        let mut s = self.state.lock().expect("project limiter lock poisoned");
+        s.limits = limits.into_iter().collect();
+        let ProjectLimiterState {
+            limits, buckets, ..
+        } = &mut *s;
+        buckets.retain(|p, b| limits.get(p) == Some(&b.limits));
+    }
+
+    /// Counts one request for `project` at `now`; `Some(wait)` when over its limit.
+    pub fn check(&self, project: &str, now: Instant) -> Option<Duration> {
+        let mut s = self.state.lock().expect("project limiter lock poisoned");
+        let limits = *s.limits.get(project)?;
+        s.buckets
+            .entry(project.to_owned())
+            .or_insert_with(|| TokenBucket::new(limits, now))
+            .take(now)
+            .err()
+    }
+
+    /// Buckets held (for tests of the memory bound).
+    pub fn buckets(&self) -> usize {
+        self.state
+            .lock()
+            .expect("project limiter lock poisoned")
+            .buckets
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod project_tests {
+    use super::*;
+
+    fn limits(rps: u32, burst: Option<u32>) -> ProjectLimits {
+        ProjectLimits {
+            requests_per_second: rps,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(limits(2, Some(4)), t0);
+        for _ in 0..4 {
+            assert!(b.take(t0).is_ok());
+        }
+        let wait = b.take(t0).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500));
+        assert!(b.take(t0 + Duration::from_millis(499)).is_err());
+        assert!(b.take(t0 + Duration::from_millis(1000)).is_ok());
+        // A long pause refills to the burst, never beyond.
+        let later = t0 + Duration::from_secs(60);
+        let allowed = (0..10).filter(|_| b.take(later).is_ok()).count();
+        assert_eq!(allowed, 4);
+        // Without a burst, the bucket holds one second's worth.
+        let mut one = TokenBucket::new(limits(3, None), t0);
+        assert_eq!((0..10).filter(|_| one.take(t0).is_ok()).count(), 3);
+    }
+
+    #[test]
+    fn projects_have_their_own_buckets_and_unlimited_ones_hold_none() {
+        let l = ProjectLimiter::default();
+        let t0 = Instant::now();
+        assert!(l.due(t0));
+        assert!(!l.due(t0 + Duration::from_secs(1)));
+        l.set_limits(vec![
+            ("a".into(), limits(1, Some(2))),
+            ("b".into(), limits(1, Some(2))),
+        ]);
+        assert!(l.check("a", t0).is_none());
+        assert!(l.check("a", t0).is_none());
+        assert!(l.check("a", t0).is_some(), "a is over its burst");
+        assert!(l.check("b", t0).is_none(), "b has its own bucket");
+        for _ in 0..100 {
+            assert!(l.check("c", t0).is_none(), "c has no limit");
+        }
+        assert_eq!(l.buckets(), 2);
+        // `a` deleted (its limit gone), `b` changed: a's bucket goes, b starts full.
+        l.set_limits(vec![("b".into(), limits(1, Some(3)))]);
+        assert_eq!(l.buckets(), 0);
+        assert_eq!((0..5).filter(|_| l.check("b", t0).is_none()).count(), 3);
+        assert!(l.check("a", t0).is_none());
+        assert!(l.due(t0 + PROJECT_LIMITS_REFRESH));
+        l.invalidate();
+        assert!(l.due(t0));
     }
 }

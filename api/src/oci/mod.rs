@@ -159,6 +159,13 @@ async fn authorize(
         }
         caller
     };
+    // The project's own limit counts only requests that got this far (authorized),
+    // so callers without rights cannot use up a project's budget.
+    if let Some((repo, _)) = policy::needs(endpoint, req.method())
+        && let Some(wait) = app.auth.project_limit(&app.meta, repo.project()).await
+    {
+        return Err(auth::ratelimit::too_many(wait));
+    }
     req.extensions_mut().insert(caller.clone());
     Ok(caller)
 }

@@ -1,12 +1,14 @@
 //! Access commands: one-time tokens are redeemed exactly once and never after their
 //! expiry, a robot's secret is replaced, and signing-key rotation retires the keys in
-//! force at the given instant and drops keys retired before the new key was made.
+//! force at the given instant and drops keys retired before the new key was made;
+//! a conditional rotation rotates only from the key it names; a project's request
+//! limit is stored, validated and dropped with the project.
 
 use super::TestDb;
 use crate::model::{Command, Outcome};
 use crate::tenancy::{
-    OneTimeTokenRecord, ProjectRecord, RobotActions, RobotGrant, RobotRecord, SigningKeyRecord,
-    TenancyCommand as T, TenancyOutcome, TenancyRejection,
+    OneTimeTokenRecord, ProjectLimits, ProjectRecord, RobotActions, RobotGrant, RobotRecord,
+    SigningKeyRecord, TenancyCommand as T, TenancyOutcome, TenancyRejection,
 };
 
 fn t(db: &TestDb, cmd: T) -> TenancyOutcome {
@@ -268,5 +270,91 @@ fn rotation_retires_the_previous_key_at_the_overlap_end() {
             ("k3".into(), Some(500)),
             ("k4".into(), None)
         ]
+    );
+}
+
+#[test]
+fn project_limits_are_validated_listed_and_dropped_with_the_project() {
+    let db = TestDb::new();
+    let team = || "team".parse().unwrap();
+    let limits = ProjectLimits {
+        requests_per_second: 5,
+        burst: Some(20),
+    };
+    let set = |l: Option<ProjectLimits>| T::SetProjectLimits {
+        project: team(),
+        limits: l,
+    };
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::NotFound);
+    with_project(&db);
+    for bad in [
+        ProjectLimits {
+            requests_per_second: 0,
+            burst: None,
+        },
+        ProjectLimits {
+            requests_per_second: 5,
+            burst: Some(0),
+        },
+        ProjectLimits {
+            requests_per_second: crate::tenancy::PROJECT_RPS_MAX + 1,
+            burst: None,
+        },
+    ] {
+        assert_eq!(
+            t(&db, set(Some(bad))),
+            TenancyOutcome::Rejected(TenancyRejection::TooLarge)
+        );
+    }
+    assert_eq!(db.view().project_limits(&team()).unwrap(), None);
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::Done);
+    assert_eq!(db.view().project_limits(&team()).unwrap(), Some(limits));
+    assert_eq!(
+        db.view().all_project_limits().unwrap(),
+        vec![("team".to_owned(), limits)]
+    );
+    assert_eq!(t(&db, set(None)), TenancyOutcome::Done);
+    assert!(db.view().all_project_limits().unwrap().is_empty());
+    assert_eq!(t(&db, set(Some(limits))), TenancyOutcome::Done);
+    assert_eq!(
+        t(&db, T::DeleteProject { name: team() }),
+        TenancyOutcome::Done
+    );
+    assert!(db.view().all_project_limits().unwrap().is_empty());
+    with_project(&db);
+    assert_eq!(db.view().project_limits(&team()).unwrap(), None);
+}
+
+#[test]
+fn a_conditional_rotation_rotates_once_from_the_key_it_names() {
+    let db = TestDb::new();
+    match t(&db, T::InitSigningKey(key("k1", 10))) {
+        TenancyOutcome::SigningKey(k) => assert_eq!(k.kid, "k1"),
+        other => panic!("{other:?}"),
+    }
+    let from = |expected: &str, kid: &str, at: u64| T::RotateSigningKeyFrom {
+        expected_kid: expected.into(),
+        key: key(kid, at),
+        retire_previous_at_ms: at + 1_000,
+    };
+    // Two leaders propose for the due key k1: the first rotates, the second is a no-op.
+    match t(&db, from("k1", "k2", 100)) {
+        TenancyOutcome::SigningKey(k) => assert_eq!(k.kid, "k2"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t(&db, from("k1", "k3", 101)), TenancyOutcome::Exists);
+    let keys = db.view().signing_keys_with_retirement().unwrap();
+    let kids: Vec<(&str, Option<u64>)> = keys.iter().map(|(k, r)| (k.kid.as_str(), *r)).collect();
+    assert_eq!(kids, vec![("k1", Some(1_100)), ("k2", None)]);
+    // The next period rotates from k2 and keeps k1 until its own retirement.
+    match t(&db, from("k2", "k4", 200)) {
+        TenancyOutcome::SigningKey(k) => assert_eq!(k.kid, "k4"),
+        other => panic!("{other:?}"),
+    }
+    let keys = db.view().signing_keys_with_retirement().unwrap();
+    let kids: Vec<(&str, Option<u64>)> = keys.iter().map(|(k, r)| (k.kid.as_str(), *r)).collect();
+    assert_eq!(
+        kids,
+        vec![("k1", Some(1_100)), ("k2", Some(1_200)), ("k4", None)]
     );
 }
