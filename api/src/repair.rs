@@ -27,12 +27,16 @@ use std::time::{Duration, Instant};
 use berth_blobstore::{ClusterMap, place_shard};
 use berth_consensus::{CommandV1, Outcome, Rejection};
 use berth_types::{BlobLayout, Digest, NodeId, ShardPlacement, StripedLayout};
+use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::AppState;
 
 /// Blob layouts the leader's scan reads per pass.
 const SCAN_PAGE: usize = 256;
+
+/// Blobs the leader's scan rebuilds at once.
+const REBUILDS_IN_FLIGHT: usize = 4;
 
 /// How repair runs.
 #[derive(Debug, Clone, Copy)]
@@ -252,32 +256,49 @@ async fn scan(app: &AppState, cfg: RepairConfig, map: &ClusterMap, draining: &BT
     } else {
         page.last().map(|r| r.digest.clone())
     };
-    let mut found = 0u64;
-    for record in page {
-        let BlobLayout::Striped(layout) = &record.layout else {
-            continue;
-        };
-        for (index, at) in layout.shards.iter().enumerate() {
-            let drains = draining.contains(&at.node);
-            if (is_lost(at.node) || drains)
-                && !rebuild(
-                    app,
-                    map,
-                    draining,
-                    &record.digest,
-                    record.size,
-                    layout,
-                    index,
-                )
-                .await
-            {
-                found += 1;
-                if drains {
-                    let mut drain = repairs(app).drain.lock().expect("repair lock poisoned");
-                    if let Some(left) = drain.round.get_mut(&at.node) {
-                        *left += 1;
-                    }
+    // Blobs are rebuilt several at once (a rebuild waits on peers' disks and the
+    // network more than on this node's cores); the shards of one blob one after the
+    // other, so two of its shards never pick the same new home unaware of each other.
+    let blobs = page.iter().filter_map(|record| match &record.layout {
+        BlobLayout::Striped(layout) => Some((record, layout)),
+        BlobLayout::Inline(_) => None,
+    });
+    let is_lost = &is_lost;
+    // Collected first: a stream over a borrowing closure is not provably `Send`.
+    let rebuilds: Vec<_> = blobs
+        .map(|(record, layout)| async move {
+            let mut left = Vec::new();
+            for (index, at) in layout.shards.iter().enumerate() {
+                let drains = draining.contains(&at.node);
+                if (is_lost(at.node) || drains)
+                    && !rebuild(
+                        app,
+                        map,
+                        draining,
+                        &record.digest,
+                        record.size,
+                        layout,
+                        index,
+                    )
+                    .await
+                {
+                    left.push(at.node);
                 }
+            }
+            left
+        })
+        .collect();
+    let left: Vec<Vec<NodeId>> = futures::stream::iter(rebuilds)
+        .buffer_unordered(REBUILDS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut found = 0u64;
+    for node in left.into_iter().flatten() {
+        found += 1;
+        if draining.contains(&node) {
+            let mut drain = repairs(app).drain.lock().expect("repair lock poisoned");
+            if let Some(left) = drain.round.get_mut(&node) {
+                *left += 1;
             }
         }
     }

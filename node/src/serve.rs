@@ -40,6 +40,12 @@ const NODE_FILE_FORMAT: u32 = 1;
 /// (each attempt waits up to the forwarding deadline).
 const RECOVER_ATTEMPTS_MAX: u32 = 12;
 
+/// HTTP/2 receive window of one stream on the cluster listener: four shard chunks.
+const CLUSTER_STREAM_WINDOW: u32 = 4 << 20;
+
+/// HTTP/2 receive window of one connection on the cluster listener (all its streams).
+const CLUSTER_CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// The node's persisted identity.
 #[derive(Serialize, Deserialize)]
 struct NodeFile {
@@ -244,14 +250,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let routes = tonic::service::Routes::from(proxy::internal_router(app.clone()))
                 .add_service(raft.into_server())
                 .add_service(ShardService::new(&store).into_server());
-            let mut builder = tonic::transport::Server::builder();
+            // Shard chunks are 1 MiB messages: windows that hold several let a stream
+            // run without waiting for a window update per chunk.
+            let mut builder = tonic::transport::Server::builder()
+                .initial_stream_window_size(CLUSTER_STREAM_WINDOW)
+                .initial_connection_window_size(CLUSTER_CONNECTION_WINDOW);
             if let Some(server_tls) = server_tls {
                 builder = builder
                     .tls_config(server_tls)
                     .context("setting up the cluster listener's TLS")?;
             }
             let server = builder.add_routes(routes).serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                // Without TCP_NODELAY the small frames this side sends (window updates,
+                // Raft answers) wait for Nagle's algorithm: a single upload striped to
+                // peers ran at 60 MB/s instead of hundreds.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
@@ -335,6 +348,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
+    // Answers go out as soon as they are written, not after Nagle's algorithm holds
+    // a small last segment back for the client's acknowledgement.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY on a client connection");
+        }
+    });
     let served = axum::serve(
         listener,
         router(app).into_make_service_with_connect_info::<SocketAddr>(),
