@@ -350,9 +350,13 @@ impl Api {
 }
 
 /// The message of an error answer: its JSON `error` field, else the body on one line.
-fn server_error(text: &str) -> String {
+pub(crate) fn server_error(text: &str) -> String {
     match serde_json::from_str::<Value>(text) {
         Ok(v) if v["error"].is_string() => v["error"].as_str().unwrap_or_default().to_owned(),
+        Ok(v) if v["errors"][0]["message"].is_string() => v["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         _ => text.split_whitespace().collect::<Vec<_>>().join(" "),
     }
 }
@@ -747,5 +751,9 @@ mod tests {
             "project not found"
         );
         assert_eq!(server_error("bad\n  gateway\n"), "bad gateway");
+        assert_eq!(
+            server_error(r#"{"errors":[{"code":"DENIED","message":"admins only"}]}"#),
+            "admins only"
+        );
     }
 }

@@ -140,7 +140,11 @@ async fn drain(
         .with_context(|| format!("asking {endpoint}"))?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    anyhow::ensure!(status.is_success(), "{endpoint}: {status} {body}");
+    anyhow::ensure!(
+        status.is_success(),
+        "{endpoint}: {status}: {}",
+        crate::admin_cli::server_error(&body)
+    );
     if cancel {
         println!("node {id} no longer draining");
     } else {
@@ -161,7 +165,11 @@ async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow:
         .with_context(|| format!("asking {endpoint}"))?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    anyhow::ensure!(status.is_success(), "{endpoint}: {status} {body}");
+    anyhow::ensure!(
+        status.is_success(),
+        "{endpoint}: {status}: {}",
+        crate::admin_cli::server_error(&body)
+    );
     println!("node {id} removed");
     Ok(())
 }
