@@ -29,44 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-rounds=3
-quick=0
-out=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rounds)
-            rounds="${2:?--rounds needs a number}"
-            shift 2
-            ;;
-        --quick)
-            quick=1
-            rounds=1
-            shift
-            ;;
-        --out)
-            out="${2:?--out needs a directory}"
-            shift 2
-            ;;
-        -h | --help)
-            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-            exit 0
-            ;;
-        *)
-            echo "cluster.sh: unknown argument $1 (try --help)" >&2
-            exit 2
-            ;;
-    esac
-done
-case "$rounds" in
-    '' | *[!0-9]*)
-        echo "cluster.sh: --rounds takes a whole number" >&2
-        exit 2
-        ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 20 ]; then
-    echo "cluster.sh: --rounds must be 1..20" >&2
-    exit 2
-fi
+parse_args 3 20 "$@"
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/berth/target}"
 profile="${BERTH_BENCH_PROFILE:-release}"

@@ -123,3 +123,48 @@ run_bench() {
         head -n 8 "$run.err" | sed 's/^/    /'
     fi
 }
+
+# parse_args DEFAULT_ROUNDS MAX_ROUNDS "$@": the flags both scripts take (--rounds N,
+# --quick, --out DIR, --help, which prints the calling script's header); sets `rounds`,
+# `quick` and `out`, or exits 2 on a bad argument.
+parse_args() {
+    local script max="$2"
+    script="$(basename "$0")"
+    rounds="$1" quick=0 out=""
+    shift 2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --rounds)
+                rounds="${2:?--rounds needs a number}"
+                shift 2
+                ;;
+            --quick)
+                quick=1
+                rounds=1
+                shift
+                ;;
+            --out)
+                out="${2:?--out needs a directory}"
+                shift 2
+                ;;
+            -h | --help)
+                sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+                exit 0
+                ;;
+            *)
+                echo "$script: unknown argument $1 (try --help)" >&2
+                exit 2
+                ;;
+        esac
+    done
+    case "$rounds" in
+        '' | *[!0-9]*)
+            echo "$script: --rounds takes a whole number" >&2
+            exit 2
+            ;;
+    esac
+    if [ "$rounds" -lt 1 ] || [ "$rounds" -gt "$max" ]; then
+        echo "$script: --rounds must be 1..$max" >&2
+        exit 2
+    fi
+}

@@ -22,44 +22,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-rounds=5
-quick=0
-out=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --rounds)
-            rounds="${2:?--rounds needs a number}"
-            shift 2
-            ;;
-        --quick)
-            quick=1
-            rounds=1
-            shift
-            ;;
-        --out)
-            out="${2:?--out needs a directory}"
-            shift 2
-            ;;
-        -h | --help)
-            sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-            exit 0
-            ;;
-        *)
-            echo "side-by-side.sh: unknown argument $1 (try --help)" >&2
-            exit 2
-            ;;
-    esac
-done
-case "$rounds" in
-    '' | *[!0-9]*)
-        echo "side-by-side.sh: --rounds takes a whole number" >&2
-        exit 2
-        ;;
-esac
-if [ "$rounds" -lt 1 ] || [ "$rounds" -gt 100 ]; then
-    echo "side-by-side.sh: --rounds must be 1..100" >&2
-    exit 2
-fi
+parse_args 5 100 "$@"
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/berth/target}"
 # BERTH_BENCH_PROFILE=debug runs the smoke test on the test build (no timing claims).

@@ -24,8 +24,8 @@ use serde_json::json;
 use crate::auth::Principal;
 use crate::auth::policy::Actions;
 use crate::manage::{
-    ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Mgmt, hash, owns, policy_audit, project_name,
-    propose, require_admin, unexpected, valid_pattern,
+    ApiError, ApiJson, ApiPath, ApiQuery, ApiResult, Mgmt, hash, owned_project, owns, policy_audit,
+    project_name, propose, require_admin, unexpected, valid_pattern,
 };
 use crate::uploads::now_ms;
 use crate::{App, AppState};
@@ -93,10 +93,7 @@ pub async fn get_project_limits(
     Mgmt(caller): Mgmt,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
-    if !owns(&app, &caller, &name).await? {
-        return Err(ApiError::not_found("project"));
-    }
+    let name = owned_project(&app, &caller, &name).await?;
     let n = name.clone();
     let found = app
         .meta

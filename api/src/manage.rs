@@ -239,6 +239,16 @@ pub(crate) fn project_name(s: &str) -> ApiResult<ProjectName> {
         .map_err(|e: berth_consensus::tenancy::TenancyNameError| ApiError::bad(e.to_string()))
 }
 
+/// The project named `raw` when the caller owns it (or is an administrator); a project
+/// the caller does not own is answered as not found, so its existence stays hidden.
+pub(crate) async fn owned_project(app: &App, caller: &Caller, raw: &str) -> ApiResult<ProjectName> {
+    let name = project_name(raw)?;
+    if !owns(app, caller, &name).await? {
+        return Err(ApiError::not_found("project"));
+    }
+    Ok(name)
+}
+
 /// Whether the caller owns `project` (or is an administrator).
 pub(crate) async fn owns(app: &App, caller: &Caller, project: &ProjectName) -> ApiResult<bool> {
     if caller.is_admin() {
@@ -395,10 +405,7 @@ pub async fn update_project(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ProjectChange>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
-    if !owns(&app, &caller, &name).await? {
-        return Err(ApiError::not_found("project"));
-    }
+    let name = owned_project(&app, &caller, &name).await?;
     match propose(
         &app,
         TenancyCommand::SetProjectPublic {
@@ -479,10 +486,7 @@ pub async fn list_members(
     Mgmt(caller): Mgmt,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
-    if !owns(&app, &caller, &name).await? {
-        return Err(ApiError::not_found("project"));
-    }
+    let name = owned_project(&app, &caller, &name).await?;
     let n = name.clone();
     let members = app.meta.read(move |v| v.members(&n)).await?;
     let out: Vec<Member> = members
@@ -524,10 +528,7 @@ async fn member_change(
     user: String,
     role: Option<ProjectRole>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
-    if !owns(&app, &caller, &name).await? {
-        return Err(ApiError::not_found("project"));
-    }
+    let name = owned_project(&app, &caller, &name).await?;
     match propose(
         &app,
         TenancyCommand::SetMember {

@@ -20,8 +20,8 @@ use crate::AppState;
 use crate::auth::ldap::LdapConfig;
 use crate::auth::oidc::OidcConfig;
 use crate::manage::{
-    ApiError, ApiJson, ApiPath, ApiResult, Mgmt, owns, policy_audit, project_name, propose,
-    require_admin, unexpected,
+    ApiError, ApiJson, ApiPath, ApiResult, Mgmt, owned_project, owns, policy_audit, project_name,
+    propose, require_admin, unexpected,
 };
 
 /// One group binding of a project.
@@ -43,10 +43,7 @@ pub async fn list_groups(
     Mgmt(caller): Mgmt,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let name = project_name(&name)?;
-    if !owns(&app, &caller, &name).await? {
-        return Err(ApiError::not_found("project"));
-    }
+    let name = owned_project(&app, &caller, &name).await?;
     let n = name.clone();
     let bindings = app.meta.read(move |v| v.group_bindings(Some(&n))).await?;
     let out: Vec<GroupBindingView> = bindings

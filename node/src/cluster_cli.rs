@@ -133,18 +133,7 @@ async fn drain(
     } else {
         client.post(&endpoint)
     };
-    let resp = Credentials::apply(creds, req)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("asking {endpoint}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    anyhow::ensure!(
-        status.is_success(),
-        "{endpoint}: {status}: {}",
-        crate::admin_cli::server_error(&body)
-    );
+    send(req, &endpoint, creds).await?;
     if cancel {
         println!("node {id} no longer draining");
     } else {
@@ -155,9 +144,13 @@ async fn drain(
     Ok(())
 }
 
-async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow::Result<()> {
-    let endpoint = format!("{}/api/v1/cluster/members/{id}", url.trim_end_matches('/'));
-    let req = reqwest::Client::new().delete(&endpoint);
+/// Sends a management request with the given credentials; an answer other than 2xx
+/// becomes an error of one line with the server's message.
+async fn send(
+    req: reqwest::RequestBuilder,
+    endpoint: &str,
+    creds: &Option<(String, String)>,
+) -> anyhow::Result<()> {
     let resp = Credentials::apply(creds, req)
         .timeout(Duration::from_secs(30))
         .send()
@@ -170,6 +163,13 @@ async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow:
         "{endpoint}: {status}: {}",
         crate::admin_cli::server_error(&body)
     );
+    Ok(())
+}
+
+async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow::Result<()> {
+    let endpoint = format!("{}/api/v1/cluster/members/{id}", url.trim_end_matches('/'));
+    let req = reqwest::Client::new().delete(&endpoint);
+    send(req, &endpoint, creds).await?;
     println!("node {id} removed");
     Ok(())
 }

@@ -681,6 +681,41 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_profile_is_auto_unless_set() {
+        let profile = |v: Option<&str>| {
+            load(&ServeArgs {
+                cluster_profile: v.map(str::to_owned),
+                ..ServeArgs::default()
+            })
+            .and_then(|c| c.cluster_ec_profile())
+        };
+        assert_eq!(profile(None).unwrap(), ClusterProfile::Auto);
+        assert_eq!(profile(Some("auto")).unwrap(), ClusterProfile::Auto);
+        assert_eq!(profile(Some("off")).unwrap(), ClusterProfile::Off);
+        assert_eq!(
+            profile(Some("3+2")).unwrap(),
+            ClusterProfile::Fixed(EcProfile::new(3, 2).unwrap())
+        );
+        let err = profile(Some("three")).unwrap_err();
+        assert!(format!("{err:#}").contains("auto, off or K+M"), "{err:#}");
+        // What each choice gives a new blob: nothing across nodes on a single one.
+        assert_eq!(ClusterProfile::Auto.for_voters(1), None);
+        assert_eq!(
+            ClusterProfile::Auto.for_voters(3),
+            Some(EcProfile::new(2, 1).unwrap())
+        );
+        assert_eq!(
+            ClusterProfile::Auto.for_voters(5),
+            Some(EcProfile::new(3, 2).unwrap())
+        );
+        assert_eq!(ClusterProfile::Off.for_voters(5), None);
+        assert_eq!(
+            ClusterProfile::Fixed(EcProfile::new(4, 2).unwrap()).for_voters(3),
+            Some(EcProfile::new(4, 2).unwrap())
+        );
+    }
+
+    #[test]
     fn scrub_flags_set_the_schedule_and_the_rate() {
         let args = ServeArgs {
             scrub_interval_hours: Some(0),

@@ -117,9 +117,9 @@ impl OciError {
         OciError::new(Code::Internal, "internal error")
     }
 
+    /// A 503; its response says `Retry-After: 1` (as every 503's does).
     pub fn unavailable(message: impl Into<String>) -> OciError {
         OciError::new(Code::Unavailable, message)
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
 }
 
