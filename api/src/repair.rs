@@ -71,6 +71,9 @@ pub struct Repairs {
     /// full round found on lost members.
     backlog: AtomicU64,
     round_backlog: AtomicU64,
+    /// Shards taken off the queue by the pass now running and not settled yet, so the
+    /// backlog does not read empty while they are rebuilt.
+    in_pass: AtomicU64,
     drain: Mutex<DrainProgress>,
 }
 
@@ -121,7 +124,9 @@ impl Repairs {
             rebuilt_shards: self.rebuilt.load(Ordering::Relaxed),
             rebuilt_bytes: self.bytes.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
-            backlog_shards: self.backlog.load(Ordering::Relaxed) + queued as u64,
+            backlog_shards: self.backlog.load(Ordering::Relaxed)
+                + self.in_pass.load(Ordering::Relaxed)
+                + queued as u64,
             drain_shards_left: self
                 .drain
                 .lock()
@@ -175,7 +180,11 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
             BTreeSet::new()
         }
     };
+    let taken: usize = queued.values().map(BTreeSet::len).sum();
+    repairs(app).in_pass.store(taken as u64, Ordering::Relaxed);
     for (digest, shards) in queued {
+        // Settled below: rebuilt, dropped, or queued again.
+        let _settled = InPass(app, shards.len() as u64);
         let wanted = digest.clone();
         let record = match app.meta.read(move |v| v.blob(&wanted)).await {
             Ok(Some(r)) => r,
@@ -201,6 +210,19 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
     }
     if scans {
         scan(app, cfg, &map, &draining).await;
+    }
+}
+
+/// Takes a blob's shards off the in-pass count when its handling ends, however it ends.
+struct InPass<'a>(&'a AppState, u64);
+
+impl Drop for InPass<'_> {
+    fn drop(&mut self) {
+        let _ = repairs(self.0)
+            .in_pass
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(self.1))
+            });
     }
 }
 

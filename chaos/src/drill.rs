@@ -73,6 +73,8 @@ pub struct Outcome {
 
 /// Bound on waiting for a leader or for convergence.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Bound on waiting for repair to empty every node's backlog after a heal.
+const REDUNDANCY_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(250);
 /// Read-back requests in flight.
 const VERIFY_CONCURRENCY: usize = 16;
@@ -94,6 +96,38 @@ pub struct Status {
     /// state cannot be read).
     #[serde(default)]
     pub state: Option<AppliedState>,
+    /// Every member as this node sees it, each with its own report when it answered.
+    #[serde(default)]
+    pub members: Vec<MemberJson>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MemberJson {
+    pub id: u64,
+    #[serde(default)]
+    pub report: Option<ReportJson>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReportJson {
+    pub repair: RepairJson,
+}
+
+/// A node's repair counters: shards it knows need a rebuild.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RepairJson {
+    pub backlog_shards: u64,
+}
+
+impl Status {
+    /// The repair backlog this node reports for itself, when its status carries it.
+    fn own_backlog(&self, id: u64) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| m.report.as_ref())
+            .map(|r| r.repair.backlog_shards)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +205,33 @@ async fn wait_caught_up(client: &Client, nodes: &[Endpoint]) -> bool {
     false
 }
 
+/// Waits (bounded) until every node answers and reports an empty repair backlog:
+/// every shard the cluster knows to be missing or damaged has been rebuilt. Returns
+/// whether it got there and the largest backlog (summed over the nodes) it saw.
+/// Damage nothing has read yet is not known; the scrubber finds it on its schedule.
+async fn wait_redundant(client: &Client, nodes: &[Endpoint]) -> (bool, u64) {
+    let deadline = tokio::time::Instant::now() + REDUNDANCY_TIMEOUT;
+    let mut peak = 0;
+    while tokio::time::Instant::now() < deadline {
+        let mut total = Some(0u64);
+        for n in nodes {
+            let own = status(client, n)
+                .await
+                .ok()
+                .and_then(|s| s.own_backlog(n.id));
+            total = total.zip(own).map(|(t, b)| t + b);
+        }
+        if let Some(t) = total {
+            peak = peak.max(t);
+            if t == 0 {
+                return (true, peak);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    (false, peak)
+}
+
 /// What an injected fault needs to be healed.
 enum Heal {
     /// Damage that stays (corrupted or deleted shards): berth must read around it.
@@ -213,6 +274,8 @@ async fn inject_local(
             in_place_ms: placed,
             heal_ms: None,
             converged_ms: None,
+            redundant_ms: None,
+            backlog_peak: None,
             note,
         }
     };
@@ -555,6 +618,8 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
                         in_place_ms: placed,
                         heal_ms: None,
                         converged_ms: None,
+                        redundant_ms: None,
+                        backlog_peak: None,
                         note: f.inject.clone(),
                     },
                     Heal::Command(f.heal.clone()),
@@ -588,6 +653,17 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
         probes.push(probe_task);
         if wait_caught_up(&client, &nodes).await {
             record.converged_ms = Some(rec.now_ms());
+            let (redundant, peak) = wait_redundant(&client, &nodes).await;
+            record.backlog_peak = Some(peak);
+            if redundant {
+                record.redundant_ms = Some(rec.now_ms());
+            } else {
+                notes.push(format!(
+                    "{}: the repair backlog was not empty within {REDUNDANCY_TIMEOUT:?} \
+                     after converging",
+                    record.kind
+                ));
+            }
         } else {
             notes.push(format!(
                 "{} did not converge within {CONVERGE_TIMEOUT:?} after healing",
@@ -595,8 +671,8 @@ pub async fn run(driver: Driver<'_>, s: &Settings) -> Result<Outcome> {
             ));
         }
         eprintln!(
-            "berth-chaos: healed at {:?} ms, converged at {:?} ms",
-            record.heal_ms, record.converged_ms
+            "berth-chaos: healed at {:?} ms, converged at {:?} ms, fully redundant at {:?} ms",
+            record.heal_ms, record.converged_ms, record.redundant_ms
         );
         faults.push(record);
         tokio::time::sleep(s.gap).await;

@@ -142,6 +142,13 @@ pub struct FaultRecord {
     pub heal_ms: Option<u64>,
     /// Every node answered again and caught up with the leader's commit index.
     pub converged_ms: Option<u64>,
+    /// After converging, every node reported an empty repair backlog.
+    #[serde(default)]
+    pub redundant_ms: Option<u64>,
+    /// The largest repair backlog (shards, summed over the nodes) seen while waiting
+    /// for it to empty.
+    #[serde(default)]
+    pub backlog_peak: Option<u64>,
     pub note: String,
 }
 

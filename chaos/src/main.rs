@@ -295,18 +295,8 @@ fn build_report(o: &drill::Outcome, seed: u64, replay: String, mode: String) -> 
         .iter()
         .map(|f| report::fault_metrics(&o.events, f))
         .collect();
-    let mut by_kind: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
-    for f in &faults {
-        if let Some(r) = f.recovery_ms {
-            by_kind.entry(f.fault.kind.clone()).or_default().push(r);
-        }
-    }
-    let mut all: Vec<u64> = by_kind.values().flatten().copied().collect();
-    let mut recovery: std::collections::BTreeMap<String, report::Summary> = by_kind
-        .into_iter()
-        .map(|(k, mut v)| (k, report::summarize(&mut v)))
-        .collect();
-    recovery.insert("(all faults)".into(), report::summarize(&mut all));
+    let recovery = report::by_kind(&faults, |f| f.recovery_ms);
+    let redundancy = report::by_kind(&faults, |f| f.heal_to_redundant_ms);
     Report {
         passed: verdicts.iter().all(|v| v.passed()),
         seed,
@@ -317,6 +307,7 @@ fn build_report(o: &drill::Outcome, seed: u64, replay: String, mode: String) -> 
         totals: report::totals(&o.events),
         faults,
         recovery,
+        redundancy,
         verdicts,
         final_states: o.states.clone(),
         notes: o.notes.clone(),

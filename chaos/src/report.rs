@@ -1,6 +1,7 @@
 //! Drill reports: per-fault metrics computed from the history (recovery time from the
 //! injection instant to the first acknowledged write invoked after it, error rate
-//! while the fault held, time from healing to convergence), the invariant verdicts,
+//! while the fault held, time from healing to convergence and to full redundancy), the
+//! invariant verdicts,
 //! and the Markdown, JSON and SVG renderings.
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub struct FaultMetrics {
     pub error_rate: f64,
     /// Healing to every node caught up with the leader.
     pub heal_to_converged_ms: Option<u64>,
+    /// Healing to every node reporting an empty repair backlog (after converging).
+    pub heal_to_redundant_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +60,8 @@ pub struct Report {
     pub faults: Vec<FaultMetrics>,
     /// Recovery time per fault kind.
     pub recovery: BTreeMap<String, Summary>,
+    /// Healing to full redundancy per fault kind.
+    pub redundancy: BTreeMap<String, Summary>,
     pub verdicts: Vec<Verdict>,
     pub final_states: Vec<NodeState>,
     pub notes: Vec<String>,
@@ -90,11 +95,34 @@ pub fn fault_metrics(events: &[Event], f: &FaultRecord) -> FaultMetrics {
         } else {
             errors as f64 / during.len() as f64
         },
-        heal_to_converged_ms: match (f.heal_ms, f.converged_ms) {
-            (Some(h), Some(c)) => Some(c.saturating_sub(h)),
-            _ => None,
-        },
+        heal_to_converged_ms: since_heal(f, f.converged_ms),
+        heal_to_redundant_ms: since_heal(f, f.redundant_ms),
     }
+}
+
+fn since_heal(f: &FaultRecord, at: Option<u64>) -> Option<u64> {
+    Some(at?.saturating_sub(f.heal_ms?))
+}
+
+/// One measure of every fault, summarized per fault kind and over all of them
+/// (`(all faults)`); faults without the measure are left out.
+pub fn by_kind(
+    faults: &[FaultMetrics],
+    measure: impl Fn(&FaultMetrics) -> Option<u64>,
+) -> BTreeMap<String, Summary> {
+    let mut kinds: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for f in faults {
+        if let Some(v) = measure(f) {
+            kinds.entry(f.fault.kind.clone()).or_default().push(v);
+        }
+    }
+    let mut all: Vec<u64> = kinds.values().flatten().copied().collect();
+    let mut out: BTreeMap<String, Summary> = kinds
+        .into_iter()
+        .map(|(k, mut v)| (k, summarize(&mut v)))
+        .collect();
+    out.insert("(all faults)".into(), summarize(&mut all));
+    out
 }
 
 pub fn summarize(values: &mut [u64]) -> Summary {
@@ -129,6 +157,20 @@ pub fn totals(events: &[Event]) -> Totals {
         *t.by_status.entry(key).or_default() += 1;
     }
     t
+}
+
+fn summary_table(s: &mut String, rows: &BTreeMap<String, Summary>) {
+    let _ = writeln!(s, "| fault | count | median | worst |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+    for (k, sum) in rows {
+        let _ = writeln!(
+            s,
+            "| {k} | {} | {} | {} |",
+            sum.count,
+            fmt_ms(sum.median_ms),
+            fmt_ms(sum.worst_ms)
+        );
+    }
 }
 
 fn fmt_ms(v: Option<u64>) -> String {
@@ -181,28 +223,27 @@ pub fn markdown(r: &Report) -> String {
         s,
         "\n## Recovery time (fault injection to first acknowledged write)\n"
     );
-    let _ = writeln!(s, "| fault | count | median | worst |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-    for (k, sum) in &r.recovery {
-        let _ = writeln!(
-            s,
-            "| {k} | {} | {} | {} |",
-            sum.count,
-            fmt_ms(sum.median_ms),
-            fmt_ms(sum.worst_ms)
-        );
-    }
+    summary_table(&mut s, &r.recovery);
+    let _ = writeln!(
+        s,
+        "\n## Time to full redundancy (heal to every node's repair backlog empty)\n"
+    );
+    summary_table(&mut s, &r.redundancy);
     let _ = writeln!(s, "\n## Fault timeline\n");
     let _ = writeln!(
         s,
-        "| at | fault | what | held | recovery | ops during | error rate | heal to converged |"
+        "| at | fault | what | held | recovery | ops during | error rate | heal to converged \
+         | heal to full redundancy (peak backlog) |"
     );
-    let _ = writeln!(s, "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for f in &r.faults {
         let held = f.fault.heal_ms.map(|h| h - f.fault.inject_ms);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} | {} ({} shards) |",
             fmt_ms(Some(f.fault.inject_ms)),
             f.fault.kind,
             f.fault.note.replace('|', "\\|"),
@@ -210,7 +251,9 @@ pub fn markdown(r: &Report) -> String {
             fmt_ms(f.recovery_ms),
             f.ops_during,
             f.error_rate * 100.0,
-            fmt_ms(f.heal_to_converged_ms)
+            fmt_ms(f.heal_to_converged_ms),
+            fmt_ms(f.heal_to_redundant_ms),
+            f.fault.backlog_peak.map_or("-".into(), |b| b.to_string())
         );
     }
     let _ = writeln!(s, "\n## Final node states\n");
@@ -370,6 +413,8 @@ mod tests {
             in_place_ms: 1_005,
             heal_ms: Some(5_000),
             converged_ms: Some(6_000),
+            redundant_ms: Some(9_500),
+            backlog_peak: Some(12),
             note: String::new(),
         };
         let events = vec![
@@ -387,6 +432,10 @@ mod tests {
         assert_eq!(m.ops_during, 5);
         assert_eq!(m.errors_during, 2);
         assert_eq!(m.heal_to_converged_ms, Some(1_000));
+        assert_eq!(m.heal_to_redundant_ms, Some(4_500));
+        let by = by_kind(&[m.clone(), m.clone()], |f| f.heal_to_redundant_ms);
+        assert_eq!(by["kill-leader"].count, 2);
+        assert_eq!(by["(all faults)"].worst_ms, Some(4_500));
         let svg = svg(&events, &[fault], 7_000);
         assert!(svg.starts_with("<svg") && svg.contains("kill-leader"));
     }

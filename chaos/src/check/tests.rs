@@ -245,6 +245,8 @@ fn a_500_and_a_503_outside_faults_are_caught() {
         in_place_ms: 100,
         heal_ms: Some(200),
         converged_ms: Some(300),
+        redundant_ms: None,
+        backlog_peak: None,
         note: String::new(),
     };
     let busy = Outcome {
@@ -278,6 +280,8 @@ fn a_507_counts_only_from_the_full_disk_while_it_is_full() {
         in_place_ms: 120,
         heal_ms: Some(200),
         converged_ms: Some(300),
+        redundant_ms: None,
+        backlog_peak: None,
         note: String::new(),
     };
     let op = || Op::PushBlob {
@@ -303,6 +307,8 @@ fn an_isolated_node_acknowledging_a_write_is_caught() {
         in_place_ms: 1_000,
         heal_ms: Some(2_000),
         converged_ms: Some(2_500),
+        redundant_ms: None,
+        backlog_peak: None,
         note: String::new(),
     };
     let op = || Op::PushBlob {
