@@ -4,11 +4,12 @@
 //! disks, and every member's own report of its disks and applied state, fetched over
 //! the internal listener), `POST /api/v1/cluster/members` (`{"id", "addr", "cluster_id"?}`: join a
 //! node, learner first, voter once caught up; a node that already belongs to another
-//! cluster is refused), `DELETE /api/v1/cluster/members/{id}`, and
+//! cluster is refused), `DELETE /api/v1/cluster/members/{id}[?force=true]` (refused
+//! while blob layouts still place shards on the node, unless forced), and
 //! `POST`/`DELETE /api/v1/cluster/members/{id}/drain` (mark a member draining, or not).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use berth_consensus::ConsensusError;
@@ -282,10 +283,76 @@ pub async fn join(State(app): State<AppState>, Json(req): Json<JoinRequest>) -> 
     }
 }
 
-pub async fn remove(State(app): State<AppState>, Path(id): Path<u64>) -> Response {
+/// `DELETE /api/v1/cluster/members/{id}` query.
+#[derive(Debug, Default, Deserialize)]
+pub struct RemoveQuery {
+    /// Remove the member even though blob layouts still place shards on it: for a
+    /// node lost for good, whose shards repair then rebuilds from their stripes.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Layouts read per metadata read while counting a member's shards.
+const COUNT_PAGE: usize = 1024;
+
+/// `DELETE /api/v1/cluster/members/{id}`: takes a member out of the cluster. Refused
+/// (409) while blob layouts still place shards on it, unless `?force=true`: removing it
+/// would leave those stripes one shard short until repair rebuilds them, so a node
+/// that is still up is drained first (`berth cluster drain`).
+pub async fn remove(
+    State(app): State<AppState>,
+    Path(id): Path<u64>,
+    Query(q): Query<RemoveQuery>,
+) -> Response {
+    if !q.force {
+        match shards_on(&app, NodeId(id)).await {
+            Ok(0) => {}
+            Ok(held) => {
+                return (
+                    StatusCode::CONFLICT,
+                    Json(serde_json::json!({ "error": format!(
+                        "node {id} still holds {held} shards: drain it first (berth cluster \
+                         drain {id}) and remove it once none are left, or, if it is lost for \
+                         good, remove it with --force (repair then rebuilds its shards from \
+                         the rest of their stripes)"
+                    ) })),
+                )
+                    .into_response();
+            }
+            Err(e) => return membership_error(e),
+        }
+    }
     match app.meta.remove(NodeId(id)).await {
         Ok(()) => cluster_status(State(app)).await.into_response(),
         Err(e) => membership_error(e),
+    }
+}
+
+/// How many shards the committed blob layouts place on `node`, read page by page.
+async fn shards_on(app: &AppState, node: NodeId) -> Result<u64, ConsensusError> {
+    let mut after: Option<berth_types::Digest> = None;
+    let mut held = 0u64;
+    loop {
+        let from = after.clone();
+        let page = app
+            .meta
+            .read(move |v| v.blobs_after(from.as_ref(), COUNT_PAGE))
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(held);
+        };
+        after = Some(last.digest.clone());
+        held += page
+            .iter()
+            .filter_map(|r| match &r.layout {
+                berth_types::BlobLayout::Striped(l) => Some(l),
+                berth_types::BlobLayout::Inline(_) => None,
+            })
+            .map(|l| l.shards.iter().filter(|p| p.node == node).count() as u64)
+            .sum::<u64>();
+        if page.len() < COUNT_PAGE {
+            return Ok(held);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! `berth cluster ...`: operator commands against running nodes over their HTTP API,
 //! with an administrator's Basic credentials when given ([`Credentials`]: flags,
 //! `BERTH_USER`/`BERTH_PASSWORD`, or the bootstrap `<data>/admin-password`).
-//! `remove` takes a node out of the membership through any member; `drain` marks a
+//! `remove` takes a node out of the membership through any member (refused while it
+//! holds shards, unless `--force` says it is lost for good); `drain` marks a
 //! node draining so repair moves its shards off first. `status` asks each given node
 //! for `/api/v1/cluster/status` and prints a table (or the raw JSON): every node's
 //! term, role, log, commit and apply indices, the leader's view of each member's
@@ -42,13 +43,18 @@ pub enum ClusterCommand {
         #[command(flatten)]
         creds: Credentials,
     },
-    /// Remove a node from the cluster (through any member).
+    /// Remove a node from the cluster (through any member). Refused while blob layouts
+    /// still place shards on it: drain it first.
     Remove {
         /// A member's HTTP URL.
         #[arg(long, default_value = "http://127.0.0.1:5000")]
         url: String,
         /// The node id to remove.
         id: u64,
+        /// Remove it although it still holds shards: for a node lost for good, whose
+        /// shards repair then rebuilds from the rest of their stripes.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         creds: Credentials,
     },
@@ -107,7 +113,12 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Status { urls, json, creds } => {
             status(&urls, json, &creds.resolve()?).await
         }
-        ClusterCommand::Remove { url, id, creds } => remove(&url, id, &creds.resolve()?).await,
+        ClusterCommand::Remove {
+            url,
+            id,
+            force,
+            creds,
+        } => remove(&url, id, force, &creds.resolve()?).await,
         ClusterCommand::Drain {
             url,
             id,
@@ -166,8 +177,17 @@ async fn send(
     Ok(())
 }
 
-async fn remove(url: &str, id: u64, creds: &Option<(String, String)>) -> anyhow::Result<()> {
-    let endpoint = format!("{}/api/v1/cluster/members/{id}", url.trim_end_matches('/'));
+async fn remove(
+    url: &str,
+    id: u64,
+    force: bool,
+    creds: &Option<(String, String)>,
+) -> anyhow::Result<()> {
+    let endpoint = format!(
+        "{}/api/v1/cluster/members/{id}{}",
+        url.trim_end_matches('/'),
+        if force { "?force=true" } else { "" }
+    );
     let req = reqwest::Client::new().delete(&endpoint);
     send(req, &endpoint, creds).await?;
     println!("node {id} removed");

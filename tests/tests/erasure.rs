@@ -217,10 +217,10 @@ async fn every_blob_survives_the_loss_of_any_two_of_five_nodes() {
 }
 
 // Proves self-repair after a permanent loss: in a 4-node cluster (2+1, each blob on
-// three of the four nodes) node 4 is killed and removed; repair rebuilds every shard
-// it held onto the remaining nodes; then node 1 is killed as well and every blob still
-// pulls through nodes 2 and 3. Without the repair, blobs that had shards on both node
-// 4 and node 1 would be lost.
+// three of the four nodes) node 4 is killed and removed (refused, naming its shards,
+// until forced); repair rebuilds every shard it held onto the remaining nodes; then
+// node 1 is killed as well and every blob still pulls through nodes 2 and 3. Without
+// the repair, blobs that had shards on both node 4 and node 1 would be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
     let _heavy = berth_tests::heavy().await;
@@ -244,6 +244,26 @@ async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
         loop {
             let resp = http
                 .delete(format!("{}/api/v1/cluster/members/4", c.url(1)))
+                .send()
+                .await?;
+            // Node 4 still holds shards: removing it without force is refused.
+            let status = resp.status();
+            let body = resp.text().await?;
+            if status == reqwest::StatusCode::CONFLICT {
+                ensure!(
+                    body.contains(&format!("still holds {on_4} shards")),
+                    "refusal does not count node 4's {on_4} shards: {body}"
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("removing node 4 without force: {status}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        loop {
+            let resp = http
+                .delete(format!("{}/api/v1/cluster/members/4?force=true", c.url(1)))
                 .send()
                 .await?;
             if resp.status().is_success() {
