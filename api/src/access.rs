@@ -1,7 +1,8 @@
 //! The access part of the management API under `/api/v1/`: one-time tokens for a
 //! single CI push (project maintainers), robot secret rotation (the robot's project
 //! owners), signing-key rotation (administrators), project request limits
-//! (administrators set them, owners read them), and the purge of a project's
+//! (administrators set them, owners read them), project erasure-coding profiles
+//! (likewise), and the purge of a project's
 //! repositories before the project is deleted. Described by `docs/openapi.yaml`;
 //! every change is audited.
 
@@ -18,6 +19,7 @@ use berth_consensus::tenancy::{
     ONE_TIME_PREFIX, OneTimeTokenRecord, PROJECT_BURST_MAX, PROJECT_RPS_MAX, ProjectLimits,
     ProjectName, ProjectRole, RobotActions, TenancyCommand, TenancyOutcome, TenancyRejection,
 };
+use berth_types::EcProfile;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -51,6 +53,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/api/v1/projects/{name}/limits",
             get(get_project_limits).put(set_project_limits),
+        )
+        .route(
+            "/api/v1/projects/{name}/profile",
+            get(get_project_profile).put(set_project_profile),
         )
         .route("/api/v1/system/signing-keys", get(list_signing_keys))
         .route(
@@ -161,6 +167,93 @@ pub async fn set_project_limits(
         TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
         TenancyOutcome::Rejected(TenancyRejection::TooLarge) => {
             Err(ApiError::bad("limit out of range"))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A project's erasure-coding profile as the API shows and takes it: `"K+M"`, or
+/// null for the cluster's default.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectProfileView {
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+impl From<Option<EcProfile>> for ProjectProfileView {
+    fn from(p: Option<EcProfile>) -> ProjectProfileView {
+        ProjectProfileView {
+            profile: p.map(|p| p.to_string()),
+        }
+    }
+}
+
+/// `GET /api/v1/projects/{name}/profile` (administrators and the project's owners).
+pub async fn get_project_profile(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Response> {
+    let name = owned_project(&app, &caller, &name).await?;
+    let n = name.clone();
+    let found = app
+        .meta
+        .read(move |v| {
+            Ok(match v.project(&n)? {
+                Some(_) => Some(v.project_profile(&n)?),
+                None => None,
+            })
+        })
+        .await?;
+    match found {
+        Some(profile) => Ok(Json(ProjectProfileView::from(profile)).into_response()),
+        None => Err(ApiError::not_found("project")),
+    }
+}
+
+/// `PUT /api/v1/projects/{name}/profile` (administrators): the erasure-coding profile
+/// of the project's new blobs, or (null) the cluster's default. Refused when the
+/// members (or, alone, the disks) reachable now cannot hold it. Stored blobs keep
+/// the profile their layout records.
+pub async fn set_project_profile(
+    State(app): State<AppState>,
+    Mgmt(caller): Mgmt,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ProjectProfileView>,
+) -> ApiResult<Response> {
+    require_admin(&caller)?;
+    let name = project_name(&name)?;
+    let profile = match body.profile.as_deref() {
+        None => None,
+        Some(text) => {
+            let p: EcProfile = text
+                .parse()
+                .map_err(|e| ApiError::bad(format!("profile {text:?}: {e}")))?;
+            if let Some(why) = app.uploads.placer.cannot_hold(p).await {
+                return Err(ApiError::bad(format!(
+                    "profile {p} cannot be placed: {why}"
+                )));
+            }
+            Some(p)
+        }
+    };
+    let cmd = TenancyCommand::SetProjectProfile {
+        project: name.clone(),
+        profile,
+    };
+    match propose(&app, cmd).await? {
+        TenancyOutcome::Done => {
+            let what = match profile {
+                Some(p) => format!("set project {name} profile {p}"),
+                None => format!("set project {name} profile to the cluster default"),
+            };
+            policy_audit(&app, &caller, what, Some(name.as_str()));
+            Ok(Json(ProjectProfileView::from(profile)).into_response())
+        }
+        TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
+        TenancyOutcome::Rejected(TenancyRejection::TooLarge) => {
+            Err(ApiError::bad("profile out of range"))
         }
         other => Err(unexpected(other)),
     }

@@ -7,7 +7,10 @@
 //! go around it; the map is rebuilt at most every two seconds. When the reachable
 //! members cannot hold the full profile, a blob gets the default profile of the
 //! reachable member count instead (2+1 becomes 1+1 while one of three nodes is down).
-//! The disks of a draining member count as full: it takes no new shards.
+//! The disks of a draining member count as full: it takes no new shards. A project
+//! may have its own profile (`PUT /api/v1/projects/{name}/profile`); its blobs get it
+//! whenever the reachable members (or a lone node's disks) can hold it, and the
+//! default above otherwise.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,8 +130,22 @@ impl Placer {
         }
     }
 
-    /// Starts the stripe writer of `upload` on the disks or members placement picks.
-    pub async fn begin(&self, upload: UploadId) -> OciResult<StripeWriter> {
+    /// Starts the stripe writer of `upload` on the disks or members placement picks,
+    /// with `project`'s own profile when it has one and the reachable members (or,
+    /// alone, this node's disks) can hold it; otherwise with the cluster's default.
+    pub async fn begin(
+        &self,
+        upload: UploadId,
+        project: Option<EcProfile>,
+    ) -> OciResult<StripeWriter> {
+        if let Some(profile) = project {
+            let map = self.map().await;
+            match place_across(upload.to_string().as_bytes(), &map, profile.width()) {
+                Ok(placements) => return Ok(self.store.begin_at(upload, profile, &placements)?),
+                Err(e) => tracing::info!(%upload, %profile, error = %e,
+                    "the project's profile cannot be placed now; the blob gets the default"),
+            }
+        }
         let voters = self.voters().len();
         let Some(profile) = self.profile.for_voters(voters) else {
             return Ok(self.store.begin(upload)?);
@@ -162,6 +179,15 @@ impl Placer {
             )
         })?;
         Ok(self.store.begin_at(upload, profile, &placements)?)
+    }
+
+    /// Why `profile` cannot be placed on the members (or, alone, the disks) reachable
+    /// now, if it cannot.
+    pub async fn cannot_hold(&self, profile: EcProfile) -> Option<String> {
+        let map = self.map().await;
+        place_across(b"profile check", &map, profile.width())
+            .err()
+            .map(|e| format!("{e} on the {} reachable members", map.nodes.len()))
     }
 
     /// The current cluster map: rebuilt when older than [`MAP_TTL`] or when the

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_blobstore::{BlobStore, StripeWriter};
+use berth_consensus::tenancy::ProjectName;
 use berth_consensus::{CommandV1, Metadata, Outcome, Rejection};
 use berth_types::limits::{INLINE_BLOB_BYTES_MAX, UPLOAD_SESSIONS_MAX};
-use berth_types::{BlobLayout, Digest, DigestAlgorithm, NodeId, RepoName, UploadId};
+use berth_types::{BlobLayout, Digest, DigestAlgorithm, EcProfile, NodeId, RepoName, UploadId};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::Digest as _;
@@ -239,7 +240,8 @@ impl Uploads {
                     buf.extend_from_slice(&frame);
                 }
                 Staged::Inline(buf) => {
-                    let mut writer = self.placer.begin(session.id).await?;
+                    let project = self.project_profile(&session.repo).await;
+                    let mut writer = self.placer.begin(session.id, project).await?;
                     writer.write(Bytes::from(std::mem::take(buf))).await?;
                     writer.write(frame).await?;
                     session.staged = Staged::Striped(writer);
@@ -249,6 +251,24 @@ impl Uploads {
         }
         session.last_active = Instant::now();
         Ok(session.len)
+    }
+
+    /// The erasure-coding profile `repo`'s project asks for, if any. Unreadable
+    /// metadata means the default: the upload goes on and the blob stays readable.
+    async fn project_profile(&self, repo: &RepoName) -> Option<EcProfile> {
+        let project = ProjectName::of(repo);
+        match self
+            .meta
+            .read_local(move |v| v.project_profile(&project))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(%repo, error = %e,
+                    "cannot read the project's profile; the blob gets the default");
+                None
+            }
+        }
     }
 
     /// Bytes received so far.

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use berth_types::RepoName;
+use berth_types::{EcProfile, RepoName};
 use serde::{Deserialize, Serialize};
 
 /// Longest user or robot name, in bytes.
@@ -576,6 +576,14 @@ pub enum TenancyCommand {
         key: SigningKeyRecord,
         retire_previous_at_ms: u64,
     },
+    /// Sets the erasure-coding profile of `project`'s new blobs (`None`: the cluster's
+    /// default). `NotFound` without the project, `Rejected(TooLarge)` for a profile out
+    /// of range. Blobs already stored keep the profile recorded in their layout.
+    /// Deleting the project drops it.
+    SetProjectProfile {
+        project: ProjectName,
+        profile: Option<EcProfile>,
+    },
 }
 
 /// A short summary for logs; never prints hashes or keys.
@@ -655,6 +663,10 @@ impl fmt::Display for TenancyCommand {
                 "rotate-signing-key {expected_kid} -> {} {retire_previous_at_ms}",
                 key.kid
             ),
+            TenancyCommand::SetProjectProfile { project, profile } => match profile {
+                Some(p) => write!(f, "set-project-profile {project} {p}"),
+                None => write!(f, "set-project-profile {project} default"),
+            },
         }
     }
 }

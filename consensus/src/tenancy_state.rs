@@ -3,6 +3,7 @@
 
 use std::ops::Bound;
 
+use berth_types::EcProfile;
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::codec;
@@ -36,6 +37,12 @@ const AUDIT_SEQ: &[u8] = b"audit_seq";
 /// whose secret was rotated with a grace period.
 fn robot_grace_key(robot: &str) -> Vec<u8> {
     key(&[b"robot_grace", robot.as_bytes()])
+}
+
+/// `project_profile\0<project>` in [`TENANCY_META`] -> the [`EcProfile`] of the
+/// project's new blobs.
+fn project_profile_key(project: &ProjectName) -> Vec<u8> {
+    key(&[b"project_profile", project.as_str().as_bytes()])
 }
 
 /// `project_limits\0<project>` in [`TENANCY_META`] -> the [`ProjectLimits`] of a
@@ -327,6 +334,28 @@ impl<'txn> TenancyTables<'txn> {
                     self.rotate_signing_key(key, *retire_previous_at_ms)?
                 } else {
                     Exists
+                }
+            }
+            TenancyCommand::SetProjectProfile { project, profile } => {
+                let k = project_profile_key(project);
+                if !contains(&self.projects, project.as_str().as_bytes())? {
+                    NotFound
+                } else {
+                    match profile {
+                        // Decoded profiles bypass `EcProfile::new`: checked again here.
+                        Some(p) if EcProfile::new(p.k() as u8, p.m() as u8).is_err() => {
+                            Rejected(TenancyRejection::TooLarge)
+                        }
+                        Some(p) => {
+                            self.meta
+                                .insert(k.as_slice(), codec::encode(p).as_slice())?;
+                            Done
+                        }
+                        None => {
+                            self.meta.remove(k.as_slice())?;
+                            Done
+                        }
+                    }
                 }
             }
             TenancyCommand::SetProjectLimits { project, limits } => {
@@ -630,6 +659,7 @@ impl<'txn> TenancyTables<'txn> {
             self.groups.remove(k.as_slice())?;
         }
         self.meta.remove(project_limits_key(name).as_slice())?;
+        self.meta.remove(project_profile_key(name).as_slice())?;
         Ok(TenancyOutcome::Done)
     }
 }
@@ -772,6 +802,18 @@ impl StateView {
             &self.table(TENANCY_META)?,
             "project limits",
             project_limits_key(project).as_slice(),
+        )
+    }
+
+    /// The erasure-coding profile of `project`'s new blobs, if it has its own.
+    pub fn project_profile(
+        &self,
+        project: &ProjectName,
+    ) -> Result<Option<EcProfile>, ConsensusError> {
+        read_record(
+            &self.table(TENANCY_META)?,
+            "project profile",
+            project_profile_key(project).as_slice(),
         )
     }
 

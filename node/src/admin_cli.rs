@@ -128,6 +128,17 @@ pub enum ProjectCommand {
         #[arg(long)]
         off: bool,
     },
+    /// Shows the erasure-coding profile of the project's new blobs, or sets it with
+    /// --ec K+M, or returns to the cluster's default with --default (administrators).
+    Profile {
+        name: String,
+        /// K data shards and M parity shards per stripe, for example 3+2.
+        #[arg(long, conflicts_with = "default")]
+        ec: Option<String>,
+        /// Use the cluster's default profile again.
+        #[arg(long)]
+        default: bool,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -406,6 +417,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 let answer = if rps.is_some() || off {
                     let body = json!({ "requests_per_second": rps, "burst": burst });
                     api.call(Method::PUT, &path, Some(body)).await?
+                } else {
+                    api.call(Method::GET, &path, None).await?
+                };
+                print_json(&answer);
+            }
+            ProjectCommand::Profile { name, ec, default } => {
+                let path = format!("/api/v1/projects/{name}/profile");
+                let answer = if ec.is_some() || default {
+                    api.call(Method::PUT, &path, Some(json!({ "profile": ec })))
+                        .await?
                 } else {
                     api.call(Method::GET, &path, None).await?
                 };

@@ -6,7 +6,8 @@
 //! read around and rewritten by repair; a 5-node cluster striping 3+2 serves every
 //! blob through the survivors of any two nodes' loss; the scrubber finds rotten
 //! parity and a missing shard file that no read meets, and repair restores them; a
-//! drained node's shards move to the others before it is removed. Short by default;
+//! drained node's shards move to the others before it is removed; a project's own
+//! profile decides how its new blobs are striped. Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
 use std::path::Path;
@@ -631,6 +632,138 @@ async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
         for n in [2, 3] {
             pull_all(c, n, &blobs).await?;
         }
+        Ok(())
+    })
+    .await;
+}
+
+/// Shard files of the blob with digest `digest` under a node's data folder.
+fn shard_files_of(dir: &Path, digest: &str) -> usize {
+    let hex = digest.trim_start_matches("sha256:");
+    fn walk(p: &Path, hex: &str, n: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, hex, n);
+            } else if path.components().any(|c| c.as_os_str() == "blobs")
+                && path.components().any(|c| c.as_os_str() == hex)
+            {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(dir, hex, &mut n);
+    n
+}
+
+// Proves per-project profiles: in a 3-node cluster striping 2+1 by default, project
+// `mirror` is set to 1+1. Its new blobs get two shard files, on two nodes, while
+// another project's blob gets three; each survives the loss of the node holding one
+// of its shards. A profile the cluster cannot hold (9+3 on three one-disk nodes), a
+// malformed one and a missing project are refused with 400, 400 and 404; null returns
+// the project to the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_profile_decides_the_striping_of_its_new_blobs() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up_with_env(3, across(&[])).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let http = reqwest::Client::new();
+        let profile_url = |p: &str| format!("{}/api/v1/projects/{p}/profile", c.url(2));
+        let created = http
+            .post(format!("{}/api/v1/projects", c.url(1)))
+            .json(&serde_json::json!({ "name": "mirror" }))
+            .send()
+            .await?;
+        ensure!(
+            created.status() == 201,
+            "create project: {}",
+            created.status()
+        );
+        for (project, body, want) in [
+            ("mirror", serde_json::json!({ "profile": "9+3" }), 400),
+            ("mirror", serde_json::json!({ "profile": "2-1" }), 400),
+            ("mirror", serde_json::json!({ "profile": "0+1" }), 400),
+            ("nosuch", serde_json::json!({ "profile": "1+1" }), 404),
+            ("mirror", serde_json::json!({ "profile": "1+1" }), 200),
+        ] {
+            let resp = http.put(profile_url(project)).json(&body).send().await?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await?;
+            ensure!(status == want, "PUT {project} {body}: {status} {text}");
+            if want == 400 {
+                ensure!(text.contains("\"error\""), "no error message: {text}");
+            }
+        }
+        let shown: serde_json::Value = http.get(profile_url("mirror")).send().await?.json().await?;
+        ensure!(shown["profile"] == "1+1", "GET shows {shown}");
+
+        let mirrored = random_bytes(3 << 20);
+        let striped = random_bytes(3 << 20);
+        let mirrored_digest = Oci::new(&c.url(1))
+            .push_blob("mirror/app", &mirrored)
+            .await?;
+        let striped_digest = Oci::new(&c.url(1)).push_blob(REPO, &striped).await?;
+        let files = |digest: &str| -> Vec<usize> {
+            (1..=3)
+                .map(|n| shard_files_of(&c.data_dir(n), digest))
+                .collect()
+        };
+        let on_nodes = files(&mirrored_digest);
+        ensure!(
+            on_nodes.iter().sum::<usize>() == 2 && on_nodes.iter().all(|n| *n <= 1),
+            "a 1+1 blob should have one shard file on each of two nodes: {on_nodes:?}"
+        );
+        let default_files = files(&striped_digest);
+        ensure!(
+            default_files == vec![1, 1, 1],
+            "a 2+1 blob should have one shard file per node: {default_files:?}"
+        );
+
+        // The node holding the mirrored blob's first shard goes down; the other holds a
+        // full copy.
+        let victim = (1..=3u16)
+            .find(|n| on_nodes[usize::from(*n) - 1] == 1)
+            .expect("a node holds a shard");
+        c.signal(victim, "-9")?;
+        for survivor in (1..=3u16).filter(|n| *n != victim) {
+            let oci = Oci::new(&c.url(survivor));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match oci.fetch_blob("mirror/app", &mirrored_digest).await {
+                    Ok(got) => {
+                        ensure!(got == mirrored, "mirrored blob differs through {survivor}");
+                        break;
+                    }
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("retrying through node {survivor}: {e:#}");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Err(e) => return Err(e.context(format!("through node {survivor}"))),
+                }
+            }
+        }
+
+        let survivor = (1..=3u16).find(|n| *n != victim).expect("two survive");
+        let url = format!("{}/api/v1/projects/mirror/profile", c.url(survivor));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reset = loop {
+            let resp = http
+                .put(&url)
+                .json(&serde_json::json!({ "profile": null }))
+                .send()
+                .await?;
+            if resp.status() != 503 || Instant::now() > deadline {
+                break resp;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        ensure!(reset.status() == 200, "reset: {}", reset.status());
+        let shown: serde_json::Value = reset.json().await?;
+        ensure!(shown["profile"].is_null(), "reset shows {shown}");
         Ok(())
     })
     .await;

@@ -2,7 +2,10 @@
 //! expiry, a robot's secret is replaced, and signing-key rotation retires the keys in
 //! force at the given instant and drops keys retired before the new key was made;
 //! a conditional rotation rotates only from the key it names; a project's request
-//! limit is stored, validated and dropped with the project.
+//! limit and its erasure-coding profile are stored, validated and dropped with the
+//! project.
+
+use berth_types::EcProfile;
 
 use super::TestDb;
 use crate::model::{Command, Outcome};
@@ -357,4 +360,36 @@ fn a_conditional_rotation_rotates_once_from_the_key_it_names() {
         kids,
         vec![("k1", Some(1_100)), ("k2", Some(1_200)), ("k4", None)]
     );
+}
+
+#[test]
+fn project_profiles_are_validated_and_dropped_with_the_project() {
+    let db = TestDb::new();
+    let team = || "team".parse().unwrap();
+    let set = |p: Option<EcProfile>| T::SetProjectProfile {
+        project: team(),
+        profile: p,
+    };
+    let three_two = EcProfile::new(3, 2).unwrap();
+    assert_eq!(t(&db, set(Some(three_two))), TenancyOutcome::NotFound);
+    with_project(&db);
+    // A profile that `EcProfile::new` refuses can still arrive decoded from a log.
+    let zero_data: EcProfile =
+        crate::codec::decode("profile", &[crate::codec::FORMAT_V1, 0, 1]).unwrap();
+    assert_eq!(
+        t(&db, set(Some(zero_data))),
+        TenancyOutcome::Rejected(TenancyRejection::TooLarge)
+    );
+    assert_eq!(db.view().project_profile(&team()).unwrap(), None);
+    assert_eq!(t(&db, set(Some(three_two))), TenancyOutcome::Done);
+    assert_eq!(db.view().project_profile(&team()).unwrap(), Some(three_two));
+    assert_eq!(t(&db, set(None)), TenancyOutcome::Done);
+    assert_eq!(db.view().project_profile(&team()).unwrap(), None);
+    assert_eq!(t(&db, set(Some(three_two))), TenancyOutcome::Done);
+    assert_eq!(
+        t(&db, T::DeleteProject { name: team() }),
+        TenancyOutcome::Done
+    );
+    with_project(&db);
+    assert_eq!(db.view().project_profile(&team()).unwrap(), None);
 }
