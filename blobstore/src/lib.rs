@@ -32,4 +32,4 @@ pub use sim::{SimDisk, SimPower};
 pub use store::{
     BlobStore, DamagedShard, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters,
 };
-pub use writer::{StripeWriter, Written};
+pub use writer::{STRIPES_IN_FLIGHT_MAX, StripeWriter, Written};
