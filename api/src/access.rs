@@ -93,27 +93,44 @@ impl From<Option<ProjectLimits>> for ProjectLimitsView {
     }
 }
 
+/// One setting of a project the caller owns (or administers), read by `read` in the
+/// same read as the project's existence: 404 without the project.
+async fn project_setting<T, F>(
+    app: &AppState,
+    caller: &crate::auth::Caller,
+    name: &str,
+    read: F,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(
+            &berth_consensus::StateView,
+            &ProjectName,
+        ) -> Result<T, berth_consensus::ConsensusError>
+        + Send
+        + 'static,
+{
+    let name = owned_project(app, caller, name).await?;
+    let found = app
+        .meta
+        .read(move |v| {
+            Ok(match v.project(&name)? {
+                Some(_) => Some(read(v, &name)?),
+                None => None,
+            })
+        })
+        .await?;
+    found.ok_or_else(|| ApiError::not_found("project"))
+}
+
 /// `GET /api/v1/projects/{name}/limits` (administrators and the project's owners).
 pub async fn get_project_limits(
     State(app): State<AppState>,
     Mgmt(caller): Mgmt,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let name = owned_project(&app, &caller, &name).await?;
-    let n = name.clone();
-    let found = app
-        .meta
-        .read(move |v| {
-            Ok(match v.project(&n)? {
-                Some(_) => Some(v.project_limits(&n)?),
-                None => None,
-            })
-        })
-        .await?;
-    match found {
-        Some(limits) => Ok(Json(ProjectLimitsView::from(limits)).into_response()),
-        None => Err(ApiError::not_found("project")),
-    }
+    let limits = project_setting(&app, &caller, &name, |v, n| v.project_limits(n)).await?;
+    Ok(Json(ProjectLimitsView::from(limits)).into_response())
 }
 
 /// `PUT /api/v1/projects/{name}/limits` (administrators): sets or (with
@@ -195,21 +212,8 @@ pub async fn get_project_profile(
     Mgmt(caller): Mgmt,
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Response> {
-    let name = owned_project(&app, &caller, &name).await?;
-    let n = name.clone();
-    let found = app
-        .meta
-        .read(move |v| {
-            Ok(match v.project(&n)? {
-                Some(_) => Some(v.project_profile(&n)?),
-                None => None,
-            })
-        })
-        .await?;
-    match found {
-        Some(profile) => Ok(Json(ProjectProfileView::from(profile)).into_response()),
-        None => Err(ApiError::not_found("project")),
-    }
+    let profile = project_setting(&app, &caller, &name, |v, n| v.project_profile(n)).await?;
+    Ok(Json(ProjectProfileView::from(profile)).into_response())
 }
 
 /// `PUT /api/v1/projects/{name}/profile` (administrators): the erasure-coding profile

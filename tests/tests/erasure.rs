@@ -103,21 +103,32 @@ async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result
 
 /// Shard files under a node's data folder.
 fn shard_files(dir: &Path) -> usize {
-    fn walk(p: &Path, n: &mut usize) {
+    shard_files_where(dir, &|_| true)
+}
+
+/// Shard files of the blob with digest `digest` under a node's data folder.
+fn shard_files_of(dir: &Path, digest: &str) -> usize {
+    let hex = digest.trim_start_matches("sha256:");
+    shard_files_where(dir, &|p| p.components().any(|c| c.as_os_str() == hex))
+}
+
+/// Shard files (files under a `blobs` folder) under `dir` whose path passes `keep`.
+fn shard_files_where(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> usize {
+    fn walk(p: &Path, keep: &dyn Fn(&Path) -> bool, n: &mut usize) {
         let Ok(entries) = std::fs::read_dir(p) else {
             return;
         };
         for e in entries.flatten() {
             let path = e.path();
             if path.is_dir() {
-                walk(&path, n);
-            } else if path.components().any(|c| c.as_os_str() == "blobs") {
+                walk(&path, keep, n);
+            } else if path.components().any(|c| c.as_os_str() == "blobs") && keep(&path) {
                 *n += 1;
             }
         }
     }
     let mut n = 0;
-    walk(dir, &mut n);
+    walk(dir, keep, &mut n);
     n
 }
 
@@ -635,29 +646,6 @@ async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
         Ok(())
     })
     .await;
-}
-
-/// Shard files of the blob with digest `digest` under a node's data folder.
-fn shard_files_of(dir: &Path, digest: &str) -> usize {
-    let hex = digest.trim_start_matches("sha256:");
-    fn walk(p: &Path, hex: &str, n: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, hex, n);
-            } else if path.components().any(|c| c.as_os_str() == "blobs")
-                && path.components().any(|c| c.as_os_str() == hex)
-            {
-                *n += 1;
-            }
-        }
-    }
-    let mut n = 0;
-    walk(dir, hex, &mut n);
-    n
 }
 
 // Proves per-project profiles: in a 3-node cluster striping 2+1 by default, project
