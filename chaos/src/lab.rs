@@ -6,7 +6,7 @@
 //! restarts its own children by PID, reaches into their disk folders for disk faults,
 //! and on teardown stops all of them and removes its network, proxies and mounts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -87,6 +87,8 @@ pub struct Lab {
     mounts: Mutex<Vec<PathBuf>>,
     /// Why the lab runs on loopback, when it does.
     pub loopback_reason: Option<String>,
+    /// Blobs (digest folder names) whose shards a disk fault of this drill damaged.
+    damaged: Mutex<BTreeSet<String>>,
 }
 
 impl Lab {
@@ -179,6 +181,7 @@ impl Lab {
             links: Arc::new(Links::default()),
             pids: Arc::new(Mutex::new(BTreeMap::new())),
             loopback_reason,
+            damaged: Mutex::new(BTreeSet::new()),
         };
         let mut lab = lab;
         if !lab.has_namespaces() {
@@ -554,6 +557,33 @@ fn spec(
     }
 }
 
+/// Up to `count` of `files` (shard files, sorted), drawn by `rng`, at most one per blob
+/// (the digest folder holding it) and none of a blob in `damaged`; the blobs picked are
+/// added to `damaged`.
+fn pick_undamaged(
+    mut files: Vec<PathBuf>,
+    damaged: &mut BTreeSet<String>,
+    count: usize,
+    rng: &mut StdRng,
+) -> Vec<PathBuf> {
+    let blob = |f: &PathBuf| {
+        f.parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    files.retain(|f| !damaged.contains(&blob(f)));
+    let mut picked = Vec::new();
+    while picked.len() < count && !files.is_empty() {
+        let f = files.swap_remove(rng.random_range(0..files.len()));
+        // Another shard of the same blob on this disk stays untouched as well.
+        if damaged.insert(blob(&f)) {
+            picked.push(f);
+        }
+    }
+    picked
+}
+
 /// Disk faults: the runner reaches into a node's disk folders while the node runs.
 impl Lab {
     /// Flips bytes in up to `count` shard files on one disk of node `id` (the disk and
@@ -587,7 +617,11 @@ impl Lab {
         Ok(files)
     }
 
-    /// Shard files (`blobs/<alg>/<xx>/<hex>/<upload>.<shard>`) on one disk of `id`.
+    /// Shard files (`blobs/<alg>/<xx>/<hex>/<upload>.<shard>`) on one disk of `id`, of
+    /// blobs no earlier disk fault of this drill damaged. Nothing in a drill reads every
+    /// blob or waits for the scrubber (weekly by default), so damage from several faults
+    /// could pile up unseen on more than `m` shards of one stripe: a loss the drill
+    /// would have made, not the cluster. Each blob takes at most one damaged shard.
     fn pick_shards(&self, id: u64, count: usize, rng: &mut StdRng) -> Result<Vec<PathBuf>> {
         let spec = &self.specs[self.index(id)?];
         let disks = spec.disks();
@@ -608,12 +642,8 @@ impl Lab {
             }
         }
         files.sort();
-        let mut picked = Vec::new();
-        while picked.len() < count && !files.is_empty() {
-            let i = rng.random_range(0..files.len());
-            picked.push(files.swap_remove(i));
-        }
-        Ok(picked)
+        let mut damaged = self.damaged.lock().expect("damaged lock poisoned");
+        Ok(pick_undamaged(files, &mut damaged, count, rng))
     }
 
     /// Makes node `id`'s tmpfs disk full while it runs: remounts it with a size just
@@ -721,6 +751,29 @@ mod tests {
         // Another process (init) does not own it.
         assert_eq!(node_of_client(peer, &BTreeMap::from([(1, 7)])), None);
         drop(client);
+    }
+
+    #[test]
+    fn a_blob_is_damaged_by_one_disk_fault_at_most() {
+        let files = |blobs: &[&str]| -> Vec<PathBuf> {
+            blobs
+                .iter()
+                .flat_map(|b| {
+                    (0..2).map(move |i| PathBuf::from(format!("blobs/sha256/ab/{b}/u.{i}")))
+                })
+                .collect()
+        };
+        let mut damaged = BTreeSet::new();
+        let mut rng = StdRng::seed_from_u64(3);
+        let first = pick_undamaged(files(&["a", "b", "c"]), &mut damaged, 10, &mut rng);
+        // One shard of each blob, though each had two files on the disk.
+        assert_eq!(first.len(), 3);
+        assert_eq!(damaged.len(), 3);
+        // A later fault (another node's disk) finds only blobs not damaged before.
+        let second = pick_undamaged(files(&["b", "c", "d"]), &mut damaged, 10, &mut rng);
+        assert_eq!(second.len(), 1);
+        assert!(second[0].to_string_lossy().contains("/d/"), "{second:?}");
+        assert!(pick_undamaged(files(&["a", "d"]), &mut damaged, 10, &mut rng).is_empty());
     }
 
     #[test]
