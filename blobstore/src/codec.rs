@@ -201,6 +201,47 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The parity of a stripe cut to a multiple of 64 bytes per shard is the prefix
+        /// of the parity of the same stripe zero-padded to full size: what lets a
+        /// version 1 file's padded last chunk stand in for a version 2 file's short one.
+        #[test]
+        fn parity_of_a_short_stripe_is_the_prefix_of_the_padded_one(
+            k in 1u8..=5,
+            m in 1u8..=3,
+            blocks in 1usize..=4,
+            extra in 1usize..=3,
+            seed in any::<u64>(),
+        ) {
+            let codec = ReedSolomon::new(EcProfile::new(k, m).unwrap());
+            let (short, full) = (blocks * 64, (blocks + extra) * 64 + 2);
+            let mut state = seed;
+            let data: Vec<Vec<u8>> = (0..k)
+                .map(|_| {
+                    (0..short)
+                        .map(|_| {
+                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                            (state >> 56) as u8
+                        })
+                        .collect()
+                })
+                .collect();
+            let padded: Vec<Vec<u8>> = data
+                .iter()
+                .map(|d| {
+                    let mut p = d.clone();
+                    p.resize(full, 0);
+                    p
+                })
+                .collect();
+            let short_parity = codec.encode(&data.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+            let padded_parity = codec.encode(&padded.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap();
+            for (s, p) in short_parity.iter().zip(&padded_parity) {
+                prop_assert_eq!(s.as_slice(), &p[..short]);
+            }
+        }
+    }
+
     #[test]
     fn more_than_m_erasures_is_an_error_not_wrong_bytes() {
         let codec = ReedSolomon::new(EcProfile::new(2, 1).unwrap());

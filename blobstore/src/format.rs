@@ -8,8 +8,16 @@ use berth_types::{CodecId, Digest, DigestAlgorithm, EcProfile, UploadId};
 
 /// First bytes of every shard file.
 pub const MAGIC: [u8; 8] = *b"BERTHSHD";
-/// Version of the shard file layout written by this build.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version of the shard file layout written by this build: version 2, where the last
+/// chunk of a file may be shorter than `shard_bytes` (see `last_shard_bytes`).
+pub const FORMAT_VERSION: u16 = 2;
+/// Version 1: every chunk is `shard_bytes` long, the last stripe zero-padded. Still
+/// read.
+pub const FORMAT_VERSION_PADDED: u16 = 1;
+/// The last chunk's shard length is a multiple of this: the block size of the
+/// Reed-Solomon engine, so the parity of a short last stripe is the prefix of the
+/// parity of the same stripe zero-padded to full size (what version 1 stored).
+pub const SHORT_SHARD_ALIGN: u32 = 64;
 /// Size of the shard file header: 32 bytes of fields, then their blake3.
 pub const HEADER_BYTES: u64 = 64;
 /// Size of the blake3 checksum in front of every chunk.
@@ -49,9 +57,16 @@ pub enum HeaderError {
 
 impl ShardHeader {
     pub fn encode(&self) -> [u8; HEADER_BYTES as usize] {
+        self.encode_version(FORMAT_VERSION)
+    }
+
+    /// The header as format `version` writes it. Only `FORMAT_VERSION` is written by
+    /// the store; version 1 is for tests that check old files still read.
+    #[doc(hidden)]
+    pub fn encode_version(&self, version: u16) -> [u8; HEADER_BYTES as usize] {
         let mut out = [0u8; HEADER_BYTES as usize];
         out[0..8].copy_from_slice(&MAGIC);
-        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..10].copy_from_slice(&version.to_le_bytes());
         out[10] = codec_code(self.codec);
         out[11] = self.profile.k() as u8;
         out[12] = self.profile.m() as u8;
@@ -70,7 +85,7 @@ impl ShardHeader {
             return Err(HeaderError::ChecksumMismatch);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_PADDED {
             return Err(HeaderError::Version(version));
         }
         let codec = codec_from_code(bytes[10]).ok_or(HeaderError::Codec(bytes[10]))?;
@@ -109,7 +124,45 @@ pub fn chunk_bytes(shard_bytes: u32) -> u64 {
     CHECKSUM_BYTES + u64::from(shard_bytes)
 }
 
-/// Offset of the chunk of stripe `stripe` in a shard file.
+/// Shard length of the last stripe of a blob of `size` bytes (`size > 0`) with `k`
+/// data shards of `shard_bytes`: its data split over `k` shards, rounded up to
+/// `SHORT_SHARD_ALIGN`, at most `shard_bytes`.
+pub fn last_shard_bytes(shard_bytes: u32, k: usize, size: u64) -> u32 {
+    let stripe = u64::from(shard_bytes) * k as u64;
+    let last = match size % stripe {
+        0 => stripe,
+        rest => rest,
+    };
+    let per_shard = last
+        .div_ceil(k as u64)
+        .next_multiple_of(u64::from(SHORT_SHARD_ALIGN));
+    per_shard.min(u64::from(shard_bytes)) as u32
+}
+
+/// Shard length of stripe `stripe` of a blob of `size` bytes in a version 2 file:
+/// `shard_bytes`, except for the last stripe (`last_shard_bytes`).
+pub fn stripe_shard_bytes(shard_bytes: u32, k: usize, size: u64, stripe: u64) -> u32 {
+    let stripes = size.div_ceil(u64::from(shard_bytes) * k as u64);
+    if stripe + 1 == stripes {
+        last_shard_bytes(shard_bytes, k, size)
+    } else {
+        shard_bytes
+    }
+}
+
+/// Length of a version 2 shard file of a blob of `size` bytes.
+pub fn file_bytes(shard_bytes: u32, k: usize, size: u64) -> u64 {
+    let stripes = size.div_ceil(u64::from(shard_bytes) * k as u64);
+    if stripes == 0 {
+        return HEADER_BYTES;
+    }
+    chunk_offset(shard_bytes, stripes - 1)
+        + CHECKSUM_BYTES
+        + u64::from(last_shard_bytes(shard_bytes, k, size))
+}
+
+/// Offset of the chunk of stripe `stripe` in a shard file (only the last chunk of a
+/// file may be short, so this holds for every chunk).
 pub fn chunk_offset(shard_bytes: u32, stripe: u64) -> u64 {
     HEADER_BYTES + stripe * chunk_bytes(shard_bytes)
 }
@@ -174,7 +227,7 @@ mod tests {
     /// stay readable by every later build.
     #[test]
     fn header_v1_bytes_are_stable() {
-        let bytes = header().encode();
+        let bytes = header().encode_version(FORMAT_VERSION_PADDED);
         assert_eq!(
             &bytes[..32],
             &[
@@ -214,6 +267,34 @@ mod tests {
             chunk_checksum(3, b"berth!").to_vec(),
             unhex("c002b14416729159e0b9db78ab5575f392b397b8de473f02f62361992468dabc")
         );
+    }
+
+    #[test]
+    fn header_v2_is_written_and_v1_still_decodes() {
+        let bytes = header().encode();
+        assert_eq!(&bytes[8..10], &[2, 0]);
+        assert_eq!(ShardHeader::decode(&bytes), Ok(header()));
+        let v1 = header().encode_version(FORMAT_VERSION_PADDED);
+        assert_eq!(ShardHeader::decode(&v1), Ok(header()));
+        let v3 = header().encode_version(3);
+        assert_eq!(ShardHeader::decode(&v3), Err(HeaderError::Version(3)));
+    }
+
+    #[test]
+    fn last_chunk_is_only_as_long_as_needed() {
+        // 2 data shards of 1024 bytes: stripes of 2048.
+        assert_eq!(last_shard_bytes(1024, 2, 1), 64);
+        assert_eq!(last_shard_bytes(1024, 2, 128), 64);
+        assert_eq!(last_shard_bytes(1024, 2, 129), 128);
+        assert_eq!(last_shard_bytes(1024, 2, 2047), 1024);
+        assert_eq!(last_shard_bytes(1024, 2, 2048), 1024);
+        assert_eq!(last_shard_bytes(1024, 2, 2049), 64);
+        assert_eq!(stripe_shard_bytes(1024, 2, 2049, 0), 1024);
+        assert_eq!(stripe_shard_bytes(1024, 2, 2049, 1), 64);
+        assert_eq!(file_bytes(1024, 2, 0), 64);
+        assert_eq!(file_bytes(1024, 2, 2049), 64 + (32 + 1024) + (32 + 64));
+        // 40 KiB on 2+1 with 1 MiB shards: three files of 64 + 32 + 20 KiB.
+        assert_eq!(file_bytes(1 << 20, 2, 40 << 10), 64 + 32 + (20 << 10));
     }
 
     #[test]

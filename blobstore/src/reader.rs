@@ -17,7 +17,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use crate::codec::{Codec, codec_for};
 use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
-use crate::format::{HeaderError, ShardHeader};
+use crate::format::{self, HeaderError, ShardHeader};
 use crate::rpc::{ShardClient, ShardRef, ShardRpcError};
 use crate::shard::{self, ChunkUnusable, Unusable};
 use crate::store::{Peers, StoreInner, blocking};
@@ -59,6 +59,8 @@ struct ReadCtx {
     layout: StripedLayout,
     codec: Arc<dyn Codec>,
     digest: Digest,
+    /// The blob's size: the last stripe's shards are short (see `format`).
+    size: u64,
     /// The stripes of the read.
     stripes: Range<u64>,
     /// One source per shard index, opened on first use and kept for the whole read.
@@ -96,6 +98,7 @@ pub(crate) fn read(
         inner,
         layout,
         digest,
+        size,
         stripes: stripes.clone(),
         sources,
     });
@@ -119,7 +122,7 @@ async fn read_stripe(
     stripe: u64,
     within: Range<usize>,
 ) -> Result<Vec<Bytes>, BlobStoreError> {
-    let shard_bytes = ctx.layout.shard_bytes as usize;
+    let shard_bytes = ctx.shard_bytes(stripe) as usize;
     let needed: Vec<usize> =
         (within.start / shard_bytes..within.end.div_ceil(shard_bytes)).collect();
     let shards = gather(&ctx, stripe, &needed).await?;
@@ -210,7 +213,8 @@ async fn rebuild(
     Ok(())
 }
 
-/// The chunks of shard `index` of a blob, stripe by stripe (each `shard_bytes` long):
+/// The chunks of shard `index` of a blob, stripe by stripe (each `shard_bytes` long,
+/// the last one short as version 2 of the format stores it):
 /// read from its file where that is good, rebuilt from the other shards where not.
 /// What repair writes to the shard's new home. One stripe ahead is read while the
 /// current chunk is written.
@@ -229,6 +233,7 @@ pub(crate) fn shard_chunks(
         inner,
         layout,
         digest,
+        size,
         stripes: stripes.clone(),
     });
     stream::iter(stripes)
@@ -278,12 +283,45 @@ async fn read_chunk(
     i: usize,
     stripe: u64,
 ) -> Result<Option<Bytes>, BlobStoreError> {
-    match &ctx.sources[i] {
+    let chunk = match &ctx.sources[i] {
         Source::Local(slot) => {
             let (ctx, slot) = (ctx.clone(), slot.clone());
-            blocking(move || read_local_chunk(&ctx, &slot, i, stripe)).await
+            blocking(move || read_local_chunk(&ctx, &slot, i, stripe)).await?
         }
-        Source::Remote(slot) => Ok(read_remote_chunk(&ctx, slot, i, stripe).await),
+        Source::Remote(slot) => read_remote_chunk(&ctx, slot, i, stripe).await,
+    };
+    Ok(chunk.and_then(|chunk| ctx.sized(chunk, i, stripe)))
+}
+
+impl ReadCtx {
+    /// Shard length of `stripe` of this blob.
+    fn shard_bytes(&self, stripe: u64) -> u32 {
+        format::stripe_shard_bytes(
+            self.layout.shard_bytes,
+            self.layout.profile.k(),
+            self.size,
+            stripe,
+        )
+    }
+
+    /// A verified chunk cut to the shard length of its stripe: a version 1 file holds
+    /// the last stripe zero-padded to `shard_bytes`, whose leading bytes are the short
+    /// shard (the codec's parity is computed per 64-byte block). Any other length is
+    /// damage: the file does not belong to a blob of this size.
+    fn sized(&self, chunk: Bytes, i: usize, stripe: u64) -> Option<Bytes> {
+        let expected = self.shard_bytes(stripe) as usize;
+        let last = stripe + 1 == self.layout.stripe_count(self.size);
+        if chunk.len() == expected {
+            return Some(chunk);
+        }
+        if last && chunk.len() == self.layout.shard_bytes as usize {
+            return Some(chunk.slice(..expected));
+        }
+        tracing::warn!(digest = %self.digest, shard = i, stripe, found = chunk.len(), expected,
+            "shard chunk has the wrong length for the blob's size");
+        self.inner.counters.shard_unavailable();
+        self.inner.damaged(&self.digest, self.layout.upload, i);
+        None
     }
 }
 

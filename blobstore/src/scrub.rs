@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::disk::DiskFile;
 use crate::error::BlobStoreError;
-use crate::format::{self, HEADER_BYTES, HeaderError, ShardHeader};
+use crate::format::{self, CHECKSUM_BYTES, HEADER_BYTES, HeaderError, ShardHeader};
 use crate::shard::{self, ChunkUnusable, Unusable};
 use crate::store::{BlobStore, blocking};
 
@@ -140,19 +140,58 @@ impl BlobStore {
                 return Ok(ShardHealth::Damaged { damage, bytes: 0 });
             }
         };
-        let chunk = format::chunk_bytes(layout.shard_bytes);
         let mut bytes = HEADER_BYTES;
-        for stripe in 0..layout.stripe_count(size) {
-            pacer.take(chunk).await;
+        let stripes = layout.stripe_count(size);
+        let file_size = {
+            let file = file.clone();
+            blocking(move || file.size()).await?
+        };
+        for stripe in 0..stripes {
+            // The last chunk is short in a version 2 file, full in a version 1 one.
+            let expected =
+                format::stripe_shard_bytes(layout.shard_bytes, layout.profile.k(), size, stripe);
+            // A file that ends before the chunk does (at its version 2 length) was
+            // cut short: unreadable there, whatever the checksum would say.
+            let end = format::chunk_offset(layout.shard_bytes, stripe)
+                + CHECKSUM_BYTES
+                + u64::from(expected);
+            match &file_size {
+                Ok(len) if *len >= end => {}
+                found => {
+                    inner.counters.shard_unavailable();
+                    let reason = match found {
+                        Ok(len) => format!("the file ends at byte {len}, the chunk at {end}"),
+                        Err(e) => e.to_string(),
+                    };
+                    return Ok(ShardHealth::Damaged {
+                        damage: ShardDamage::ChunkUnreadable { stripe, reason },
+                        bytes,
+                    });
+                }
+            }
+            pacer.take(CHECKSUM_BYTES + u64::from(expected)).await;
             let (worker, file, shard_bytes) = (inner.clone(), file.clone(), layout.shard_bytes);
             let read = blocking(move || {
-                shard::read_chunk(&worker, file.as_ref(), shard_bytes, stripe).map(drop)
+                shard::read_chunk(&worker, file.as_ref(), shard_bytes, stripe)
+                    .map(|chunk| chunk.shard.len())
             })
             .await?;
             let damage = match read {
-                Ok(()) => {
-                    bytes += chunk;
+                Ok(len)
+                    if len == expected as usize
+                        || (stripe + 1 == stripes && len == shard_bytes as usize) =>
+                {
+                    bytes += CHECKSUM_BYTES + len as u64;
                     continue;
+                }
+                Ok(len) => {
+                    inner.counters.shard_unavailable();
+                    ShardDamage::ChunkUnreadable {
+                        stripe,
+                        reason: format!(
+                            "{len} shard bytes where a blob of {size} bytes has {expected}"
+                        ),
+                    }
                 }
                 Err(ChunkUnusable::ChecksumMismatch) => ShardDamage::ChecksumMismatch { stripe },
                 Err(ChunkUnusable::Io(e)) => {

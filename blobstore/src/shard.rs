@@ -36,22 +36,27 @@ pub(crate) fn create_staging(
 }
 
 /// Writes the chunk of `stripe` (its checksum, then the shard) at its offset in a shard
-/// file of `shard_bytes`-long shards. `path` names the file in errors.
+/// file of `shard_bytes`-long shards; `shard` is that long, or shorter for the last
+/// stripe. `path` names the file in errors.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_chunk(
     inner: &StoreInner,
     disk: &dyn Disk,
     path: &Path,
     file: &dyn DiskFile,
+    shard_bytes: u32,
     stripe: u64,
     checksum: &[u8; CHECKSUM_BYTES as usize],
     shard: &[u8],
 ) -> Result<(), BlobStoreError> {
-    let shard_bytes = u32::try_from(shard.len()).expect("a shard is at most SHARD_BYTES_MAX");
+    debug_assert!(shard.len() <= shard_bytes as usize);
     let offset = format::chunk_offset(shard_bytes, stripe);
     file.write_at(checksum, offset)
         .and_then(|()| file.write_at(shard, offset + CHECKSUM_BYTES))
         .map_err(|e| inner.write_error(disk.id(), path, e))?;
-    inner.counters.add_written(format::chunk_bytes(shard_bytes));
+    inner
+        .counters
+        .add_written(CHECKSUM_BYTES + shard.len() as u64);
     Ok(())
 }
 
@@ -153,15 +158,27 @@ pub(crate) struct Chunk {
 }
 
 /// Reads the chunk of `stripe` and verifies its checksum. Counts the bytes read and a
-/// checksum failure.
+/// checksum failure. The chunk is `shard_bytes` long unless the file ends sooner: the
+/// last chunk of a version 2 file is short. The caller, which knows the blob size,
+/// checks the length it gets; a file cut short fails the checksum or the length check,
+/// never reads as good.
 pub(crate) fn read_chunk(
     inner: &StoreInner,
     file: &dyn DiskFile,
     shard_bytes: u32,
     stripe: u64,
 ) -> Result<Chunk, ChunkUnusable> {
-    let mut buf = vec![0u8; format::chunk_bytes(shard_bytes) as usize];
-    file.read_at(&mut buf, format::chunk_offset(shard_bytes, stripe))?;
+    let offset = format::chunk_offset(shard_bytes, stripe);
+    let left = file.size()?.saturating_sub(offset);
+    if left <= CHECKSUM_BYTES {
+        return Err(ChunkUnusable::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ends before the chunk of stripe {stripe}"),
+        )));
+    }
+    let len = left.min(format::chunk_bytes(shard_bytes));
+    let mut buf = vec![0u8; len as usize];
+    file.read_at(&mut buf, offset)?;
     inner.counters.add_read(buf.len() as u64);
     let (sum, data) = buf.split_at(CHECKSUM_BYTES as usize);
     if format::chunk_checksum(stripe, data) != sum {

@@ -30,6 +30,8 @@ pub(crate) struct LocalTarget {
     index: usize,
     /// The staging file, once created.
     file: Option<Arc<dyn DiskFile>>,
+    /// The shard size of its header, once created: where each chunk goes.
+    shard_bytes: u32,
 }
 
 pub(crate) struct RemoteTarget {
@@ -52,6 +54,7 @@ impl ShardTarget {
             upload,
             index,
             file: None,
+            shard_bytes: 0,
         })
     }
 
@@ -92,6 +95,7 @@ impl ShardTarget {
                 })
                 .await??;
                 t.file = Some(Arc::from(file));
+                t.shard_bytes = header.shard_bytes;
             }
             ShardTarget::Remote(t) => t.put = Some(t.client.put_chunks(&t.shard, &header)),
         }
@@ -104,6 +108,7 @@ impl ShardTarget {
             ShardTarget::Local(t) => {
                 let (inner, disk, file) = (t.inner.clone(), t.disk.clone(), t.file());
                 let path = format::staging_path(&t.upload, t.index);
+                let shard_bytes = t.shard_bytes;
                 blocking(move || {
                     let sum = format::chunk_checksum(stripe, &data);
                     shard::write_chunk(
@@ -111,6 +116,7 @@ impl ShardTarget {
                         disk.as_ref(),
                         &path,
                         file.as_ref(),
+                        shard_bytes,
                         stripe,
                         &sum,
                         &data,

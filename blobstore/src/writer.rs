@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::codec::{Codec, codec_for};
 use crate::error::BlobStoreError;
-use crate::format::ShardHeader;
+use crate::format::{self, ShardHeader};
 use crate::store::{StoreInner, blocking};
 use crate::target::ShardTarget;
 
@@ -292,7 +292,7 @@ impl StripeWriter {
         self.len() == 0
     }
 
-    /// Pads and writes the last stripe, waits for every stripe in flight, fdatasyncs
+    /// Writes the last stripe (padded only to its short shard length), waits for every stripe in flight, fdatasyncs
     /// every shard file, renames them into their final paths under `digest`, and syncs
     /// the directories. Returns the layout only once all of that is durable on at least
     /// the quorum of targets, with the shards that were lost on the way. On failure,
@@ -326,9 +326,12 @@ impl StripeWriter {
             return Err(BlobStoreError::WriterFailed);
         }
         if !self.pending.is_empty() {
+            // The last stripe is padded only to `k` shards of its short length.
             let mut stripe = std::mem::take(&mut self.pending);
             self.len += stripe.len() as u64;
-            stripe.resize(self.stripe_bytes(), 0);
+            let short =
+                format::last_shard_bytes(self.inner.cfg.shard_bytes, self.profile.k(), self.len);
+            stripe.resize(self.profile.k() * short as usize, 0);
             let result = self.submit(Bytes::from(stripe)).await;
             self.poison_on_error(result)?;
         }
@@ -365,7 +368,7 @@ impl StripeWriter {
         result
     }
 
-    /// Hands one full (or padded last) stripe to the pipeline, once fewer than
+    /// Hands one full stripe (or the short last one) to the pipeline, once fewer than
     /// `STRIPES_IN_FLIGHT_MAX` are in flight.
     async fn submit(&mut self, stripe: Bytes) -> Result<(), BlobStoreError> {
         self.start().await?;
@@ -425,7 +428,6 @@ impl StripeWriter {
             self.quorum.clone(),
             self.codec.clone(),
             self.profile.k(),
-            shard_bytes as usize,
             rx,
             queues,
         ));
@@ -496,12 +498,12 @@ fn joined(e: tokio::task::JoinError, quorum: &Quorum) {
 }
 
 /// The encoder of one upload: computes each stripe's parity on the blocking pool and
-/// queues its chunks to the targets still alive, in stripe order.
+/// queues its chunks to the targets still alive, in stripe order. A stripe is `k`
+/// shards: `shard_bytes` each, or fewer for the short last stripe.
 async fn encode_stripes(
     quorum: Arc<Quorum>,
     codec: Arc<dyn Codec>,
     k: usize,
-    shard_bytes: usize,
     mut stripes: mpsc::Receiver<(Bytes, OwnedSemaphorePermit)>,
     queues: Vec<mpsc::Sender<Chunk>>,
 ) {
@@ -510,6 +512,7 @@ async fn encode_stripes(
         if quorum.stopped() {
             return;
         }
+        let shard_bytes = stripe.len() / k;
         let codec = codec.clone();
         let data = stripe.clone();
         let parity = blocking(move || {

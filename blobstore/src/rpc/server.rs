@@ -22,7 +22,7 @@ use super::wire::{self, WireError};
 use super::{WIRE_FORMAT_VERSION, error_chain};
 use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
-use crate::format::{self, HEADER_BYTES};
+use crate::format::{self, HEADER_BYTES, SHORT_SHARD_ALIGN};
 use crate::shard::{self, ChunkUnusable, Unusable};
 use crate::store::{BlobStore, StoreInner, blocking};
 
@@ -41,7 +41,10 @@ enum Refusal {
     PutReopened,
     #[error("expected the chunk of stripe {expected}, got stripe {found}")]
     ChunkOutOfOrder { expected: u64, found: u64 },
-    #[error("the chunk of stripe {stripe} has {found} shard bytes, the header says {expected}")]
+    #[error(
+        "the chunk of stripe {stripe} has {found} shard bytes; the header says {expected}, \
+         and only the last chunk may be shorter (a non-zero multiple of 64)"
+    )]
     ChunkLength {
         stripe: u64,
         expected: u32,
@@ -187,6 +190,7 @@ impl ShardService {
             .await??
         };
         let mut stripes = 0u64;
+        let (mut ended, mut written) = (false, HEADER_BYTES);
         while let Some(message) = next_message(requests).await? {
             wire::check_version(message.format_version)?;
             let chunk = match message.body {
@@ -206,13 +210,21 @@ impl ShardService {
                     found: chunk.stripe,
                 });
             }
-            if chunk.data.len() != header.shard_bytes as usize {
+            // Every chunk is `shard_bytes` long but the last, which may be shorter
+            // (a non-zero multiple of `SHORT_SHARD_ALIGN`): after a short chunk the
+            // stream must end.
+            let len = chunk.data.len();
+            let full = header.shard_bytes as usize;
+            let short_ok = len > 0 && len < full && len.is_multiple_of(SHORT_SHARD_ALIGN as usize);
+            if ended || (len != full && !short_ok) {
                 return Err(Refusal::ChunkLength {
                     stripe,
                     expected: header.shard_bytes,
-                    found: chunk.data.len(),
+                    found: len,
                 });
             }
+            ended = len != full;
+            written += format::CHECKSUM_BYTES + len as u64;
             let checksum = wire::parse_checksum(&chunk.checksum)?;
             let (inner, disk, file, path) =
                 (self.inner.clone(), disk.clone(), file.clone(), path.clone());
@@ -228,6 +240,7 @@ impl ShardService {
                     disk.as_ref(),
                     &path,
                     file.as_ref(),
+                    header.shard_bytes,
                     stripe,
                     &checksum,
                     &chunk.data,
@@ -241,7 +254,7 @@ impl ShardService {
         blocking(move || shard::sync(&inner, disk.as_ref(), &path, file.as_ref())).await??;
         Ok(pb::PutChunksResponse {
             format_version: WIRE_FORMAT_VERSION,
-            bytes_written: HEADER_BYTES + stripes * format::chunk_bytes(header.shard_bytes),
+            bytes_written: written,
             stripes,
         })
     }

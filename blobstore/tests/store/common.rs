@@ -78,3 +78,59 @@ pub async fn get(
         .await?;
     Ok(pieces.concat())
 }
+
+/// Rewrites the shard files of a committed blob (all under `root/disk<id>/`) the way
+/// format version 1 stored them: a version 1 header, and the last stripe zero-padded to
+/// full `shard_bytes` in every shard, its parity computed by the codec over the padded
+/// data. What a blob written before version 2 looks like on disk.
+pub fn rewrite_as_v1(root: &std::path::Path, layout: &StripedLayout, digest: &Digest, size: u64) {
+    use berth_blobstore::{codec_for, format};
+
+    let path = |i: usize| {
+        root.join(format!("disk{}", layout.shards[i].disk))
+            .join(format::final_path(digest, &layout.upload, i))
+    };
+    let (k, width) = (layout.profile.k(), layout.profile.width());
+    let full = layout.shard_bytes as usize;
+    let stripes = layout.stripe_count(size);
+    let mut files: Vec<Vec<u8>> = (0..width)
+        .map(|i| std::fs::read(path(i)).unwrap())
+        .collect();
+    for (i, file) in files.iter_mut().enumerate() {
+        let header: [u8; 64] = file[..64].try_into().unwrap();
+        let header = format::ShardHeader::decode(&header).unwrap();
+        assert_eq!(usize::from(header.shard_index), i);
+        file[..64].copy_from_slice(&header.encode_version(format::FORMAT_VERSION_PADDED));
+    }
+    if stripes == 0 {
+        for (i, file) in files.iter().enumerate() {
+            std::fs::write(path(i), file).unwrap();
+        }
+        return;
+    }
+    let last = stripes - 1;
+    let offset = format::chunk_offset(layout.shard_bytes, last) as usize;
+    let data: Vec<Vec<u8>> = files[..k]
+        .iter()
+        .map(|f| {
+            let mut shard = f[offset + format::CHECKSUM_BYTES as usize..].to_vec();
+            shard.resize(full, 0);
+            shard
+        })
+        .collect();
+    let views: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+    let parity = codec_for(layout.codec, layout.profile)
+        .encode(&views)
+        .unwrap();
+    for (i, shard) in data.iter().chain(&parity).enumerate() {
+        let file = &mut files[i];
+        file.truncate(offset);
+        file.extend_from_slice(&format::chunk_checksum(last, shard));
+        file.extend_from_slice(shard);
+        assert_eq!(
+            file.len() as u64,
+            format::HEADER_BYTES + stripes * format::chunk_bytes(layout.shard_bytes)
+        );
+        std::fs::write(path(i), file).unwrap();
+    }
+}

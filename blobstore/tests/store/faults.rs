@@ -1,8 +1,11 @@
 //! Property: for random profiles, blob sizes and fault sets of at most `m` damaged
 //! shards per stripe (whole shard files deleted, chunks with a flipped byte, or both),
 //! every committed blob reads back byte-identical, whole and by range; and the scrub of
-//! each shard file reports damage exactly where a fault was planted. Real filesystem
-//! disks in a tempdir; a bounded number of cases so it runs in seconds.
+//! each shard file reports damage exactly where a fault was planted; rebuilding the
+//! damaged shards gives files that scrub clean. Blob sizes end in short last stripes of
+//! many lengths (1 byte, 63, 64, 65, ..., a stripe less one, a whole stripe), and some
+//! cases first rewrite the blob as format version 1 (last stripe padded). Real
+//! filesystem disks in a tempdir; a bounded number of cases so it runs in seconds.
 
 use std::collections::BTreeSet;
 use std::fs::OpenOptions;
@@ -13,7 +16,7 @@ use berth_blobstore::{BlobStore, Pacer, ShardHealth, StoreConfig, format};
 use berth_types::EcProfile;
 use proptest::prelude::*;
 
-use crate::common::{NODE, data, fs_disks, get, put, upload};
+use crate::common::{NODE, data, fs_disks, get, put, rewrite_as_v1, upload};
 
 const SHARD: u32 = 512;
 
@@ -29,16 +32,43 @@ struct Case {
     flipped: Vec<BTreeSet<usize>>,
     at: u32,
     range: (usize, usize),
+    /// The blob is rewritten as format version 1 before the faults.
+    v1: bool,
+}
+
+/// A blob size of `full` whole stripes and a last stripe picked by `pick`: the edges
+/// of the codec's 64-byte blocks and of the stripe, or any length.
+fn size_of(k: u8, full: usize, pick: usize, any: usize) -> usize {
+    let stripe = usize::from(k) * SHARD as usize;
+    let tail = match pick {
+        0 => 1,
+        1 => 63,
+        2 => 64,
+        3 => 65,
+        4 => 127,
+        5 => 128,
+        6 => 129,
+        7 => stripe - 1,
+        8 => stripe,
+        _ => 1 + any % stripe,
+    };
+    full * stripe + tail
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1u8..=4, 0u8..=3, 1usize..=6 * 4 * SHARD as usize)
-        .prop_flat_map(|(k, m, size)| {
+    (
+        1u8..=4,
+        0u8..=3,
+        (0usize..=4, 0usize..12, any::<usize>()),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(k, m, (full, pick, any), v1)| {
+            let size = size_of(k, full, pick, any);
             let width = usize::from(k + m);
             let stripe = usize::from(k) * SHARD as usize;
             let stripes = size.div_ceil(stripe);
             (
-                Just((k, m, size)),
+                Just((k, m, size, v1)),
                 proptest::sample::subsequence((0..width).collect::<Vec<_>>(), 0..=usize::from(m)),
                 proptest::collection::vec(
                     proptest::sample::subsequence(
@@ -51,7 +81,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (0..=size, 0..=size),
             )
         })
-        .prop_map(|((k, m, size), deleted, flips, at, (a, b))| {
+        .prop_map(|((k, m, size, v1), deleted, flips, at, (a, b))| {
             let deleted: BTreeSet<usize> = deleted.into_iter().collect();
             // Per stripe, flips are kept while deleted plus flipped stay within m.
             let room = usize::from(m) - deleted.len();
@@ -72,6 +102,7 @@ fn case() -> impl Strategy<Value = Case> {
                 flipped,
                 at,
                 range: (a.min(b), a.max(b)),
+                v1,
             }
         })
 }
@@ -98,6 +129,9 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
                 .join(format!("disk{}", layout.shards[i].disk))
                 .join(format::final_path(&digest, &layout.upload, i))
         };
+        if case.v1 {
+            rewrite_as_v1(dir.path(), &layout, &digest, size);
+        }
         for &i in &case.deleted {
             std::fs::remove_file(file(i)).unwrap();
         }
@@ -108,9 +142,16 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
                     .write(true)
                     .open(file(i))
                     .unwrap();
+                // The flipped byte is inside the chunk as stored: the last one is
+                // short unless the file is version 1.
+                let len = if case.v1 {
+                    SHARD
+                } else {
+                    format::stripe_shard_bytes(SHARD, profile.k(), size, stripe as u64)
+                };
                 let offset = format::chunk_offset(SHARD, stripe as u64)
                     + format::CHECKSUM_BYTES
-                    + u64::from(case.at);
+                    + u64::from(case.at % len);
                 let mut b = [0u8; 1];
                 f.read_exact_at(&mut b, offset).unwrap();
                 f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
@@ -146,12 +187,51 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
                 health
             );
         }
+
+        // Rebuilt in place, a damaged shard is a version 2 file (short last chunk)
+        // that scrubs clean, also next to version 1 files of the same blob.
+        let stripes = layout.stripe_count(size);
+        let shard_total = (stripes.saturating_sub(1)) * u64::from(SHARD)
+            + if stripes == 0 {
+                0
+            } else {
+                u64::from(format::last_shard_bytes(SHARD, profile.k(), size))
+            };
+        for &i in &damaged {
+            let written = store
+                .rebuild_shard(&layout, &digest, size, i, layout.shards[i])
+                .await
+                .unwrap();
+            prop_assert_eq!(written, shard_total);
+            prop_assert_eq!(
+                std::fs::metadata(file(i)).unwrap().len(),
+                format::file_bytes(SHARD, profile.k(), size)
+            );
+        }
+        for i in 0..width {
+            let mut pacer = Pacer::new(u64::MAX);
+            let health = store
+                .scrub_shard(&layout, &digest, size, i, &mut pacer)
+                .await
+                .unwrap();
+            prop_assert!(
+                matches!(health, ShardHealth::Good { .. }),
+                "shard {} after rebuild: {:?}",
+                i,
+                health
+            );
+        }
+        let whole = get(&store, &layout, &digest, size, 0..size).await;
+        prop_assert!(
+            whole.ok() == Some(bytes),
+            "whole read after rebuild differs"
+        );
         Ok(())
     })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     /// Any fault set of at most `m` per stripe is read around, never served as wrong
     /// bytes, and found by the scrub.

@@ -194,14 +194,13 @@ async fn a_blob_written_onto_another_node_reads_back_on_both() {
             == bytes
     );
 
-    let stripes = layout.stripe_count(size);
     let client = b.client(B);
     for i in 0..3 {
         let stat = client.stat(&shard_ref(&layout, i), &digest).await.unwrap();
         assert_eq!(
             stat,
             ShardStat::Present {
-                size_bytes: format::chunk_offset(SHARD, stripes),
+                size_bytes: format::file_bytes(SHARD, layout.profile.k(), size),
                 header: Some(header(&layout, i)),
             }
         );
@@ -486,6 +485,67 @@ async fn a_chunk_whose_checksum_fails_on_the_way_is_never_written() {
     b.stop().await;
 }
 
+/// Only the last chunk of a PutChunks stream may be shorter than the header's shard
+/// size, and only by whole 64-byte blocks: a short chunk followed by another, or a
+/// chunk of another length, is refused with INVALID_ARGUMENT; a short last chunk is
+/// written and answered with the file's real length.
+#[tokio::test]
+async fn only_the_last_chunk_of_a_put_may_be_short() {
+    let b = Node::start(B, 1, 1, 0).await;
+    let header = format::ShardHeader {
+        codec: berth_types::CodecId::ReedSolomonV1,
+        profile: EcProfile::new(1, 0).unwrap(),
+        shard_index: 0,
+        shard_bytes: SHARD,
+    };
+    let put = |n: u128, chunks: Vec<Vec<u8>>| {
+        let client = b.client(B);
+        async move {
+            let shard = ShardRef {
+                disk: DiskId(0),
+                upload: UploadId::new(A, 100 + n),
+                index: 0,
+            };
+            let mut put = client.put_chunks(&shard, &header);
+            for (stripe, chunk) in chunks.into_iter().enumerate() {
+                let sum = format::chunk_checksum(stripe as u64, &chunk);
+                put.send(stripe as u64, &sum, Bytes::from(chunk)).await?;
+            }
+            put.finish().await
+        }
+    };
+    let full = data(19, SHARD as usize);
+    let refused = |r: Result<_, ShardRpcError>| {
+        matches!(
+            r,
+            Err(ShardRpcError::Refused {
+                code: tonic::Code::InvalidArgument,
+                ..
+            })
+        )
+    };
+    assert!(refused(
+        put(1, vec![full[..64].to_vec(), full.clone()]).await
+    ));
+    assert!(refused(
+        put(2, vec![full.clone(), full[..100].to_vec()]).await
+    ));
+    assert!(refused(
+        put(3, vec![[full.clone(), full.clone()].concat()]).await
+    ));
+    let staging = b
+        .disk_root(DiskId(0))
+        .join(format::staging_path(&UploadId::new(A, 104), 0));
+    put(4, vec![full.clone(), full[..128].to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(
+        file_len(&staging),
+        format::HEADER_BYTES + format::chunk_bytes(SHARD) + 32 + 128
+    );
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_node_refuses_requests_addressed_to_another_node() {
     let b = Node::start(B, 1, 1, 0).await;
@@ -631,7 +691,12 @@ async fn a_peer_lost_mid_upload_leaves_a_blob_with_a_shard_to_repair_and_repair_
         .rebuild_shard(&layout, &digest, size, 2, at(A, 1))
         .await
         .unwrap();
-    assert_eq!(written, layout.stripe_count(size) * u64::from(SHARD));
+    // Every chunk but the short last one is a whole shard.
+    assert_eq!(
+        written,
+        (layout.stripe_count(size) - 1) * u64::from(SHARD)
+            + u64::from(format::last_shard_bytes(SHARD, layout.profile.k(), size))
+    );
     layout.shards[2] = at(A, 1);
     // With B unreachable too, A's own two shards (data shard 0 and the rebuilt
     // parity shard 2) are k shards: enough to decode the whole blob.

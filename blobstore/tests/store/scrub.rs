@@ -62,7 +62,9 @@ async fn scrub_finds_damage_in_parity_and_missing_files_and_repair_clears_it() {
     let size = bytes.len() as u64;
     let (digest, layout) = put(&store, upload(1), &bytes).await.unwrap();
     let stripes = layout.stripe_count(size);
-    let whole = format::HEADER_BYTES + stripes * format::chunk_bytes(SHARD);
+    // The last chunk holds 100 bytes over 2 data shards: 64 bytes each.
+    let whole = format::HEADER_BYTES + (stripes - 1) * format::chunk_bytes(SHARD) + 32 + 64;
+    assert_eq!(whole, format::file_bytes(SHARD, 2, size));
     for i in 0..3 {
         assert_eq!(
             scrub(&store, &layout, &digest, size, i).await,
