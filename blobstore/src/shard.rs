@@ -52,6 +52,9 @@ pub(crate) fn write_chunk(
         .and_then(|()| file.write_at(shard, offset + CHECKSUM_BYTES))
         .map_err(|e| inner.write_error(disk.id(), path, e))?;
     inner.counters.add_written(format::chunk_bytes(shard_bytes));
+    // The device writes this chunk while the next ones arrive, instead of all of the
+    // file at once when the upload commits and fdatasyncs it.
+    file.start_writeback(offset, format::chunk_bytes(shard_bytes));
     Ok(())
 }
 
@@ -160,10 +163,15 @@ pub(crate) fn read_chunk(
     shard_bytes: u32,
     stripe: u64,
 ) -> Result<Chunk, ChunkUnusable> {
-    let mut buf = vec![0u8; format::chunk_bytes(shard_bytes) as usize];
-    file.read_at(&mut buf, format::chunk_offset(shard_bytes, stripe))?;
-    inner.counters.add_read(buf.len() as u64);
-    let (sum, data) = buf.split_at(CHECKSUM_BYTES as usize);
+    let mut buf = inner
+        .buffers
+        .take(format::chunk_bytes(shard_bytes) as usize);
+    file.read_at(
+        buf.as_mut_slice(),
+        format::chunk_offset(shard_bytes, stripe),
+    )?;
+    inner.counters.add_read(buf.as_ref().len() as u64);
+    let (sum, data) = buf.as_ref().split_at(CHECKSUM_BYTES as usize);
     if format::chunk_checksum(stripe, data) != sum {
         inner.counters.checksum_failed();
         return Err(ChunkUnusable::ChecksumMismatch);
@@ -171,6 +179,6 @@ pub(crate) fn read_chunk(
     let checksum = sum.try_into().expect("split at the checksum length");
     Ok(Chunk {
         checksum,
-        shard: Bytes::from(buf).slice(CHECKSUM_BYTES as usize..),
+        shard: buf.freeze().slice(CHECKSUM_BYTES as usize..),
     })
 }
