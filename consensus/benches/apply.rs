@@ -1,8 +1,9 @@
 //! Micro-benchmark of the state machine's apply step: one batch of commands applied to
 //! the redb state machine in one transaction (`bench_support::ApplyBench`, the step
 //! `StateMachineStore::apply` runs for the entries Raft hands it at once). A batch is
-//! 32 pushed images, each a blob commit (a striped 2+1 layout) and a tagged manifest
-//! that references it; the state grows from batch to batch as on a live node.
+//! 32 pushed images, each an upload session, the commit of its blob (a striped 2+1
+//! layout) and a tagged manifest that references it: 96 commands. The state grows from
+//! batch to batch as on a live node.
 //! `cargo bench -p berth-consensus --bench apply`; CI only compiles it.
 
 use std::collections::BTreeMap;
@@ -23,8 +24,9 @@ fn digest(kind: u8, n: u64) -> Digest {
     Digest::from_bytes(DigestAlgorithm::Sha256, &raw)
 }
 
-/// The two commands of pushing image `n`: its layer, then its manifest under a tag.
-fn image(repo: &RepoName, n: u64) -> [VersionedCommand; 2] {
+/// The three commands of pushing image `n`: its upload session, its layer, then its
+/// manifest under a tag.
+fn image(repo: &RepoName, n: u64) -> [VersionedCommand; 3] {
     let blob = digest(1, n);
     let upload = UploadId::new(NodeId(1), u128::from(n));
     let layout = StripedLayout {
@@ -44,6 +46,11 @@ fn image(repo: &RepoName, n: u64) -> [VersionedCommand; 2] {
          \"layers\":[{{\"digest\":\"{blob}\",\"size\":4194304}}],\"n\":{n}}}"
     );
     [
+        VersionedCommand::V1(CommandV1::CreateUpload {
+            id: upload,
+            repo: repo.clone(),
+            at_ms: 1_700_000_000_000 + n,
+        }),
         VersionedCommand::V1(CommandV1::CommitBlob {
             repo: repo.clone(),
             digest: blob.clone(),
@@ -76,7 +83,7 @@ fn apply_batch(c: &mut Criterion) {
     let repo: RepoName = "bench/apply".parse().expect("a valid repository");
     let mut next = 0u64;
     let mut g = c.benchmark_group("state_machine");
-    g.throughput(Throughput::Elements(2 * IMAGES_PER_BATCH));
+    g.throughput(Throughput::Elements(3 * IMAGES_PER_BATCH));
     g.bench_function("apply_batch_32_images", |b| {
         b.iter_batched(
             || {
@@ -89,9 +96,12 @@ fn apply_batch(c: &mut Criterion) {
             |batch| {
                 let outcomes = sm.apply_batch(batch).expect("apply");
                 assert!(
-                    outcomes
-                        .iter()
-                        .all(|o| matches!(o, Outcome::BlobCommitted { .. } | Outcome::ManifestPut)),
+                    outcomes.iter().all(|o| matches!(
+                        o,
+                        Outcome::UploadCreated
+                            | Outcome::BlobCommitted { .. }
+                            | Outcome::ManifestPut
+                    )),
                     "every command applies: {outcomes:?}"
                 );
             },
