@@ -82,6 +82,11 @@ cargo build -p berth-node --bin berth
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace 2>&1 | tee "$test_log"
+# The criterion micro-benchmarks (benches/ of blobstore, consensus and api), built in
+# the test profile and each run once in criterion's test mode: no timing, no reports,
+# only proof that they still build and run.
+cargo test -p berth-blobstore -p berth-consensus -p berth-api \
+    --bench shards --bench apply --bench manifest
 # Failover drill: three nodes, each in its own network namespace, under a concurrent
 # workload; a leader kill, a follower pause, a one-node partition (real packet drops),
 # 200 ms added to one node's cluster round trips, and shard files corrupted on one

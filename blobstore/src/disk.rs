@@ -30,6 +30,10 @@ pub trait DiskFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Makes the written bytes durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
+    /// Starts writing `len` bytes from `offset` to the device without waiting for
+    /// them, so that `sync_data` at the end finds little left to write. Only a hint:
+    /// the bytes are durable after `sync_data`, which also reports any write error.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
     /// Size of the file in bytes.
     fn size(&self) -> io::Result<u64>;
 }
@@ -144,6 +148,21 @@ impl DiskFile for FsFile {
 
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is
+        // owned by `self.0` and open for the whole call. SYNC_FILE_RANGE_WRITE starts
+        // writeback of the range's dirty pages and does not wait for it.
+        unsafe {
+            libc::sync_file_range(self.0.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 
     fn size(&self) -> io::Result<u64> {

@@ -5,6 +5,7 @@
 //! their layouts) lives elsewhere; this crate only stores and returns bytes and never
 //! decides what is committed.
 
+mod buffers;
 pub mod codec;
 pub mod disk;
 pub mod error;

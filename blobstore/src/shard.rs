@@ -54,9 +54,11 @@ pub(crate) fn write_chunk(
     file.write_at(checksum, offset)
         .and_then(|()| file.write_at(shard, offset + CHECKSUM_BYTES))
         .map_err(|e| inner.write_error(disk.id(), path, e))?;
-    inner
-        .counters
-        .add_written(CHECKSUM_BYTES + shard.len() as u64);
+    let written = CHECKSUM_BYTES + shard.len() as u64;
+    inner.counters.add_written(written);
+    // The device writes this chunk while the next ones arrive, instead of all of the
+    // file at once when the upload commits and fdatasyncs it.
+    file.start_writeback(offset, written);
     Ok(())
 }
 
@@ -177,10 +179,10 @@ pub(crate) fn read_chunk(
         )));
     }
     let len = left.min(format::chunk_bytes(shard_bytes));
-    let mut buf = vec![0u8; len as usize];
-    file.read_at(&mut buf, offset)?;
-    inner.counters.add_read(buf.len() as u64);
-    let (sum, data) = buf.split_at(CHECKSUM_BYTES as usize);
+    let mut buf = inner.buffers.take(len as usize);
+    file.read_at(buf.as_mut_slice(), offset)?;
+    inner.counters.add_read(len);
+    let (sum, data) = buf.as_ref().split_at(CHECKSUM_BYTES as usize);
     if format::chunk_checksum(stripe, data) != sum {
         inner.counters.checksum_failed();
         return Err(ChunkUnusable::ChecksumMismatch);
@@ -188,6 +190,6 @@ pub(crate) fn read_chunk(
     let checksum = sum.try_into().expect("split at the checksum length");
     Ok(Chunk {
         checksum,
-        shard: Bytes::from(buf).slice(CHECKSUM_BYTES as usize..),
+        shard: buf.freeze().slice(CHECKSUM_BYTES as usize..),
     })
 }

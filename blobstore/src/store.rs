@@ -15,6 +15,7 @@ use berth_types::{Digest, DiskId, EcProfile, NodeId, ShardPlacement, StripedLayo
 use bytes::Bytes;
 use futures::Stream;
 
+use crate::buffers::ChunkBuffers;
 use crate::disk::Disk;
 use crate::error::BlobStoreError;
 use crate::format::{self, BLOBS_DIR, DIGEST_ALGORITHMS, STAGING_DIR};
@@ -141,6 +142,8 @@ pub(crate) struct StoreInner {
     pub cfg: StoreConfig,
     pub damaged: std::sync::Mutex<Vec<DamagedShard>>,
     pub counters: StoreCounters,
+    /// Chunk read buffers, reused across reads.
+    pub buffers: Arc<ChunkBuffers>,
 }
 
 impl StoreInner {
@@ -287,6 +290,7 @@ impl BlobStore {
                 cfg,
                 counters: StoreCounters::default(),
                 damaged: std::sync::Mutex::default(),
+                buffers: Arc::default(),
             }),
             peers: None,
         })

@@ -14,11 +14,14 @@
 //! - [`grpc`]: the Raft transport between nodes over tonic gRPC (`proto/raft.proto`).
 //! - `cluster`: how a clustered node starts, its Raft tuning, its membership.
 //! - `handle`: [`Metadata`], the only entry point the node wires.
+//! - `bench_support`: the apply step alone, for `benches/apply.rs`.
 //!
 //! Invariants: applying the same log gives the same state on every node (ordered
 //! tables, time only from commands); every stored value and logged command carries a
 //! format version; an acknowledged write is in the fsynced Raft log.
 
+#[doc(hidden)]
+pub mod bench_support;
 mod cluster;
 mod codec;
 mod db;
