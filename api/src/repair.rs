@@ -150,7 +150,13 @@ pub async fn run(app: AppState, cfg: RepairConfig, mut shutdown: watch::Receiver
             _ = tokio::time::sleep(cfg.interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        pass(&app, cfg).await;
+        // A pass runs as its own task, so a panic in it ends that pass only, not
+        // repair on this node.
+        let each = app.clone();
+        if let Err(e) = tokio::spawn(async move { pass(&each, cfg).await }).await {
+            tracing::error!(error = %e,
+                "a repair pass failed; its shards are found again by reads and the scrubber");
+        }
     }
 }
 

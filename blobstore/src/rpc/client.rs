@@ -199,6 +199,7 @@ impl ShardClient {
             tx: Some(tx),
             task: AbortOnDrop(task),
             sent: 0,
+            answered: false,
         }
     }
 
@@ -410,6 +411,8 @@ pub struct ShardUpload {
     tx: Option<mpsc::Sender<pb::PutChunksRequest>>,
     task: AbortOnDrop<Result<pb::PutChunksResponse, Status>>,
     sent: u64,
+    /// The call's answer has been taken (a finished task cannot be polled again).
+    answered: bool,
 }
 
 impl std::fmt::Debug for ShardUpload {
@@ -468,8 +471,15 @@ impl ShardUpload {
         })
     }
 
+    /// The peer's answer to the call. Only the first call after the answer came gets
+    /// it; a later one (`finish` after a failed `send` took it) gets `EndedEarly`.
     async fn answer(&mut self) -> Result<pb::PutChunksResponse, ShardRpcError> {
-        match tokio::time::timeout(CALL_TIMEOUT, &mut self.task.0).await {
+        if self.answered {
+            return Err(ShardRpcError::EndedEarly);
+        }
+        let answer = tokio::time::timeout(CALL_TIMEOUT, &mut self.task.0).await;
+        self.answered = answer.is_ok();
+        match answer {
             Err(_) => Err(ShardRpcError::stalled(CALL_TIMEOUT)),
             Ok(Ok(answer)) => Ok(answer?),
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -546,6 +546,48 @@ async fn only_the_last_chunk_of_a_put_may_be_short() {
     b.stop().await;
 }
 
+// A stream the peer refuses part-way: once a `send` has met the peer's answer, the
+// `finish` that follows gets an error too (it used to poll the finished call again and
+// panic, which killed the repair task that was rebuilding onto that peer).
+#[tokio::test]
+async fn finish_after_a_refused_send_is_an_error() {
+    let b = Node::start(B, 1, 1, 0).await;
+    let header = format::ShardHeader {
+        codec: berth_types::CodecId::ReedSolomonV1,
+        profile: EcProfile::new(1, 0).unwrap(),
+        shard_index: 0,
+        shard_bytes: SHARD,
+    };
+    let shard = ShardRef {
+        disk: DiskId(0),
+        upload: UploadId::new(A, 200),
+        index: 0,
+    };
+    let full = data(23, SHARD as usize);
+    let mut put = b.client(B).put_chunks(&shard, &header);
+    // A short chunk may only be the last: the peer refuses the stream at the next one.
+    let mut failed = None;
+    // The refusal ends the call; a send after that meets its answer (bounded wait).
+    for stripe in 0..100u64 {
+        if stripe > 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let chunk = if stripe == 0 {
+            full[..64].to_vec()
+        } else {
+            full.clone()
+        };
+        let sum = format::chunk_checksum(stripe, &chunk);
+        if let Err(e) = put.send(stripe, &sum, Bytes::from(chunk)).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    assert!(failed.is_some(), "the peer never refused the stream");
+    assert!(put.finish().await.is_err());
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn a_node_refuses_requests_addressed_to_another_node() {
     let b = Node::start(B, 1, 1, 0).await;
