@@ -150,6 +150,22 @@ pub fn stripe_shard_bytes(shard_bytes: u32, k: usize, size: u64, stripe: u64) ->
     }
 }
 
+/// How much of a verified chunk of `found` shard bytes is stripe `stripe` of a blob of
+/// `size` bytes: all of it when it has the stripe's length, or, for the last stripe of
+/// a version 1 file (zero-padded to `shard_bytes`), its leading short shard. `None`: a
+/// chunk of any other length does not belong to a blob of this size.
+pub fn usable_shard_len(
+    shard_bytes: u32,
+    k: usize,
+    size: u64,
+    stripe: u64,
+    found: usize,
+) -> Option<usize> {
+    let expected = stripe_shard_bytes(shard_bytes, k, size, stripe) as usize;
+    let last = stripe + 1 == size.div_ceil(u64::from(shard_bytes) * k as u64);
+    (found == expected || (last && found == shard_bytes as usize)).then_some(expected)
+}
+
 /// Length of a version 2 shard file of a blob of `size` bytes.
 pub fn file_bytes(shard_bytes: u32, k: usize, size: u64) -> u64 {
     let stripes = size.div_ceil(u64::from(shard_bytes) * k as u64);
@@ -291,6 +307,13 @@ mod tests {
         assert_eq!(last_shard_bytes(1024, 2, 2049), 64);
         assert_eq!(stripe_shard_bytes(1024, 2, 2049, 0), 1024);
         assert_eq!(stripe_shard_bytes(1024, 2, 2049, 1), 64);
+        // A version 1 file's padded last chunk yields its short shard; nothing else
+        // of a wrong length is usable.
+        assert_eq!(usable_shard_len(1024, 2, 2049, 1, 64), Some(64));
+        assert_eq!(usable_shard_len(1024, 2, 2049, 1, 1024), Some(64));
+        assert_eq!(usable_shard_len(1024, 2, 2049, 1, 128), None);
+        assert_eq!(usable_shard_len(1024, 2, 2049, 0, 1024), Some(1024));
+        assert_eq!(usable_shard_len(1024, 2, 2049, 0, 64), None);
         assert_eq!(file_bytes(1024, 2, 0), 64);
         assert_eq!(file_bytes(1024, 2, 2049), 64 + (32 + 1024) + (32 + 64));
         // 40 KiB on 2+1 with 1 MiB shards: three files of 64 + 32 + 20 KiB.

@@ -309,14 +309,12 @@ impl ReadCtx {
     /// shard (the codec's parity is computed per 64-byte block). Any other length is
     /// damage: the file does not belong to a blob of this size.
     fn sized(&self, chunk: Bytes, i: usize, stripe: u64) -> Option<Bytes> {
-        let expected = self.shard_bytes(stripe) as usize;
-        let last = stripe + 1 == self.layout.stripe_count(self.size);
-        if chunk.len() == expected {
-            return Some(chunk);
+        let (shard_bytes, k) = (self.layout.shard_bytes, self.layout.profile.k());
+        if let Some(len) = format::usable_shard_len(shard_bytes, k, self.size, stripe, chunk.len())
+        {
+            return Some(chunk.slice(..len));
         }
-        if last && chunk.len() == self.layout.shard_bytes as usize {
-            return Some(chunk.slice(..expected));
-        }
+        let expected = self.shard_bytes(stripe);
         tracing::warn!(digest = %self.digest, shard = i, stripe, found = chunk.len(), expected,
             "shard chunk has the wrong length for the blob's size");
         self.inner.counters.shard_unavailable();

@@ -80,9 +80,10 @@ pub enum ShardHealth {
 impl BlobStore {
     /// Reads shard `index` of a committed blob of `size` bytes from its file on this
     /// node, checking its header against `layout` and every chunk's checksum, each
-    /// chunk read only when `pacer` allows. Stops at the first damage. Damage is also
-    /// counted like a read's (`checksum_failures`, `shards_unavailable`). Fails with
-    /// `InvalidLayout` when `layout` does not place shard `index` on this node.
+    /// chunk read only when `pacer` allows, and that the file ends where its last chunk
+    /// does. Stops at the first damage. Damage is also counted like a read's
+    /// (`checksum_failures`, `shards_unavailable`). Fails with `InvalidLayout` when
+    /// `layout` does not place shard `index` on this node.
     pub async fn scrub_shard(
         &self,
         layout: &StripedLayout,
@@ -141,15 +142,14 @@ impl BlobStore {
             }
         };
         let mut bytes = HEADER_BYTES;
-        let stripes = layout.stripe_count(size);
+        let (stripes, k) = (layout.stripe_count(size), layout.profile.k());
         let file_size = {
             let file = file.clone();
             blocking(move || file.size()).await?
         };
         for stripe in 0..stripes {
             // The last chunk is short in a version 2 file, full in a version 1 one.
-            let expected =
-                format::stripe_shard_bytes(layout.shard_bytes, layout.profile.k(), size, stripe);
+            let expected = format::stripe_shard_bytes(layout.shard_bytes, k, size, stripe);
             // A file that ends before the chunk does (at its version 2 length) was
             // cut short: unreadable there, whatever the checksum would say.
             let end = format::chunk_offset(layout.shard_bytes, stripe)
@@ -178,8 +178,7 @@ impl BlobStore {
             .await?;
             let damage = match read {
                 Ok(len)
-                    if len == expected as usize
-                        || (stripe + 1 == stripes && len == shard_bytes as usize) =>
+                    if format::usable_shard_len(shard_bytes, k, size, stripe, len).is_some() =>
                 {
                     bytes += CHECKSUM_BYTES + len as u64;
                     continue;
@@ -203,6 +202,18 @@ impl BlobStore {
                 }
             };
             return Ok(ShardHealth::Damaged { damage, bytes });
+        }
+        // Every chunk is good; bytes after the last one mean the file is not what it
+        // claims (a write that went elsewhere, a copy gone wrong): rebuilt clean.
+        if let Ok(len) = file_size
+            && len != bytes
+        {
+            inner.counters.shard_unavailable();
+            let reason = format!("the file has {len} bytes, its chunks end at byte {bytes}");
+            return Ok(ShardHealth::Damaged {
+                damage: ShardDamage::Unusable { reason },
+                bytes,
+            });
         }
         Ok(ShardHealth::Good { bytes })
     }

@@ -337,45 +337,24 @@ impl<'txn> TenancyTables<'txn> {
                 }
             }
             TenancyCommand::SetProjectProfile { project, profile } => {
-                let k = project_profile_key(project);
-                if !contains(&self.projects, project.as_str().as_bytes())? {
-                    NotFound
-                } else {
-                    match profile {
-                        // Decoded profiles bypass `EcProfile::new`: checked again here.
-                        Some(p) if EcProfile::new(p.k() as u8, p.m() as u8).is_err() => {
-                            Rejected(TenancyRejection::TooLarge)
-                        }
-                        Some(p) => {
-                            self.meta
-                                .insert(k.as_slice(), codec::encode(p).as_slice())?;
-                            Done
-                        }
-                        None => {
-                            self.meta.remove(k.as_slice())?;
-                            Done
-                        }
-                    }
-                }
+                // Decoded profiles bypass `EcProfile::new`: checked again here.
+                let valid =
+                    profile.is_none_or(|p| EcProfile::new(p.k() as u8, p.m() as u8).is_ok());
+                self.set_project_setting(
+                    project_profile_key(project),
+                    project,
+                    profile.as_ref(),
+                    valid,
+                )?
             }
             TenancyCommand::SetProjectLimits { project, limits } => {
-                let k = project_limits_key(project);
-                if !contains(&self.projects, project.as_str().as_bytes())? {
-                    NotFound
-                } else {
-                    match limits {
-                        Some(l) if !l.valid() => Rejected(TenancyRejection::TooLarge),
-                        Some(l) => {
-                            self.meta
-                                .insert(k.as_slice(), codec::encode(l).as_slice())?;
-                            Done
-                        }
-                        None => {
-                            self.meta.remove(k.as_slice())?;
-                            Done
-                        }
-                    }
-                }
+                let valid = limits.is_none_or(|l| l.valid());
+                self.set_project_setting(
+                    project_limits_key(project),
+                    project,
+                    limits.as_ref(),
+                    valid,
+                )?
             }
             TenancyCommand::SetIdentityProvider { setting, seed } => {
                 let k = provider_key(setting.provider());
@@ -394,6 +373,30 @@ impl<'txn> TenancyTables<'txn> {
 
     /// Replaces a robot's secret hash; with `grace_until_ms` the previous hash is kept
     /// as its grace until then, without it any earlier grace ends.
+    /// Sets (or with `None` removes) one per-project setting stored under `k`:
+    /// `NotFound` without the project, `Rejected(TooLarge)` when not `valid`.
+    fn set_project_setting<T: serde::Serialize>(
+        &mut self,
+        k: Vec<u8>,
+        project: &ProjectName,
+        value: Option<&T>,
+        valid: bool,
+    ) -> Result<TenancyOutcome, ConsensusError> {
+        if !contains(&self.projects, project.as_str().as_bytes())? {
+            return Ok(TenancyOutcome::NotFound);
+        }
+        if !valid {
+            return Ok(TenancyOutcome::Rejected(TenancyRejection::TooLarge));
+        }
+        match value {
+            Some(v) => self
+                .meta
+                .insert(k.as_slice(), codec::encode(v).as_slice())?,
+            None => self.meta.remove(k.as_slice())?,
+        };
+        Ok(TenancyOutcome::Done)
+    }
+
     fn set_robot_secret(
         &mut self,
         name: &str,

@@ -173,12 +173,20 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
             .chain(&case.deleted)
             .copied()
             .collect();
-        for i in 0..width {
-            let mut pacer = Pacer::new(u64::MAX);
-            let health = store
-                .scrub_shard(&layout, &digest, size, i, &mut pacer)
-                .await
-                .unwrap();
+        let scrub_all = async || {
+            let mut all = Vec::new();
+            for i in 0..width {
+                let mut pacer = Pacer::new(u64::MAX);
+                all.push(
+                    store
+                        .scrub_shard(&layout, &digest, size, i, &mut pacer)
+                        .await
+                        .unwrap(),
+                );
+            }
+            all
+        };
+        for (i, health) in scrub_all().await.into_iter().enumerate() {
             prop_assert_eq!(
                 matches!(health, ShardHealth::Damaged { .. }),
                 damaged.contains(&i),
@@ -208,12 +216,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
                 format::file_bytes(SHARD, profile.k(), size)
             );
         }
-        for i in 0..width {
-            let mut pacer = Pacer::new(u64::MAX);
-            let health = store
-                .scrub_shard(&layout, &digest, size, i, &mut pacer)
-                .await
-                .unwrap();
+        for (i, health) in scrub_all().await.into_iter().enumerate() {
             prop_assert!(
                 matches!(health, ShardHealth::Good { .. }),
                 "shard {} after rebuild: {:?}",

@@ -139,6 +139,16 @@ fn shard_ref(layout: &StripedLayout, i: usize) -> ShardRef {
     }
 }
 
+/// The header of the one shard of a 1+0 blob of `SHARD`-byte shards.
+fn one_shard_header() -> format::ShardHeader {
+    format::ShardHeader {
+        codec: berth_types::CodecId::ReedSolomonV1,
+        profile: EcProfile::new(1, 0).unwrap(),
+        shard_index: 0,
+        shard_bytes: SHARD,
+    }
+}
+
 fn header(layout: &StripedLayout, i: usize) -> format::ShardHeader {
     format::ShardHeader {
         codec: layout.codec,
@@ -408,12 +418,7 @@ async fn a_put_stream_cut_off_leaves_nothing_after_the_sweep() {
         upload,
         index: 0,
     };
-    let header = format::ShardHeader {
-        codec: berth_types::CodecId::ReedSolomonV1,
-        profile: EcProfile::new(1, 0).unwrap(),
-        shard_index: 0,
-        shard_bytes: SHARD,
-    };
+    let header = one_shard_header();
     let mut put = b.client(B).put_chunks(&shard, &header);
     let chunk = Bytes::from(data(17, SHARD as usize));
     for stripe in 0..2 {
@@ -452,12 +457,7 @@ async fn a_chunk_whose_checksum_fails_on_the_way_is_never_written() {
         upload,
         index: 0,
     };
-    let header = format::ShardHeader {
-        codec: berth_types::CodecId::ReedSolomonV1,
-        profile: EcProfile::new(1, 0).unwrap(),
-        shard_index: 0,
-        shard_bytes: SHARD,
-    };
+    let header = one_shard_header();
     let mut put = b.client(B).put_chunks(&shard, &header);
     let chunk = Bytes::from(data(18, SHARD as usize));
     let wrong = format::chunk_checksum(1, &chunk);
@@ -492,12 +492,7 @@ async fn a_chunk_whose_checksum_fails_on_the_way_is_never_written() {
 #[tokio::test]
 async fn only_the_last_chunk_of_a_put_may_be_short() {
     let b = Node::start(B, 1, 1, 0).await;
-    let header = format::ShardHeader {
-        codec: berth_types::CodecId::ReedSolomonV1,
-        profile: EcProfile::new(1, 0).unwrap(),
-        shard_index: 0,
-        shard_bytes: SHARD,
-    };
+    let header = one_shard_header();
     let put = |n: u128, chunks: Vec<Vec<u8>>| {
         let client = b.client(B);
         async move {
@@ -552,12 +547,7 @@ async fn only_the_last_chunk_of_a_put_may_be_short() {
 #[tokio::test]
 async fn finish_after_a_refused_send_is_an_error() {
     let b = Node::start(B, 1, 1, 0).await;
-    let header = format::ShardHeader {
-        codec: berth_types::CodecId::ReedSolomonV1,
-        profile: EcProfile::new(1, 0).unwrap(),
-        shard_index: 0,
-        shard_bytes: SHARD,
-    };
+    let header = one_shard_header();
     let shard = ShardRef {
         disk: DiskId(0),
         upload: UploadId::new(A, 200),
