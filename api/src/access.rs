@@ -167,23 +167,28 @@ pub async fn set_project_limits(
         project: name.clone(),
         limits,
     };
-    match propose(&app, cmd).await? {
-        TenancyOutcome::Done => {
-            app.auth.projects.invalidate();
-            let what = match limits {
-                Some(l) => format!(
-                    "set project {name} limit {} rps burst {}",
-                    l.requests_per_second,
-                    l.bucket()
-                ),
-                None => format!("remove project {name} limit"),
-            };
-            policy_audit(&app, &caller, what, Some(name.as_str()));
-            Ok(Json(ProjectLimitsView::from(limits)).into_response())
-        }
+    propose_project_setting(&app, cmd, "limit").await?;
+    app.auth.projects.invalidate();
+    let what = match limits {
+        Some(l) => format!(
+            "set project {name} limit {} rps burst {}",
+            l.requests_per_second,
+            l.bucket()
+        ),
+        None => format!("remove project {name} limit"),
+    };
+    policy_audit(&app, &caller, what, Some(name.as_str()));
+    Ok(Json(ProjectLimitsView::from(limits)).into_response())
+}
+
+/// Proposes a per-project setting: `Ok` once applied, 404 without the project, 400
+/// when the state machine finds `what` out of range.
+async fn propose_project_setting(app: &AppState, cmd: TenancyCommand, what: &str) -> ApiResult<()> {
+    match propose(app, cmd).await? {
+        TenancyOutcome::Done => Ok(()),
         TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
         TenancyOutcome::Rejected(TenancyRejection::TooLarge) => {
-            Err(ApiError::bad("limit out of range"))
+            Err(ApiError::bad(format!("{what} out of range")))
         }
         other => Err(unexpected(other)),
     }
@@ -246,21 +251,13 @@ pub async fn set_project_profile(
         project: name.clone(),
         profile,
     };
-    match propose(&app, cmd).await? {
-        TenancyOutcome::Done => {
-            let what = match profile {
-                Some(p) => format!("set project {name} profile {p}"),
-                None => format!("set project {name} profile to the cluster default"),
-            };
-            policy_audit(&app, &caller, what, Some(name.as_str()));
-            Ok(Json(ProjectProfileView::from(profile)).into_response())
-        }
-        TenancyOutcome::NotFound => Err(ApiError::not_found("project")),
-        TenancyOutcome::Rejected(TenancyRejection::TooLarge) => {
-            Err(ApiError::bad("profile out of range"))
-        }
-        other => Err(unexpected(other)),
-    }
+    propose_project_setting(&app, cmd, "profile").await?;
+    let what = match profile {
+        Some(p) => format!("set project {name} profile {p}"),
+        None => format!("set project {name} profile to the cluster default"),
+    };
+    policy_audit(&app, &caller, what, Some(name.as_str()));
+    Ok(Json(ProjectProfileView::from(profile)).into_response())
 }
 
 /// Whether the caller is an administrator or a Maintainer (or Owner) of `project`.

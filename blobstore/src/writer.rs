@@ -292,9 +292,9 @@ impl StripeWriter {
         self.len() == 0
     }
 
-    /// Writes the last stripe (padded only to its short shard length), waits for every stripe in flight, fdatasyncs
-    /// every shard file, renames them into their final paths under `digest`, and syncs
-    /// the directories. Returns the layout only once all of that is durable on at least
+    /// Writes the last stripe (padded only to its short shard length), waits for every
+    /// stripe in flight, fdatasyncs every shard file, renames them into their final
+    /// paths under `digest`, and syncs the directories. Returns the layout only once all of that is durable on at least
     /// the quorum of targets, with the shards that were lost on the way. On failure,
     /// removes what it wrote.
     pub async fn commit(mut self, digest: &Digest) -> Result<Written, BlobStoreError> {

@@ -120,13 +120,13 @@ pub struct RepairJson {
 }
 
 impl Status {
-    /// The repair backlog this node reports for itself, when its status carries it.
-    fn own_backlog(&self, id: u64) -> Option<u64> {
+    /// The repair backlog of the whole cluster, summed over every member's own report
+    /// in this node's status; `None` while a member's report is missing.
+    fn cluster_backlog(&self) -> Option<u64> {
         self.members
             .iter()
-            .find(|m| m.id == id)
-            .and_then(|m| m.report.as_ref())
-            .map(|r| r.repair.backlog_shards)
+            .map(|m| m.report.as_ref().map(|r| r.repair.backlog_shards))
+            .sum()
     }
 }
 
@@ -205,21 +205,22 @@ async fn wait_caught_up(client: &Client, nodes: &[Endpoint]) -> bool {
     false
 }
 
-/// Waits (bounded) until every node answers and reports an empty repair backlog:
-/// every shard the cluster knows to be missing or damaged has been rebuilt. Returns
-/// whether it got there and the largest backlog (summed over the nodes) it saw.
-/// Damage nothing has read yet is not known; the scrubber finds it on its schedule.
+/// Waits (bounded) until every member reports an empty repair backlog (one node's
+/// status carries every member's report): every shard the cluster knows to be missing
+/// or damaged has been rebuilt. Returns whether it got there and the largest backlog
+/// (summed over the members) it saw. Damage nothing has read yet is not known; the
+/// scrubber finds it on its schedule.
 async fn wait_redundant(client: &Client, nodes: &[Endpoint]) -> (bool, u64) {
     let deadline = tokio::time::Instant::now() + REDUNDANCY_TIMEOUT;
     let mut peak = 0;
     while tokio::time::Instant::now() < deadline {
-        let mut total = Some(0u64);
+        // One status carries every member's report: the first node that answers.
+        let mut total = None;
         for n in nodes {
-            let own = status(client, n)
-                .await
-                .ok()
-                .and_then(|s| s.own_backlog(n.id));
-            total = total.zip(own).map(|(t, b)| t + b);
+            if let Ok(s) = status(client, n).await {
+                total = s.cluster_backlog();
+                break;
+            }
         }
         if let Some(t) = total {
             peak = peak.max(t);
@@ -893,5 +894,33 @@ async fn verify(work: &Workload, rec: &Recorder, nodes: &[Endpoint]) -> Option<S
         Err(_) => Some(format!(
             "the read-back stopped after {VERIFY_TIME_MAX:?}; items not read count as never read back"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_backlog_needs_every_members_report() {
+        let status = |members: serde_json::Value| -> Status {
+            serde_json::from_value(serde_json::json!({
+                "leader": 1, "is_leader": true, "term": 3, "committed": 9,
+                "last_applied": 9, "members": members
+            }))
+            .unwrap()
+        };
+        let report = |n: u64| serde_json::json!({ "repair": { "backlog_shards": n } });
+        let all = status(serde_json::json!([
+            { "id": 1, "report": report(2) },
+            { "id": 2, "report": report(0) },
+            { "id": 3, "report": report(5) },
+        ]));
+        assert_eq!(all.cluster_backlog(), Some(7));
+        let one_silent = status(serde_json::json!([
+            { "id": 1, "report": report(0) },
+            { "id": 2, "report": null, "unreachable": "timed out" },
+        ]));
+        assert_eq!(one_silent.cluster_backlog(), None);
     }
 }
