@@ -104,12 +104,7 @@ async fn default_shard_size_streams_a_blob_of_several_stripes() {
 
 #[tokio::test]
 async fn an_empty_blob_commits_and_reads_as_empty() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(2, 1),
-        shard_bytes: SHARD,
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (_dir, store) = store_2_1();
     let (digest, layout) = put(&store, upload(1), b"").await.unwrap();
     assert!(
         get(&store, &layout, &digest, 0, 0..0)
@@ -122,12 +117,7 @@ async fn an_empty_blob_commits_and_reads_as_empty() {
 /// Two uploads of the same content get their own files: deleting one leaves the other.
 #[tokio::test]
 async fn two_uploads_of_the_same_content_never_share_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(2, 1),
-        shard_bytes: SHARD,
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (_dir, store) = store_2_1();
     let bytes = data(3, 20_000);
     let (digest, first) = put(&store, upload(1), &bytes).await.unwrap();
     let (_, second) = put(&store, upload(2), &bytes).await.unwrap();
@@ -203,12 +193,7 @@ fn open_refuses_bad_configurations() {
 
 #[tokio::test]
 async fn abort_removes_the_staging_files_and_stats_list_every_disk() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(2, 1),
-        shard_bytes: SHARD,
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (dir, store) = store_2_1();
     let mut writer = store.begin(upload(5)).unwrap();
     writer.write(Bytes::from(data(1, 50_000))).await.unwrap();
     let staged = |i: u32| {
@@ -307,6 +292,32 @@ async fn a_small_blob_takes_little_more_than_its_size_on_disk() {
     );
 }
 
+/// A 2+1 store of `SHARD`-byte shards on three filesystem disks in a new folder.
+fn store_2_1() -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(2, 1),
+        shard_bytes: SHARD,
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    (dir, store)
+}
+
+/// The path of a committed blob's shard `i` under a store's folder.
+fn shard_path(
+    root: &std::path::Path,
+    layout: &StripedLayout,
+    digest: &berth_types::Digest,
+    i: usize,
+) -> std::path::PathBuf {
+    root.join(format!("disk{}", layout.shards[i].disk))
+        .join(berth_blobstore::format::final_path(
+            digest,
+            &layout.upload,
+            i,
+        ))
+}
+
 /// A blob written by format version 1 (version 1 headers, last stripe zero-padded to
 /// full shards) reads whole and by range, scrubs clean even with its short blob size,
 /// reads around a lost shard, and a rebuilt shard (written as version 2, short last
@@ -315,12 +326,7 @@ async fn a_small_blob_takes_little_more_than_its_size_on_disk() {
 async fn a_version_1_blob_still_reads_scrubs_and_rebuilds() {
     use berth_blobstore::{Pacer, ShardHealth, format};
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(2, 1),
-        shard_bytes: SHARD,
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (dir, store) = store_2_1();
     let shard = u64::from(SHARD);
     for (n, size) in [1, 100, 2 * shard + 65, 5 * shard - 1]
         .into_iter()
@@ -329,11 +335,7 @@ async fn a_version_1_blob_still_reads_scrubs_and_rebuilds() {
         let bytes = data(n as u64, size as usize);
         let (digest, layout) = put(&store, upload(n as u128), &bytes).await.unwrap();
         rewrite_as_v1(dir.path(), &layout, &digest, size);
-        let file = |i: usize| {
-            dir.path()
-                .join(format!("disk{}", layout.shards[i].disk))
-                .join(format::final_path(&digest, &layout.upload, i))
-        };
+        let file = |i: usize| shard_path(dir.path(), &layout, &digest, i);
         let stripes = layout.stripe_count(size);
         assert_eq!(
             std::fs::metadata(file(0)).unwrap().len(),
@@ -415,12 +417,7 @@ async fn a_torn_or_grown_shard_file_is_read_around() {
     use berth_blobstore::{Pacer, ShardHealth, format};
     use std::io::Write;
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(2, 1),
-        shard_bytes: SHARD,
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let (dir, store) = store_2_1();
     let shard = u64::from(SHARD);
     let mut n = 0u128;
     for size in [100, 2 * shard + 65, 4 * shard] {
@@ -437,10 +434,7 @@ async fn a_torn_or_grown_shard_file_is_read_around() {
             n += 1;
             let bytes = data(n as u64, size as usize);
             let (digest, layout) = put(&store, upload(n), &bytes).await.unwrap();
-            let path = dir
-                .path()
-                .join(format!("disk{}", layout.shards[0].disk))
-                .join(format::final_path(&digest, &layout.upload, 0));
+            let path = shard_path(dir.path(), &layout, &digest, 0);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
             let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             match len {
