@@ -10,7 +10,12 @@
 //! layout (a linearizable read) before it is queued, so a shard that repair or a
 //! delete moved away meanwhile is not rebuilt for nothing. A pass that completes is
 //! recorded through `ScrubConfig::on_pass` (the node keeps it in its data folder), so
-//! the schedule survives restarts.
+//! the schedule survives restarts. So does a pass in progress: every
+//! [`PROGRESS_EVERY`] the last blob it covered is recorded through
+//! `ScrubConfig::on_progress`, and a node
+//! that starts with such a mark goes on from it at once instead of scrubbing from the
+//! first blob again, so a node restarted more often than a pass takes still covers
+//! every shard.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,9 +30,15 @@ use crate::AppState;
 const SCRUB_PAGE: usize = 256;
 /// Wait before a page of layouts is asked for again after the metadata failed.
 const METADATA_RETRY: Duration = Duration::from_secs(5);
+/// How often a pass records how far it has come: the most scrubbing a crash can make
+/// the node do again.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Called with the time a pass completed.
 pub type PassRecorder = Arc<dyn Fn(SystemTime) + Send + Sync>;
+
+/// Called every [`PROGRESS_EVERY`] of a pass with the last blob the pass has covered.
+pub type ProgressRecorder = Arc<dyn Fn(&Digest) + Send + Sync>;
 
 /// How the scrubber runs.
 #[derive(Clone)]
@@ -44,6 +55,11 @@ pub struct ScrubConfig {
     pub since: SystemTime,
     /// Records the completion of a pass.
     pub on_pass: PassRecorder,
+    /// Where the pass that a shutdown or crash interrupted goes on from: the last blob
+    /// it covered. `None` when the last pass completed, or none began.
+    pub resume_after: Option<Digest>,
+    /// Records how far the pass in progress has come.
+    pub on_progress: ProgressRecorder,
 }
 
 impl std::fmt::Debug for ScrubConfig {
@@ -53,6 +69,7 @@ impl std::fmt::Debug for ScrubConfig {
             .field("bytes_per_sec", &self.bytes_per_sec)
             .field("last_pass", &self.last_pass)
             .field("since", &self.since)
+            .field("resume_after", &self.resume_after)
             .finish_non_exhaustive()
     }
 }
@@ -76,15 +93,24 @@ pub async fn run(app: AppState, cfg: ScrubConfig, mut shutdown: watch::Receiver<
     if let Some(last) = cfg.last_pass {
         app.metrics.scrub_pass_completed(last);
     }
-    let mut wait = first_wait(cfg.interval, cfg.since, SystemTime::now());
+    let mut resume = cfg.resume_after.clone();
+    let mut wait = if resume.is_some() {
+        Duration::ZERO
+    } else {
+        first_wait(cfg.interval, cfg.since, SystemTime::now())
+    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let started = tokio::time::Instant::now();
+        let after = resume.take();
+        if let Some(after) = &after {
+            tracing::info!(%after, "scrub: going on with the pass a restart interrupted");
+        }
         tokio::select! {
-            _ = pass(&app, cfg.bytes_per_sec) => {}
+            _ = pass(&app, cfg.bytes_per_sec, after, cfg.on_progress.as_ref()) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
         let done = SystemTime::now();
@@ -102,12 +128,20 @@ pub struct PassStats {
     pub damaged: u64,
 }
 
-/// One complete pass over every layout, scrubbing the shards placed on this node.
-pub async fn pass(app: &AppState, bytes_per_sec: u64) -> PassStats {
+/// A pass over every layout after blob `after` (all of them without it), scrubbing
+/// the shards placed on this node; `on_progress` hears every [`PROGRESS_EVERY`] the
+/// last blob it has covered.
+pub async fn pass(
+    app: &AppState,
+    bytes_per_sec: u64,
+    after: Option<Digest>,
+    on_progress: &(dyn Fn(&Digest) + Send + Sync),
+) -> PassStats {
     let started = tokio::time::Instant::now();
+    let mut recorded = started;
     let mut pacer = Pacer::new(bytes_per_sec);
     let mut stats = PassStats::default();
-    let mut cursor: Option<Digest> = None;
+    let mut cursor = after;
     loop {
         let after = cursor.clone();
         let page = match app
@@ -156,6 +190,10 @@ pub async fn pass(app: &AppState, bytes_per_sec: u64) -> PassStats {
                     app.metrics.scrub_damaged();
                     app.uploads.placer.repairs.queue(&record.digest, &[index]);
                 }
+            }
+            if recorded.elapsed() >= PROGRESS_EVERY {
+                on_progress(&record.digest);
+                recorded = tokio::time::Instant::now();
             }
         }
         if done {

@@ -1,25 +1,30 @@
-//! `<data>/scrub.json`: when this node first scheduled scrubbing and when its last
-//! scrub pass completed, so the scrubber's schedule survives restarts (a node
-//! restarted more often than the interval would otherwise never scrub).
+//! `<data>/scrub.json`: when this node first scheduled scrubbing, when its last
+//! scrub pass completed and how far the pass in progress has come, so the scrubber's
+//! schedule and its passes survive restarts (a node restarted more often than the
+//! interval, or than a pass takes, would otherwise never complete one).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use berth_api::scrub::{PassRecorder, ScrubConfig};
+use berth_api::scrub::{PassRecorder, ProgressRecorder, ScrubConfig};
+use berth_types::Digest;
 use serde::{Deserialize, Serialize};
 
 const SCRUB_FILE: &str = "scrub.json";
 const SCRUB_FILE_FORMAT: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ScrubFile {
     format_version: u32,
     /// Unix seconds when scrubbing was first scheduled on this data folder.
     scheduled_since: u64,
     /// Unix seconds of the last complete pass.
     last_pass: Option<u64>,
+    /// The last blob the pass in progress has covered; absent between passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resume_after: Option<Digest>,
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -74,26 +79,42 @@ pub fn config(data: &Path, interval: Duration, bytes_per_sec: u64) -> anyhow::Re
                 format_version: SCRUB_FILE_FORMAT,
                 scheduled_since: secs(SystemTime::now()),
                 last_pass: None,
+                resume_after: None,
             };
             write(&path, &file)?;
             file
         }
     };
-    let recorded = std::sync::Mutex::new(file);
+    let last_pass = file.last_pass.map(time);
+    let resume_after = file.resume_after.clone();
+    let since = last_pass.unwrap_or(time(file.scheduled_since));
+    let recorded = Arc::new(std::sync::Mutex::new((path, file)));
+    let progress = recorded.clone();
     let on_pass: PassRecorder = Arc::new(move |at| {
-        let mut file = recorded.lock().expect("scrub record lock poisoned");
+        let mut guard = recorded.lock().expect("scrub record lock poisoned");
+        let (path, file) = &mut *guard;
         file.last_pass = Some(secs(at));
-        if let Err(e) = write(&path, &file) {
+        file.resume_after = None;
+        if let Err(e) = write(path, file) {
             tracing::warn!(error = %e, "could not record the scrub pass; the next start scrubs sooner");
         }
     });
-    let last_pass = file.last_pass.map(time);
+    let on_progress: ProgressRecorder = Arc::new(move |last| {
+        let mut guard = progress.lock().expect("scrub record lock poisoned");
+        let (path, file) = &mut *guard;
+        file.resume_after = Some(last.clone());
+        if let Err(e) = write(path, file) {
+            tracing::warn!(error = %e, "could not record the scrub's progress; a restart scrubs this part again");
+        }
+    });
     Ok(ScrubConfig {
         interval,
         bytes_per_sec,
         last_pass,
-        since: last_pass.unwrap_or(time(file.scheduled_since)),
+        since,
         on_pass,
+        resume_after,
+        on_progress,
     })
 }
 
@@ -124,5 +145,29 @@ mod tests {
         let anew = config(dir.path(), hour, 1).unwrap();
         assert_eq!(anew.last_pass, None);
         assert!(read(&dir.path().join(SCRUB_FILE)).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_pass_in_progress_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let first = config(dir.path(), hour, 1).unwrap();
+        assert_eq!(first.resume_after, None);
+        let mark: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        (first.on_progress)(&mark);
+        let restarted = config(dir.path(), hour, 1).unwrap();
+        assert_eq!(restarted.resume_after, Some(mark));
+        assert_eq!(
+            restarted.since, first.since,
+            "progress must not move the schedule"
+        );
+
+        (restarted.on_pass)(SystemTime::now());
+        let after = config(dir.path(), hour, 1).unwrap();
+        assert_eq!(
+            after.resume_after, None,
+            "a completed pass leaves nothing to go on with"
+        );
+        assert!(after.last_pass.is_some());
     }
 }
