@@ -4,6 +4,7 @@
 mod admin_cli;
 mod cluster_cli;
 mod config;
+mod memory;
 mod scrub_state;
 mod serve;
 mod telemetry;
@@ -43,7 +44,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            limit_malloc_arenas();
+            memory::limit_malloc_arenas();
             let cfg = config::load(&args)?;
             telemetry::init(&cfg.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -65,28 +66,3 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 }
-
-/// Malloc arenas a serving node may use unless `MALLOC_ARENA_MAX` says otherwise.
-const MALLOC_ARENAS_MAX: i32 = 2;
-
-/// Caps glibc's malloc arenas, before any thread starts. glibc gives threads up to
-/// eight arenas per core, and each keeps the memory freed into it. The metadata
-/// store's page cache is allocated and evicted on whichever blocking thread runs a
-/// transaction, so under write load every arena ends up holding its own share of
-/// the cache's churn and resident memory keeps climbing long after the cache is
-/// full (with an 8 MiB cache: 95 MB after 95,000 tag writes and still growing; with
-/// two arenas it levels off at 67 MB, near the live heap).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS_MAX);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}

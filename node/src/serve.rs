@@ -347,6 +347,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         app.clone(),
         stop_rx.clone(),
     ));
+    let trimmer = tokio::spawn(crate::memory::trim_periodically(stop_rx.clone()));
     let audit = tokio::spawn(audit::run(app.clone(), stop_rx));
     // Answers go out as soon as they are written, not after Nagle's algorithm holds
     // a small last segment back for the client's acknowledgement.
@@ -368,6 +369,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = key_rotation.await;
     let _ = repair.await;
     let _ = scrub.await;
+    let _ = trimmer.await;
     if let Some(grpc) = grpc {
         match grpc.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "internal gRPC server"),
