@@ -135,9 +135,15 @@ async fn a_read_goes_around_a_peer_that_holds_its_answers() {
     let hedged = reader(&dir.path().join("hedged"), Some(HEDGE), &a, &relay);
     let waiting = reader(&dir.path().join("waiting"), None, &a, &relay);
 
-    // Healthy: no hedging, no decoding. Both readers are connected to B before it
-    // hangs, as a long-running node would be.
+    // Healthy: no hedging, no decoding, and B's shard read once, in one stream (the
+    // stripes, each in its own task, take their sources in order). Both readers are
+    // connected to B before it hangs, as a long-running node would be.
+    let before = b.store.counters().bytes_read();
     assert!(get(&hedged, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+    assert_eq!(
+        b.store.counters().bytes_read() - before,
+        format::file_bytes(SHARD, 2, size)
+    );
     assert!(
         get(&waiting, &layout, &digest, size, 0..size)
             .await
