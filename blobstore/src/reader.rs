@@ -190,12 +190,11 @@ async fn gather(
         let ctx = ctx.clone();
         async move { (i, read_chunk(ctx, i, stripe).await) }
     };
+    // Whether a shard was read in place of a late or slow one.
     let mut hedged = false;
     let turn = Turn::wait(ctx, stripe).await;
     for &i in needed {
-        if ctx.is_slow(i) {
-            hedged = true;
-        } else {
+        if !ctx.is_slow(i) {
             fetch[i] = Fetch::Reading;
             reads.push(launch(i));
         }
@@ -233,7 +232,12 @@ async fn gather(
             let more: Vec<usize> = replacements(ctx, &fetch)
                 .take(k.saturating_sub(available + counted))
                 .collect();
+            let around_slow = fetch.contains(&Fetch::Late)
+                || needed
+                    .iter()
+                    .any(|&i| fetch[i] == Fetch::Idle && ctx.is_slow(i));
             for i in more {
+                hedged |= around_slow && !ctx.is_slow(i);
                 fetch[i] = Fetch::Reading;
                 reads.push(launch(i));
                 launched = true;
@@ -273,7 +277,6 @@ async fn gather(
                             "shard chunk is late; reading other shards");
                     }
                 }
-                hedged = true;
             }
         }
     }

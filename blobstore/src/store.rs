@@ -107,8 +107,9 @@ impl StoreCounters {
         self.reconstructions.load(Ordering::Relaxed)
     }
 
-    /// Stripe reads that went around a slow shard: a needed chunk missed the hedge
-    /// threshold, or its source already had in an earlier stripe of the read.
+    /// Stripe reads that went around a slow shard: another shard was read because a
+    /// needed chunk missed the hedge threshold, or its source already had in an
+    /// earlier stripe of the read.
     pub fn hedged_reads(&self) -> u64 {
         self.hedged_reads.load(Ordering::Relaxed)
     }

@@ -3,8 +3,9 @@
 //! link that stopped moving) holds them: requests reach B, nothing comes back. Proves
 //! that a read and a shard rebuild go around it after the hedge threshold instead of
 //! waiting for the shard service's 30 s timeout, that the threshold is paid once per
-//! read, that a read without hedging does wait, and that a source whose read was
-//! abandoned mid-stream serves the right stripes when a later stripe needs it again.
+//! read, that a read without hedging does wait, that a source whose read was
+//! abandoned mid-stream serves the right stripes when a later stripe needs it again,
+//! and that a shard with nothing to read instead is waited for, not counted.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -297,6 +298,48 @@ async fn a_shard_on_a_held_peer_is_rebuilt_from_the_others() {
     assert!(get(&c, &moved, &digest, size, 0..size).await.unwrap() == bytes);
     assert_eq!(c.counters().hedged_reads(), before);
     relay.hold(false);
+    drop(relay);
+    a.stop().await;
+    b.stop().await;
+}
+
+// Proves that hedging never counts, or decodes, what it cannot go around: a 1+0 blob
+// on a held peer has no other shard, so its read waits for the peer past the
+// threshold, counts no hedged read, and returns the right bytes once the peer answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
+    let a = Node::start(A, 1, 1, 0).await;
+    let b = Node::start(B, 1, 1, 0).await;
+    let relay = Relay::start(b.addr.clone()).await;
+    let bytes = data(42, 5 * SHARD as usize + 99);
+    let size = bytes.len() as u64;
+    let digest = digest_of(&bytes);
+    let writer = a.store.with_peers({
+        let b = b.client(B);
+        move |node| (node == B).then(|| b.clone())
+    });
+    let layout = put_at(&writer, UploadId::new(A, 42), &[at(B, 0)], &bytes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reader(dir.path(), Some(HEDGE), &a, &relay);
+    assert!(get(&c, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+
+    relay.hold(true);
+    let pending = tokio::spawn({
+        let (c, layout, digest) = (c.clone(), layout.clone(), digest.clone());
+        async move { get(&c, &layout, &digest, size, 0..size).await }
+    });
+    tokio::time::sleep(3 * HEDGE).await;
+    assert!(!pending.is_finished(), "nothing to read instead of B");
+    relay.hold(false);
+    let got = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the read finishes once the peer answers")
+        .unwrap()
+        .unwrap();
+    assert!(got == bytes);
+    let counters = c.counters();
+    assert_eq!(counters.hedged_reads(), 0);
+    assert_eq!(counters.reconstructions(), 0);
     drop(relay);
     a.stop().await;
     b.stop().await;
