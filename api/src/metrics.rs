@@ -56,6 +56,7 @@ pub struct Metrics {
     disk_free: Family<DiskLabels, Gauge>,
     shard_checksum_failures: Gauge,
     shard_reconstructions: Gauge,
+    hedged_reads: Gauge,
     repair_shards: Gauge,
     repair_bytes: Gauge,
     repair_failures: Gauge,
@@ -93,6 +94,7 @@ impl Metrics {
             disk_free: Family::default(),
             shard_checksum_failures: Gauge::default(),
             shard_reconstructions: Gauge::default(),
+            hedged_reads: Gauge::default(),
             repair_shards: Gauge::default(),
             repair_bytes: Gauge::default(),
             repair_failures: Gauge::default(),
@@ -159,6 +161,11 @@ impl Metrics {
             "shard_reconstructions",
             "Stripes rebuilt from parity on read",
             m.shard_reconstructions.clone(),
+        );
+        registry.register(
+            "shard_hedged_reads",
+            "Stripe reads that went around a slow shard (a chunk later than the read hedge threshold, or from a source already late in that read)",
+            m.hedged_reads.clone(),
         );
         registry.register(
             "repair_rebuilt_shards",
@@ -281,6 +288,7 @@ impl Metrics {
             .set(as_gauge(counters.checksum_failures()));
         self.shard_reconstructions
             .set(as_gauge(counters.reconstructions()));
+        self.hedged_reads.set(as_gauge(counters.hedged_reads()));
         self.repair_shards.set(as_gauge(repair.rebuilt_shards));
         self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
         self.repair_failures.set(as_gauge(repair.failures));

@@ -31,6 +31,7 @@ pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use scrub::{Pacer, ShardDamage, ShardHealth};
 pub use sim::{SimDisk, SimPower};
 pub use store::{
-    BlobStore, DamagedShard, DiskStats, FULL_RESERVE_CHUNKS, StoreConfig, StoreCounters,
+    BlobStore, DamagedShard, DiskStats, FULL_RESERVE_CHUNKS, READ_HEDGE_DEFAULT, StoreConfig,
+    StoreCounters,
 };
 pub use writer::{STRIPES_IN_FLIGHT_MAX, StripeWriter, Written};

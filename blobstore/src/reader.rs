@@ -4,15 +4,30 @@
 //! short, unreadable or corrupt is replaced by other shards and the stripe is decoded,
 //! so a damaged shard costs a reconstruction, never wrong bytes. The next stripe is
 //! read while the current one is consumed.
+//!
+//! Slow shards are hedged: when a needed chunk has not arrived within the store's
+//! `read_hedge` threshold, further shards (untried data shards first, then parity) are
+//! read so that `k` chunks can arrive, and the stripe is finished by whichever comes
+//! first, its own chunks or any `k` good ones (decoded). The late source is marked slow
+//! for the rest of the read, so the next stripes go straight to the other shards.
+//! Each stripe is read by its own task, so the threshold measures how long a chunk
+//! takes, not how long the consumer of the stream took to ask for it.
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use berth_types::{Digest, StripedLayout};
 use bytes::Bytes;
-use futures::future::join_all;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{Stream, StreamExt, TryStreamExt, stream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::codec::{Codec, codec_for};
 use crate::disk::{Disk, DiskFile};
@@ -65,6 +80,14 @@ struct ReadCtx {
     stripes: Range<u64>,
     /// One source per shard index, opened on first use and kept for the whole read.
     sources: Vec<Source>,
+    /// Per shard index: a stripe of this read hedged around it. Later stripes read it
+    /// only when the other shards cannot make up `k`.
+    slow: Vec<AtomicBool>,
+    /// How long a needed chunk may take before the stripe reads further shards;
+    /// `None`: never hedge.
+    hedge: Option<Duration>,
+    /// The first stripe that has not launched its reads yet (see `Turn`).
+    launched: watch::Sender<u64>,
 }
 
 pub(crate) fn read(
@@ -92,23 +115,14 @@ pub(crate) fn read(
     } else {
         range.start / stripe_bytes..range.end.div_ceil(stripe_bytes)
     };
-    let sources = sources(&inner, peers.as_ref(), &layout);
-    let ctx = Arc::new(ReadCtx {
-        codec: codec_for(layout.codec, layout.profile),
-        inner,
-        layout,
-        digest,
-        size,
-        stripes: stripes.clone(),
-        sources,
-    });
+    let ctx = ReadCtx::new(inner, peers.as_ref(), layout, digest, size, stripes.clone());
     stream::iter(stripes)
         .map(move |stripe| {
             let start = stripe * stripe_bytes;
             // Offsets within the stripe's data; the range never reaches the padding.
             let within = (range.start.max(start) - start) as usize
                 ..(range.end.min(start + stripe_bytes) - start) as usize;
-            read_stripe(ctx.clone(), stripe, within)
+            StripeTask::spawn(read_stripe(ctx.clone(), stripe, within))
         })
         .buffered(READ_AHEAD_STRIPES)
         .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
@@ -137,8 +151,31 @@ async fn read_stripe(
         .collect())
 }
 
+/// Where one shard of a stripe is during `gather`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// Not asked for.
+    Idle,
+    /// Being read, and counted on.
+    Reading,
+    /// Being read, but not counted on: it missed the hedge threshold. Its chunk is
+    /// still taken if it arrives first.
+    Late,
+    /// Read and verified.
+    Good,
+    /// The source cannot serve it (missing, unreadable, corrupt).
+    Failed,
+}
+
 /// The whole chunks of shards `needed` of one stripe, in that order: read and
-/// verified, or rebuilt from the stripe's other shards when they cannot be read.
+/// verified, or rebuilt from the stripe's other shards when they cannot be read or do
+/// not arrive within the hedge threshold.
+///
+/// Reads run concurrently. The stripe is done as soon as every needed chunk is good,
+/// or any `k` chunks are (then the missing needed ones are decoded); reads still in
+/// flight are dropped then. Dropping a remote read leaves its source's stream where
+/// it was (the abandoned stripe's chunk next), which a later stripe never takes: it
+/// asks for its own stripe, finds the stream elsewhere and opens a new one.
 async fn gather(
     ctx: &Arc<ReadCtx>,
     stripe: u64,
@@ -147,35 +184,104 @@ async fn gather(
     let k = ctx.layout.profile.k();
     let width = ctx.layout.profile.width();
     let mut good: Vec<Option<Bytes>> = vec![None; width];
-    let mut tried = vec![false; width];
-    let mut batch: Vec<usize> = needed.to_vec();
-    loop {
-        let results = join_all(batch.iter().map(|&i| read_chunk(ctx.clone(), i, stripe))).await;
-        for (&i, chunk) in batch.iter().zip(results) {
-            tried[i] = true;
-            good[i] = chunk?;
+    let mut fetch = vec![Fetch::Idle; width];
+    let mut reads = FuturesUnordered::new();
+    let launch = |i: usize| {
+        let ctx = ctx.clone();
+        async move { (i, read_chunk(ctx, i, stripe).await) }
+    };
+    // Whether a shard was read in place of a late or slow one.
+    let mut hedged = false;
+    let turn = Turn::wait(ctx, stripe).await;
+    for &i in needed {
+        if !ctx.is_slow(i) {
+            fetch[i] = Fetch::Reading;
+            reads.push(launch(i));
         }
-        if needed.iter().all(|&i| good[i].is_some()) {
+    }
+    // Poll every read once before the next stripe launches its own, so they queue for
+    // their sources in stripe order: a remote source's stream yields the stripes in
+    // order, and a later stripe served first would make the earlier one reopen it.
+    while let Poll::Ready(Some((i, chunk))) = futures::poll!(reads.next()) {
+        let chunk = chunk?;
+        fetch[i] = if chunk.is_some() {
+            Fetch::Good
+        } else {
+            Fetch::Failed
+        };
+        good[i] = chunk;
+    }
+    drop(turn);
+    let mut deadline = ctx.hedge.map(|d| Instant::now() + d);
+    loop {
+        let available = fetch.iter().filter(|&&f| f == Fetch::Good).count();
+        if needed.iter().all(|&i| fetch[i] == Fetch::Good) {
             break;
         }
-        let available = good.iter().flatten().count();
         if available >= k {
             rebuild(ctx, &mut good, needed).await?;
             break;
         }
-        // Untried data shards come before parity: they cost no decoding if the
-        // missing shard turns out to be outside the range after all.
-        batch = (0..width)
-            .filter(|&i| !tried[i])
-            .take(k - available)
-            .collect();
-        if batch.is_empty() {
+        // A needed shard that failed, or is late or skipped: any `k` will do instead.
+        let on_track = needed
+            .iter()
+            .all(|&i| matches!(fetch[i], Fetch::Good | Fetch::Reading));
+        let mut launched = false;
+        if !on_track {
+            let counted = fetch.iter().filter(|&&f| f == Fetch::Reading).count();
+            let more: Vec<usize> = replacements(ctx, &fetch)
+                .take(k.saturating_sub(available + counted))
+                .collect();
+            let around_slow = fetch.contains(&Fetch::Late)
+                || needed
+                    .iter()
+                    .any(|&i| fetch[i] == Fetch::Idle && ctx.is_slow(i));
+            for i in more {
+                hedged |= around_slow && !ctx.is_slow(i);
+                fetch[i] = Fetch::Reading;
+                reads.push(launch(i));
+                launched = true;
+            }
+        }
+        if reads.is_empty() {
             return Err(BlobStoreError::TooFewShards {
                 stripe,
                 needed: k,
                 available,
             });
         }
+        if launched && fetch.contains(&Fetch::Late) {
+            // Replacements for late shards get a threshold of their own.
+            deadline = ctx.hedge.map(|d| Instant::now() + d);
+        }
+        let threshold = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some((i, chunk)) = reads.next() => {
+                let chunk = chunk?;
+                fetch[i] = if chunk.is_some() { Fetch::Good } else { Fetch::Failed };
+                good[i] = chunk;
+            }
+            () = threshold => {
+                deadline = None;
+                for (i, f) in fetch.iter_mut().enumerate() {
+                    if *f == Fetch::Reading {
+                        *f = Fetch::Late;
+                        ctx.slow[i].store(true, Ordering::Relaxed);
+                        tracing::debug!(digest = %ctx.digest, shard = i, stripe,
+                            "shard chunk is late; reading other shards");
+                    }
+                }
+            }
+        }
+    }
+    if hedged {
+        ctx.inner.counters.hedged();
     }
     Ok(needed
         .iter()
@@ -185,6 +291,46 @@ async fn gather(
                 .expect("every needed shard is read or rebuilt")
         })
         .collect())
+}
+
+/// A stripe's turn to launch its reads: stripes of a read launch in order (each stripe
+/// runs in its own task, and tasks may start in any order). Ends when dropped.
+struct Turn<'a> {
+    ctx: &'a ReadCtx,
+    stripe: u64,
+}
+
+impl<'a> Turn<'a> {
+    /// Waits until the stripes before `stripe` have launched their reads.
+    async fn wait(ctx: &'a ReadCtx, stripe: u64) -> Turn<'a> {
+        let mut launched = ctx.launched.subscribe();
+        // The sender lives in `ctx`, so the channel cannot close while this waits.
+        let _ = launched.wait_for(|&next| next >= stripe).await;
+        Turn { ctx, stripe }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let stripe = self.stripe;
+        self.ctx.launched.send_if_modified(|next| {
+            let behind = *next <= stripe;
+            if behind {
+                *next = stripe + 1;
+            }
+            behind
+        });
+    }
+}
+
+/// Shards of the stripe not asked for yet, best first: sources not found slow before
+/// slow ones, and among them data shards before parity (they cost no decoding if the
+/// missing shard turns out to be outside the range after all).
+fn replacements<'a>(ctx: &'a ReadCtx, fetch: &'a [Fetch]) -> impl Iterator<Item = usize> + 'a {
+    let idle = move |slow: bool| {
+        (0..fetch.len()).filter(move |&i| fetch[i] == Fetch::Idle && ctx.is_slow(i) == slow)
+    };
+    idle(false).chain(idle(true))
 }
 
 /// Decodes the missing shards of `needed` from the `k` or more good shards.
@@ -227,22 +373,14 @@ pub(crate) fn shard_chunks(
     index: usize,
 ) -> impl Stream<Item = Result<Bytes, BlobStoreError>> + Send + 'static {
     let stripes = 0..layout.stripe_count(size);
-    let ctx = Arc::new(ReadCtx {
-        codec: codec_for(layout.codec, layout.profile),
-        sources: sources(&inner, peers.as_ref(), &layout),
-        inner,
-        layout,
-        digest,
-        size,
-        stripes: stripes.clone(),
-    });
+    let ctx = ReadCtx::new(inner, peers.as_ref(), layout, digest, size, stripes.clone());
     stream::iter(stripes)
         .map(move |stripe| {
             let ctx = ctx.clone();
-            async move {
+            StripeTask::spawn(async move {
                 let mut shards = gather(&ctx, stripe, &[index]).await?;
                 Ok(shards.pop().expect("one shard was asked for"))
-            }
+            })
         })
         .buffered(READ_AHEAD_STRIPES)
 }
@@ -293,7 +431,65 @@ async fn read_chunk(
     Ok(chunk.and_then(|chunk| ctx.sized(chunk, i, stripe)))
 }
 
+/// The read of one stripe, running as its own task so that it goes on (and its hedge
+/// threshold measures the shards, not the consumer) while the stream is not polled.
+/// Dropping it cancels the task, and with it every read the stripe still has in flight.
+struct StripeTask<T>(JoinHandle<Result<T, BlobStoreError>>);
+
+impl<T: Send + 'static> StripeTask<T> {
+    fn spawn(read: impl Future<Output = Result<T, BlobStoreError>> + Send + 'static) -> Self {
+        StripeTask(tokio::spawn(read))
+    }
+}
+
+impl<T> Future for StripeTask<T> {
+    type Output = Result<T, BlobStoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|joined| match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(BlobStoreError::ShuttingDown),
+        })
+    }
+}
+
+impl<T> Drop for StripeTask<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ReadCtx {
+    fn new(
+        inner: Arc<StoreInner>,
+        peers: Option<&Peers>,
+        layout: StripedLayout,
+        digest: Digest,
+        size: u64,
+        stripes: Range<u64>,
+    ) -> Arc<ReadCtx> {
+        Arc::new(ReadCtx {
+            codec: codec_for(layout.codec, layout.profile),
+            sources: sources(&inner, peers, &layout),
+            slow: (0..layout.profile.width())
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            hedge: inner.cfg.read_hedge,
+            launched: watch::Sender::new(stripes.start),
+            inner,
+            layout,
+            digest,
+            size,
+            stripes,
+        })
+    }
+
+    /// Whether a stripe of this read hedged around shard `i`.
+    fn is_slow(&self, i: usize) -> bool {
+        self.slow[i].load(Ordering::Relaxed)
+    }
+
     /// Shard length of `stripe` of this blob.
     fn shard_bytes(&self, stripe: u64) -> u32 {
         format::stripe_shard_bytes(
@@ -343,7 +539,11 @@ fn read_local_chunk(ctx: &ReadCtx, slot: &Mutex<Slot>, i: usize, stripe: u64) ->
 /// Reads the chunk of `stripe` of shard `i` from the peer that holds it. Consecutive
 /// stripes of a data shard come from one GetChunks stream that covers the rest of the
 /// read; a parity shard, read only to replace a bad shard, is asked one stripe at a
-/// time so the peer reads nothing that may not be needed.
+/// time so the peer reads nothing that may not be needed. A call dropped while it
+/// waits (its stripe was finished from other shards) leaves the stream before that
+/// stripe's chunk, and the cursor still names that stripe: the next call, for a later
+/// stripe, finds the stream elsewhere and opens a new one at its own stripe, so it
+/// never takes another stripe's chunk.
 async fn read_remote_chunk(
     ctx: &ReadCtx,
     slot: &tokio::sync::Mutex<RemoteSlot>,

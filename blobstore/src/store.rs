@@ -29,12 +29,25 @@ use crate::writer::StripeWriter;
 /// room for the shard files of uploads already in flight, and for the filesystem.
 pub const FULL_RESERVE_CHUNKS: u64 = 64;
 
+/// How long a read waits for a needed shard chunk before it also reads other shards of
+/// the stripe (see `StoreConfig::read_hedge`). A healthy chunk of 1 MiB takes a few
+/// milliseconds from a local disk or a peer on the same network and some tens of
+/// milliseconds from a busy spinning disk or across a loaded 1 Gbit/s link; 300 ms
+/// is well beyond that, so a healthy cluster rarely pays the extra reads and the
+/// decoding, while a hung peer costs a read 300 ms once instead of the shard
+/// service's 30 s timeout (the source is then skipped for the rest of the read).
+pub const READ_HEDGE_DEFAULT: Duration = Duration::from_millis(300);
+
 /// How this node stores new blobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
     pub profile: EcProfile,
     /// Size of one shard of one stripe; even, because the codec works on 16-bit words.
     pub shard_bytes: u32,
+    /// How long a read waits for a needed shard chunk before it reads further shards
+    /// of the stripe to decode it from, and goes on without it; `None`: a read waits
+    /// for every needed chunk until it arrives or its source fails.
+    pub read_hedge: Option<Duration>,
 }
 
 impl Default for StoreConfig {
@@ -42,6 +55,7 @@ impl Default for StoreConfig {
         StoreConfig {
             profile: EcProfile::SINGLE,
             shard_bytes: SHARD_BYTES_DEFAULT,
+            read_hedge: Some(READ_HEDGE_DEFAULT),
         }
     }
 }
@@ -64,6 +78,7 @@ pub struct StoreCounters {
     checksum_failures: AtomicU64,
     shards_unavailable: AtomicU64,
     reconstructions: AtomicU64,
+    hedged_reads: AtomicU64,
 }
 
 impl StoreCounters {
@@ -92,6 +107,13 @@ impl StoreCounters {
         self.reconstructions.load(Ordering::Relaxed)
     }
 
+    /// Stripe reads that went around a slow shard: another shard was read because a
+    /// needed chunk missed the hedge threshold, or its source already had in an
+    /// earlier stripe of the read.
+    pub fn hedged_reads(&self) -> u64 {
+        self.hedged_reads.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn add_written(&self, n: u64) {
         self.bytes_written.fetch_add(n, Ordering::Relaxed);
     }
@@ -110,6 +132,10 @@ impl StoreCounters {
 
     pub(crate) fn reconstructed(&self) {
         self.reconstructions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hedged(&self) {
+        self.hedged_reads.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use berth_api::auth::ldap::LdapConfig;
 use berth_api::auth::oidc::OidcConfig;
 use berth_api::placement::ClusterProfile;
+use berth_blobstore::READ_HEDGE_DEFAULT;
 use berth_types::EcProfile;
 use berth_types::limits::{SHARD_BYTES_DEFAULT, SHARD_BYTES_MAX, UPLOAD_TTL_SECS_DEFAULT};
 use figment::Figment;
@@ -81,6 +82,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scrub_mib_per_sec: Option<u32>,
+    /// Milliseconds a blob read waits for a shard chunk before it also reads other
+    /// shards of the stripe and decodes the late one from them (default 300); 0 turns
+    /// hedging off, so a read waits for a hung peer until the shard service's timeout.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_hedge_ms: Option<u64>,
     /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
     /// beyond it go to the file (usually the operating system's page cache).
     #[arg(long)]
@@ -244,6 +251,7 @@ pub struct Config {
     pub scrub_interval_hours: u64,
     pub scrub_interval_secs: Option<u64>,
     pub scrub_mib_per_sec: u32,
+    pub read_hedge_ms: u64,
     pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
@@ -277,6 +285,9 @@ pub struct Config {
     pub signing_key_rotate_secs: Option<u64>,
 }
 
+/// Largest accepted `read_hedge_ms`: the shard service's call timeout, after which a
+/// read gives up on the shard anyway.
+pub const READ_HEDGE_MS_MAX: u64 = berth_blobstore::rpc::limits::CALL_TIMEOUT.as_millis() as u64;
 /// Largest accepted `meta_cache_mib` (64 GiB).
 pub const META_CACHE_MIB_MAX: u32 = 65_536;
 /// Enforced mode's concurrency limit per address and identity when none is configured.
@@ -300,6 +311,7 @@ impl Default for Config {
             scrub_interval_hours: 168,
             scrub_interval_secs: None,
             scrub_mib_per_sec: 32,
+            read_hedge_ms: READ_HEDGE_DEFAULT.as_millis() as u64,
             meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
@@ -459,6 +471,11 @@ impl Config {
     /// Bytes the scrubber reads per second, at most.
     pub fn scrub_bytes_per_sec(&self) -> u64 {
         u64::from(self.scrub_mib_per_sec) << 20
+    }
+
+    /// How long a blob read waits for a shard chunk before it hedges; `None`: never.
+    pub fn read_hedge(&self) -> Option<std::time::Duration> {
+        (self.read_hedge_ms > 0).then(|| std::time::Duration::from_millis(self.read_hedge_ms))
     }
 
     /// Bytes of the metadata store's page cache.
@@ -638,6 +655,11 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
         "scrub_mib_per_sec must be at least 1 (turn the scrubber off with scrub_interval_hours = 0)"
     );
     anyhow::ensure!(
+        cfg.read_hedge_ms <= READ_HEDGE_MS_MAX,
+        "read_hedge_ms must be at most {READ_HEDGE_MS_MAX} (a hedge after the shard \
+         service's own timeout never fires); 0 turns hedging off"
+    );
+    anyhow::ensure!(
         (1..=META_CACHE_MIB_MAX).contains(&cfg.meta_cache_mib),
         "meta_cache_mib must be between 1 and {META_CACHE_MIB_MAX}, not {}",
         cfg.meta_cache_mib
@@ -713,6 +735,27 @@ mod tests {
             ClusterProfile::Fixed(EcProfile::new(4, 2).unwrap()).for_voters(3),
             Some(EcProfile::new(4, 2).unwrap())
         );
+    }
+
+    #[test]
+    fn the_read_hedge_is_300_ms_unless_set_and_0_turns_it_off() {
+        let hedge = |ms: Option<u64>| {
+            load(&ServeArgs {
+                read_hedge_ms: ms,
+                ..ServeArgs::default()
+            })
+            .map(|c| c.read_hedge())
+        };
+        assert_eq!(hedge(None).unwrap(), Some(READ_HEDGE_DEFAULT));
+        assert_eq!(READ_HEDGE_DEFAULT, std::time::Duration::from_millis(300));
+        assert_eq!(
+            hedge(Some(50)).unwrap(),
+            Some(std::time::Duration::from_millis(50))
+        );
+        assert_eq!(hedge(Some(0)).unwrap(), None);
+        assert!(hedge(Some(READ_HEDGE_MS_MAX)).unwrap().is_some());
+        let err = hedge(Some(READ_HEDGE_MS_MAX + 1)).unwrap_err();
+        assert!(format!("{err:#}").contains("read_hedge_ms"), "{err:#}");
     }
 
     #[test]

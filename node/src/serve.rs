@@ -162,6 +162,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         StoreConfig {
             profile,
             shard_bytes: cfg.shard_bytes,
+            read_hedge: cfg.read_hedge(),
         },
     )
     .context("opening blob store")?;

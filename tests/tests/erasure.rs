@@ -7,7 +7,8 @@
 //! blob through the survivors of any two nodes' loss; the scrubber finds rotten
 //! parity and a missing shard file that no read meets, and repair restores them; a
 //! drained node's shards move to the others before it is removed; a project's own
-//! profile decides how its new blobs are striped. Short by default;
+//! profile decides how its new blobs are striped; a pull goes around a stopped
+//! (SIGSTOP) node after the read hedge threshold instead of waiting for it. Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
 use std::path::Path;
@@ -752,6 +753,160 @@ async fn a_project_profile_decides_the_striping_of_its_new_blobs() {
         ensure!(reset.status() == 200, "reset: {}", reset.status());
         let shown: serde_json::Value = reset.json().await?;
         ensure!(shown["profile"].is_null(), "reset shows {shown}");
+        Ok(())
+    })
+    .await;
+}
+
+/// Sends SIGCONT to a node stopped with SIGSTOP when dropped, so a failing test leaves
+/// no process stopped (and `cluster.sh down` can end it).
+struct Stopped<'a> {
+    cluster: &'a Cluster,
+    node: u16,
+}
+
+impl<'a> Stopped<'a> {
+    fn stop(cluster: &'a Cluster, node: u16) -> Result<Stopped<'a>> {
+        cluster.signal(node, "-STOP")?;
+        Ok(Stopped { cluster, node })
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.cluster.signal(self.node, "-CONT") {
+            eprintln!("could not continue node {}: {e:#}", self.node);
+        }
+    }
+}
+
+/// The follower (not `leader`) of a 3-node cluster that holds data shards (index below
+/// `k` = 2) of the most of `blobs`, and how many. Parity is on one node per blob, so the
+/// two followers together hold a data shard of every blob.
+fn follower_with_most_data_shards(
+    c: &Cluster,
+    leader: u16,
+    blobs: &[(String, Vec<u8>)],
+) -> (u16, usize) {
+    (1..=3u16)
+        .filter(|&n| n != leader)
+        .map(|n| {
+            let held = shard_paths(&c.data_dir(n))
+                .into_iter()
+                .filter(|(path, index)| {
+                    *index < 2
+                        && blobs.iter().any(|(digest, _)| {
+                            blob_of(path).as_os_str() == digest.trim_start_matches("sha256:")
+                        })
+                })
+                .count();
+            (n, held)
+        })
+        .max_by_key(|&(_, held)| held)
+        .expect("two followers")
+}
+
+/// How long a pull of one of the blobs below may take while a node holding one of its
+/// data shards is stopped: the hedge threshold (300 ms) and the transfer, with room for
+/// a loaded machine. Without hedging the read waits for the stopped node until the
+/// connection's keepalive gives up on it, at least 5 s (ping timeout) after the stop.
+const PULL_AROUND_A_STOPPED_NODE_MAX: Duration = Duration::from_secs(4);
+
+/// Pulls `digest` through `node` once, checks it and returns how long it took.
+async fn timed_pull(c: &Cluster, node: u16, digest: &str, data: &[u8]) -> Result<Duration> {
+    let started = Instant::now();
+    let got = Oci::new(&c.url(node))
+        .fetch_blob(REPO, digest)
+        .await
+        .with_context(|| format!("pulling {digest} through node {node}"))?;
+    let took = started.elapsed();
+    ensure!(
+        got.len() == data.len() && sha256_digest(&got) == digest,
+        "{digest} through node {node}: {} bytes, wrong content",
+        got.len()
+    );
+    Ok(took)
+}
+
+// Proves that a pull does not wait for a hung node (issue 4: a slow shard is hedged
+// after a latency threshold): in a 3-node 2+1 cluster, the follower holding the most
+// data shards is stopped with SIGSTOP (its process keeps its connections but answers
+// nothing), and every blob pulls byte-identical through the leader, each within
+// `PULL_AROUND_A_STOPPED_NODE_MAX`; `berth_shard_hedged_reads` rises. In a second
+// cluster with `--read-hedge-ms 0` the same kind of pull (a blob with a data shard on
+// the stopped follower) takes longer than that bound and hedges nothing, so the bound
+// is what hedging buys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_goes_around_a_stopped_node_within_the_hedge_threshold() {
+    let _heavy = berth_tests::heavy().await;
+    let sizes = [
+        (3 << 20) + 5,
+        300 * 1024 + 7,
+        (5 << 20) + 3,
+        (1 << 20) + 1,
+        (2 << 20) + 11,
+        700 * 1024,
+    ];
+    let cluster = Cluster::up_with_env(3, across(&[])).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let mut blobs = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let data = random_bytes(size);
+            let node = 1 + (i % 3) as u16;
+            let digest = Oci::new(&c.url(node)).push_blob(REPO, &data).await?;
+            blobs.push((digest, data));
+        }
+        let leader = c.leader(&[1, 2, 3]).await?;
+        let (victim, data_shards) = follower_with_most_data_shards(c, leader, &blobs);
+        ensure!(data_shards > 0, "no follower holds a data shard");
+        let before = metric(c, leader, "berth_shard_hedged_reads").await?;
+
+        let stopped = Stopped::stop(c, victim)?;
+        let started = Instant::now();
+        for (digest, data) in &blobs {
+            let took = timed_pull(c, leader, digest, data).await?;
+            eprintln!(
+                "{} bytes through node {leader}, node {victim} stopped: {took:?}",
+                data.len()
+            );
+            ensure!(
+                took < PULL_AROUND_A_STOPPED_NODE_MAX,
+                "pulling {} bytes with node {victim} stopped took {took:?}",
+                data.len()
+            );
+        }
+        let all = started.elapsed();
+        let hedged = metric(c, leader, "berth_shard_hedged_reads").await? - before;
+        eprintln!(
+            "every blob ({data_shards} with a data shard on node {victim}) in {all:?}; \
+             {hedged} hedged stripe reads"
+        );
+        ensure!(hedged > 0, "no stripe read was hedged");
+        drop(stopped);
+        Ok(())
+    })
+    .await;
+    drop(cluster);
+
+    let env = across(&[("BERTH_READ_HEDGE_MS", "0")]);
+    let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let data = random_bytes(sizes[0]);
+        let digest = Oci::new(&c.url(1)).push_blob(REPO, &data).await?;
+        let blobs = [(digest.clone(), data.clone())];
+        let leader = c.leader(&[1, 2, 3]).await?;
+        let (victim, data_shards) = follower_with_most_data_shards(c, leader, &blobs);
+        ensure!(data_shards > 0, "no follower holds a data shard");
+        let stopped = Stopped::stop(c, victim)?;
+        let took = timed_pull(c, leader, &digest, &data).await?;
+        eprintln!("with hedging off, node {victim} stopped: {took:?}");
+        ensure!(
+            took > PULL_AROUND_A_STOPPED_NODE_MAX,
+            "without hedging the pull took only {took:?}"
+        );
+        let hedged = metric(c, leader, "berth_shard_hedged_reads").await?;
+        ensure!(hedged == 0, "{hedged} stripe reads hedged with hedging off");
+        drop(stopped);
         Ok(())
     })
     .await;

@@ -23,6 +23,7 @@ fn cfg() -> StoreConfig {
     StoreConfig {
         profile: EcProfile::new(2, 1).unwrap(),
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     }
 }
 

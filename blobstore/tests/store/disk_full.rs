@@ -38,6 +38,7 @@ async fn running_out_of_space_is_disk_full_and_leaves_no_final_file() {
     let cfg = StoreConfig {
         profile: EcProfile::SINGLE,
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(NODE, vec![Arc::new(disk.clone()) as Arc<dyn Disk>], cfg).unwrap();
 
@@ -81,6 +82,7 @@ async fn a_failed_commit_removes_its_files() {
     let cfg = StoreConfig {
         profile: EcProfile::SINGLE,
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(NODE, vec![Arc::new(disk.clone()) as Arc<dyn Disk>], cfg).unwrap();
     let mut writer = store.begin(upload(1)).unwrap();
@@ -115,6 +117,7 @@ fn one_small_disk(profile: EcProfile, stripes: u64) -> (BlobStore, Vec<SimDisk>,
     let cfg = StoreConfig {
         profile,
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(
         NODE,

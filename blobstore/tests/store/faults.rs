@@ -118,6 +118,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
         let cfg = StoreConfig {
             profile,
             shard_bytes: SHARD,
+            ..StoreConfig::default()
         };
         let width = profile.width();
         let store = BlobStore::open(NODE, fs_disks(dir.path(), width as u32), cfg).unwrap();

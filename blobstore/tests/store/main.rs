@@ -7,6 +7,7 @@ mod common;
 mod crash;
 mod disk_full;
 mod faults;
+mod hedge;
 mod repair;
 mod round_trip;
 mod rpc;

@@ -40,6 +40,7 @@ async fn store(root: &Path, k: u8, m: u8) -> BlobStore {
     let cfg = StoreConfig {
         profile: EcProfile::new(k, m).unwrap(),
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     BlobStore::open(NODE, fs_disks(root, u32::from(k + m)), cfg).unwrap()
 }

@@ -49,6 +49,7 @@ async fn blobs_round_trip_in_every_profile_and_size() {
         let cfg = StoreConfig {
             profile: profile(k, m),
             shard_bytes: SHARD,
+            ..StoreConfig::default()
         };
         let store = BlobStore::open(NODE, fs_disks(dir.path(), disks), cfg).unwrap();
         assert_eq!(store.profile(), profile(k, m));
@@ -139,6 +140,7 @@ async fn reads_outside_the_blob_are_refused() {
         StoreConfig {
             profile: EcProfile::SINGLE,
             shard_bytes: SHARD,
+            ..StoreConfig::default()
         },
     )
     .unwrap();
@@ -164,6 +166,7 @@ fn open_refuses_bad_configurations() {
             StoreConfig {
                 profile: profile(k, m),
                 shard_bytes,
+                ..StoreConfig::default()
             },
         )
     };
@@ -298,6 +301,7 @@ fn store_2_1() -> (tempfile::TempDir, BlobStore) {
     let cfg = StoreConfig {
         profile: profile(2, 1),
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
     (dir, store)

@@ -25,27 +25,28 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::common::{data, digest_of, fs_disks, get};
 
-const SHARD: u32 = 4096;
-const A: NodeId = NodeId(1);
-const B: NodeId = NodeId(2);
+pub(crate) const SHARD: u32 = 4096;
+pub(crate) const A: NodeId = NodeId(1);
+pub(crate) const B: NodeId = NodeId(2);
 /// Every wait in these tests gives up after this long.
 const WAIT: Duration = Duration::from_secs(10);
 
 /// One node: its disks, its store and its running shard server.
-struct Node {
+pub(crate) struct Node {
     dir: TempDir,
-    store: BlobStore,
-    addr: String,
+    pub(crate) store: BlobStore,
+    pub(crate) addr: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
 impl Node {
-    async fn start(id: NodeId, disks: u32, k: u8, m: u8) -> Node {
+    pub(crate) async fn start(id: NodeId, disks: u32, k: u8, m: u8) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             profile: EcProfile::new(k, m).unwrap(),
             shard_bytes: SHARD,
+            ..StoreConfig::default()
         };
         let store = BlobStore::open(id, fs_disks(dir.path(), disks), cfg).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,7 +68,7 @@ impl Node {
         }
     }
 
-    fn client(&self, as_node: NodeId) -> ShardClient {
+    pub(crate) fn client(&self, as_node: NodeId) -> ShardClient {
         ShardClient::connect_lazy(as_node, &self.addr).unwrap()
     }
 
@@ -75,7 +76,7 @@ impl Node {
         self.store.node()
     }
 
-    fn disk_root(&self, disk: DiskId) -> PathBuf {
+    pub(crate) fn disk_root(&self, disk: DiskId) -> PathBuf {
         self.dir.path().join(format!("disk{disk}"))
     }
 
@@ -90,7 +91,7 @@ impl Node {
         out
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop.take().unwrap().send(()).ok();
         tokio::time::timeout(WAIT, self.task.take().unwrap())
             .await
@@ -107,7 +108,7 @@ fn with_peers(this: &Node, peers: &[&Node]) -> BlobStore {
         .with_peers(move |node| peers.iter().find(|c| c.node() == node).cloned())
 }
 
-fn at(node: NodeId, disk: u32) -> ShardPlacement {
+pub(crate) fn at(node: NodeId, disk: u32) -> ShardPlacement {
     ShardPlacement {
         node,
         disk: DiskId(disk),
@@ -115,7 +116,7 @@ fn at(node: NodeId, disk: u32) -> ShardPlacement {
 }
 
 /// Writes `bytes` onto `placements` through `store` and commits.
-async fn put_at(
+pub(crate) async fn put_at(
     store: &BlobStore,
     upload: UploadId,
     placements: &[ShardPlacement],
@@ -622,6 +623,7 @@ impl Killable {
         let cfg = StoreConfig {
             profile: EcProfile::SINGLE,
             shard_bytes: SHARD,
+            ..StoreConfig::default()
         };
         let store = BlobStore::open(id, fs_disks(dir.path(), disks), cfg).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -36,6 +36,7 @@ fn store(root: &Path) -> BlobStore {
     let cfg = StoreConfig {
         profile: EcProfile::new(2, 1).unwrap(),
         shard_bytes: SHARD,
+        ..StoreConfig::default()
     };
     BlobStore::open(NODE, fs_disks(root, 3), cfg).unwrap()
 }

@@ -32,6 +32,7 @@ async fn staging_of_dead_uploads_is_removed_and_live_ones_kept() {
     let cfg = StoreConfig {
         profile: EcProfile::new(2, 1).unwrap(),
         shard_bytes: 1024,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
     let (live, dead) = (upload(1), upload(2));
@@ -60,6 +61,7 @@ async fn orphans_are_removed_only_when_uncommitted_and_old_enough() {
     let cfg = StoreConfig {
         profile: EcProfile::new(2, 1).unwrap(),
         shard_bytes: 1024,
+        ..StoreConfig::default()
     };
     let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
     let (kept_digest, kept) = put(&store, upload(1), &data(1, 3000)).await.unwrap();

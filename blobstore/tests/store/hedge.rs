@@ -1,0 +1,346 @@
+//! Hedged reads around a slow shard: node B's shard service is reached through a relay
+//! that can hold B's answers, the way a hung peer (a stopped process, a stalled disk, a
+//! link that stopped moving) holds them: requests reach B, nothing comes back. Proves
+//! that a read and a shard rebuild go around it after the hedge threshold instead of
+//! waiting for the shard service's 30 s timeout, that the threshold is paid once per
+//! read, that a read without hedging does wait, that a source whose read was
+//! abandoned mid-stream serves the right stripes when a later stripe needs it again,
+//! and that a shard with nothing to read instead is waited for, not counted.
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_blobstore::{BlobStore, ShardClient, StoreConfig, format};
+use berth_types::{Digest, EcProfile, NodeId, StripedLayout, UploadId};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::common::{data, digest_of, fs_disks, get};
+use crate::rpc::{A, B, Node, SHARD, at, put_at};
+
+const C: NodeId = NodeId(3);
+/// The hedge threshold of the hedging readers here.
+const HEDGE: Duration = Duration::from_millis(300);
+const STRIPES: usize = 20;
+/// The first stripe whose parity the abandoned-source test corrupts: beyond the
+/// stripes in flight when the held peer is released.
+const FIRST_CORRUPT: u64 = 6;
+
+/// A TCP relay to a shard service that can hold the service's answers: while held,
+/// what the service sends stays in the relay.
+struct Relay {
+    addr: String,
+    hold: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (hold, held) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                tokio::spawn(relay(client, server, held.clone()));
+            }
+        });
+        Relay { addr, hold, task }
+    }
+
+    fn hold(&self, on: bool) {
+        self.hold.send_replace(on);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways; answers wait while `held` says so.
+async fn relay(client: TcpStream, server: TcpStream, mut held: watch::Receiver<bool>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = async {
+        tokio::io::copy(&mut client_read, &mut server_write).await?;
+        server_write.shutdown().await
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            if held.wait_for(|held| !*held).await.is_err() {
+                return Ok(());
+            }
+            client_write.write_all(&buf[..n]).await?;
+        }
+    };
+    let _ = tokio::join!(up, down);
+}
+
+/// A store of node C (one disk, no shard of the blob) with hedge threshold `hedge`,
+/// reaching A directly and B through `relay`.
+fn reader(dir: &std::path::Path, hedge: Option<Duration>, a: &Node, relay: &Relay) -> BlobStore {
+    let cfg = StoreConfig {
+        profile: EcProfile::SINGLE,
+        shard_bytes: SHARD,
+        read_hedge: hedge,
+    };
+    let store = BlobStore::open(C, fs_disks(dir, 1), cfg).unwrap();
+    let peers: Arc<Vec<ShardClient>> = Arc::new(vec![
+        a.client(A),
+        ShardClient::connect_lazy(B, &relay.addr).unwrap(),
+    ]);
+    store.with_peers(move |node| peers.iter().find(|c| c.node() == node).cloned())
+}
+
+/// A 2+1 blob of `STRIPES` stripes (the last one short): shard 0 on A's disk 0, shard 1
+/// on B, parity on A's disk 1.
+async fn blob(a: &Node, b: &Node) -> (Vec<u8>, Digest, StripedLayout) {
+    let bytes = data(41, (STRIPES - 1) * 2 * SHARD as usize + 777);
+    let writer = a.store.with_peers({
+        let b = b.client(B);
+        move |node| (node == B).then(|| b.clone())
+    });
+    let placements = [at(A, 0), at(B, 0), at(A, 1)];
+    let layout = put_at(&writer, UploadId::new(A, 40), &placements, &bytes).await;
+    let digest = digest_of(&bytes);
+    (bytes, digest, layout)
+}
+
+// Proves that a read does not wait for a hung peer, and pays the threshold once: with
+// B's answers held, every stripe of the blob is decoded from shard 0 and parity, and
+// the whole read takes far less than one threshold per stripe (20 × 300 ms) and than
+// the shard service's 30 s timeout. A reader without hedging is still waiting after
+// 3 s (so the hold is real), and finishes once B answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_goes_around_a_peer_that_holds_its_answers() {
+    let a = Node::start(A, 3, 2, 1).await;
+    let b = Node::start(B, 3, 2, 1).await;
+    let relay = Relay::start(b.addr.clone()).await;
+    let (bytes, digest, layout) = blob(&a, &b).await;
+    let size = bytes.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let hedged = reader(&dir.path().join("hedged"), Some(HEDGE), &a, &relay);
+    let waiting = reader(&dir.path().join("waiting"), None, &a, &relay);
+
+    // Healthy: no hedging, no decoding, and B's shard read once, in one stream (the
+    // stripes, each in its own task, take their sources in order). Both readers are
+    // connected to B before it hangs, as a long-running node would be.
+    let before = b.store.counters().bytes_read();
+    assert!(get(&hedged, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+    assert_eq!(
+        b.store.counters().bytes_read() - before,
+        format::file_bytes(SHARD, 2, size)
+    );
+    assert!(
+        get(&waiting, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    assert_eq!(hedged.counters().hedged_reads(), 0);
+    assert_eq!(hedged.counters().reconstructions(), 0);
+
+    relay.hold(true);
+    let started = Instant::now();
+    let got = get(&hedged, &layout, &digest, size, 0..size).await.unwrap();
+    let took = started.elapsed();
+    assert!(got == bytes);
+    assert!(
+        took < Duration::from_secs(3),
+        "a read around a held peer took {took:?}"
+    );
+    let c = hedged.counters();
+    assert_eq!(
+        c.hedged_reads(),
+        STRIPES as u64,
+        "every stripe went around B"
+    );
+    assert_eq!(c.reconstructions(), STRIPES as u64);
+    assert_eq!(c.checksum_failures(), 0);
+    assert_eq!(c.shards_unavailable(), 0);
+
+    // A range inside shard 0 of each stripe never needs B: nothing to hedge.
+    let range = 2 * u64::from(SHARD) + 1..3 * u64::from(SHARD) - 1;
+    let got = get(&hedged, &layout, &digest, size, range.clone())
+        .await
+        .unwrap();
+    assert!(got == bytes[range.start as usize..range.end as usize]);
+    assert_eq!(hedged.counters().hedged_reads(), STRIPES as u64);
+
+    let pending = tokio::spawn({
+        let (layout, digest) = (layout.clone(), digest.clone());
+        async move { get(&waiting, &layout, &digest, size, 0..size).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !pending.is_finished(),
+        "without hedging the read waits for the held peer"
+    );
+    relay.hold(false);
+    let got = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the waiting read finishes once the peer answers")
+        .unwrap()
+        .unwrap();
+    assert!(got == bytes);
+    drop(relay);
+    a.stop().await;
+    b.stop().await;
+}
+
+// Proves that abandoned reads leave no wrong bytes behind: with B held, the first
+// stripes are decoded around B (its chunk reads dropped mid-stream); then B answers
+// again and the parity of the later stripes is corrupted, so each of them needs B
+// after all. B's source, last left waiting on an earlier stripe, must serve exactly
+// the stripe asked for: the read returns the right bytes, and the only checksum
+// failures are the corrupted parity chunks (none from B, which would also have made
+// B unavailable and failed the read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_abandoned_mid_stream_serves_the_right_stripe_later() {
+    let a = Node::start(A, 3, 2, 1).await;
+    let b = Node::start(B, 3, 2, 1).await;
+    let relay = Relay::start(b.addr.clone()).await;
+    let (bytes, digest, layout) = blob(&a, &b).await;
+    let size = bytes.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let hedged = reader(dir.path(), Some(HEDGE), &a, &relay);
+    // Connect to B before it hangs, as a long-running node would have.
+    assert!(get(&hedged, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+
+    relay.hold(true);
+    let mut read = Box::pin(hedged.read(&layout, &digest, size, 0..size));
+    let mut got: Vec<Bytes> = Vec::new();
+    // Stripes 0 and 1, two pieces each; stripes up to 3 may be in flight after them.
+    for _ in 0..4 {
+        got.push(read.next().await.unwrap().unwrap());
+    }
+    assert!(hedged.counters().hedged_reads() >= 2);
+    relay.hold(false);
+    let parity =
+        a.disk_root(layout.shards[2].disk)
+            .join(format::final_path(&digest, &layout.upload, 2));
+    // Flipped in place: stripes in flight may be reading the file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&parity)
+        .unwrap();
+    for stripe in FIRST_CORRUPT..STRIPES as u64 {
+        let at_byte = format::chunk_offset(SHARD, stripe) + format::CHECKSUM_BYTES + 7;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at_byte).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x5a], at_byte).unwrap();
+    }
+    while let Some(piece) = read.next().await {
+        got.push(piece.unwrap());
+    }
+    assert!(got.concat() == bytes);
+    let c = hedged.counters();
+    assert_eq!(c.checksum_failures(), STRIPES as u64 - FIRST_CORRUPT);
+    assert_eq!(c.shards_unavailable(), 0);
+    drop(relay);
+    a.stop().await;
+    b.stop().await;
+}
+
+// Proves that repair goes around a hung peer too: shard 1, on B whose answers are
+// held, is rebuilt onto C from shard 0 and parity after the threshold, not after the
+// shard service's timeout; the blob then reads byte-identical from its new layout
+// without touching B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_on_a_held_peer_is_rebuilt_from_the_others() {
+    let a = Node::start(A, 3, 2, 1).await;
+    let b = Node::start(B, 3, 2, 1).await;
+    let relay = Relay::start(b.addr.clone()).await;
+    let (bytes, digest, layout) = blob(&a, &b).await;
+    let size = bytes.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reader(dir.path(), Some(HEDGE), &a, &relay);
+    assert!(get(&c, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+
+    relay.hold(true);
+    let started = Instant::now();
+    let written = c
+        .rebuild_shard(&layout, &digest, size, 1, at(C, 0))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the rebuild took {took:?}");
+    assert_eq!(
+        written,
+        (STRIPES as u64 - 1) * u64::from(SHARD)
+            + u64::from(format::stripe_shard_bytes(
+                SHARD,
+                2,
+                size,
+                STRIPES as u64 - 1
+            ))
+    );
+    assert!(c.counters().hedged_reads() >= 1);
+
+    let mut moved = layout.clone();
+    moved.shards[1] = at(C, 0);
+    let before = c.counters().hedged_reads();
+    assert!(get(&c, &moved, &digest, size, 0..size).await.unwrap() == bytes);
+    assert_eq!(c.counters().hedged_reads(), before);
+    relay.hold(false);
+    drop(relay);
+    a.stop().await;
+    b.stop().await;
+}
+
+// Proves that hedging never counts, or decodes, what it cannot go around: a 1+0 blob
+// on a held peer has no other shard, so its read waits for the peer past the
+// threshold, counts no hedged read, and returns the right bytes once the peer answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
+    let a = Node::start(A, 1, 1, 0).await;
+    let b = Node::start(B, 1, 1, 0).await;
+    let relay = Relay::start(b.addr.clone()).await;
+    let bytes = data(42, 5 * SHARD as usize + 99);
+    let size = bytes.len() as u64;
+    let digest = digest_of(&bytes);
+    let writer = a.store.with_peers({
+        let b = b.client(B);
+        move |node| (node == B).then(|| b.clone())
+    });
+    let layout = put_at(&writer, UploadId::new(A, 42), &[at(B, 0)], &bytes).await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = reader(dir.path(), Some(HEDGE), &a, &relay);
+    assert!(get(&c, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+
+    relay.hold(true);
+    let pending = tokio::spawn({
+        let (c, layout, digest) = (c.clone(), layout.clone(), digest.clone());
+        async move { get(&c, &layout, &digest, size, 0..size).await }
+    });
+    tokio::time::sleep(3 * HEDGE).await;
+    assert!(!pending.is_finished(), "nothing to read instead of B");
+    relay.hold(false);
+    let got = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the read finishes once the peer answers")
+        .unwrap()
+        .unwrap();
+    assert!(got == bytes);
+    let counters = c.counters();
+    assert_eq!(counters.hedged_reads(), 0);
+    assert_eq!(counters.reconstructions(), 0);
+    drop(relay);
+    a.stop().await;
+    b.stop().await;
+}
