@@ -92,6 +92,9 @@ pub struct Restripes {
     /// The upload whose files a restripe is writing now, live for the staging sweep.
     writing: Mutex<Option<UploadId>>,
     cursor: Mutex<Option<Digest>>,
+    /// The Raft term the walk's counts belong to: a node that leads again later
+    /// starts a fresh round instead of finishing one begun in an earlier term.
+    term: Mutex<Option<u64>>,
     /// Blobs the round now running found on another profile and did not restripe.
     round_left: AtomicU64,
     /// The same for the last complete round; `None` before one completed.
@@ -243,6 +246,18 @@ pub async fn pass(
     };
     let mut pacer = Pacer::new(cfg.bytes_per_sec);
     let state = restripes(app);
+    let term = app.meta.status().term;
+    if state
+        .term
+        .lock()
+        .expect("restripe lock poisoned")
+        .replace(term)
+        != Some(term)
+    {
+        *state.cursor.lock().expect("restripe lock poisoned") = None;
+        *state.last_left.lock().expect("restripe lock poisoned") = None;
+        state.round_left.store(0, Ordering::Relaxed);
+    }
     for _ in 0..PAGES_PER_PASS_MAX {
         let after = state.cursor.lock().expect("restripe lock poisoned").clone();
         let page = match app.meta.read(move |v| page_after(v, after.as_ref())).await {
