@@ -20,6 +20,7 @@ mod ops;
 pub mod placement;
 pub mod proxy;
 pub mod repair;
+pub mod restripe;
 pub mod scrub;
 pub mod uploads;
 

@@ -1,5 +1,6 @@
 //! Background upkeep of a node: upload sessions that outlived their TTL are cancelled,
-//! staging files of dead uploads are removed, blobs that no repository links any more
+//! staging files of uploads that are not live here are removed once idle for the TTL
+//! (at start-up, this node's own at once), blobs that no repository links any more
 //! are collected (record through Raft first, then shard files), and shard files that
 //! no committed blob references (a crash between writing shards and the Raft commit,
 //! or between a record's removal and its files') are swept once they are older than
@@ -49,7 +50,7 @@ pub async fn recover(app: &AppState) -> OciResult<()> {
             .propose(CommandV1::CancelUpload { id: *id })
             .await?;
     }
-    let removed = sweep_staging(app).await?;
+    let removed = sweep_staging(app, None).await?;
     tracing::info!(
         cancelled = stale.len(),
         staging_files_removed = removed,
@@ -58,9 +59,27 @@ pub async fn recover(app: &AppState) -> OciResult<()> {
     Ok(())
 }
 
-async fn sweep_staging(app: &AppState) -> OciResult<usize> {
-    let live: HashSet<_> = app.uploads.live().into_iter().collect();
-    Ok(app.store.sweep_staging(move |id| live.contains(id)).await?)
+/// Removes staging files of uploads that are not live here (this node's sessions and
+/// the restripe it writes). At start-up (`idle_max` `None`) that is every file of this
+/// node's own uploads, none of which survived the restart, while the shards other
+/// nodes stream here are kept. Afterwards (`Some(ttl)`) a file goes once it has also
+/// not been written for `ttl`: this node cannot see other nodes' sessions, or a
+/// repair's rebuild writing here, and a session lives while it is written at least
+/// once per upload TTL.
+async fn sweep_staging(app: &AppState, idle_max: Option<Duration>) -> OciResult<usize> {
+    let mut live: HashSet<_> = app.uploads.live().into_iter().collect();
+    live.extend(app.uploads.placer.repairs.restripe.writing());
+    let node = app.node;
+    Ok(app
+        .store
+        .sweep_staging(move |id, idle| {
+            live.contains(id)
+                || match idle_max {
+                    None => id.owner() != node,
+                    Some(max) => idle < max,
+                }
+        })
+        .await?)
 }
 
 /// Removes blobs that no repository links. The record goes first, through Raft, which
@@ -136,7 +155,7 @@ pub async fn run_once(app: &AppState, upload_ttl: Duration) -> OciResult<()> {
             .propose(CommandV1::ExpireUploads { before_ms })
             .await?;
     }
-    let staging = sweep_staging(app).await?;
+    let staging = sweep_staging(app, Some(upload_ttl)).await?;
     let collected = collect_unlinked(app).await?;
     let one_time_pruned = prune_one_time_tokens(app).await?;
     let meta = app.meta.clone();

@@ -1,6 +1,6 @@
 //! Prometheus metrics: requests by route, method and status, latency histograms,
-//! blob bytes in and out, the scrubber's counters, and Raft, disk and repair gauges
-//! refreshed at scrape time.
+//! blob bytes in and out, the scrubber's counters, and Raft, disk, repair and restripe
+//! gauges refreshed at scrape time.
 
 use std::time::Instant;
 
@@ -66,6 +66,17 @@ pub struct Metrics {
     scrub_damaged: Counter,
     scrub_last_pass: Gauge,
     drain_left: Family<NodeLabels, Gauge>,
+    restripe: RestripeGauges,
+}
+
+/// Gauges of restriping (`crate::restripe`).
+#[derive(Default)]
+struct RestripeGauges {
+    blobs: Gauge,
+    bytes: Gauge,
+    failures: Gauge,
+    left: Gauge,
+    waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -104,6 +115,7 @@ impl Metrics {
             scrub_damaged: Counter::default(),
             scrub_last_pass: Gauge::default(),
             drain_left: Family::default(),
+            restripe: RestripeGauges::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -212,6 +224,31 @@ impl Metrics {
             "On the leader, per draining node covered by a complete repair scan: the shards it still holds",
             m.drain_left.clone(),
         );
+        registry.register(
+            "restripe_blobs",
+            "Blobs this node restriped to the profile wanted for them",
+            m.restripe.blobs.clone(),
+        );
+        registry.register(
+            "restripe_bytes",
+            "Bytes of content of the blobs this node restriped",
+            m.restripe.bytes.clone(),
+        );
+        registry.register(
+            "restripe_failures",
+            "Restripes that failed (retried on the next round)",
+            m.restripe.failures.clone(),
+        );
+        registry.register(
+            "restripe_blobs_left",
+            "On the leader, blobs its last complete round found on another profile than the wanted one and did not restripe (-1: no complete round yet)",
+            m.restripe.left.clone(),
+        );
+        registry.register(
+            "restripe_old_layouts_waiting",
+            "Replaced layouts whose shard files wait for their deletion",
+            m.restripe.waiting.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -301,6 +338,12 @@ impl Metrics {
                 })
                 .set(as_gauge(*left));
         }
+        let r = &repair.restripe;
+        self.restripe.blobs.set(as_gauge(r.restriped_blobs));
+        self.restripe.bytes.set(as_gauge(r.restriped_bytes));
+        self.restripe.failures.set(as_gauge(r.failures));
+        self.restripe.left.set(r.blobs_left.map_or(-1, as_gauge));
+        self.restripe.waiting.set(as_gauge(r.old_layouts_waiting));
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics");

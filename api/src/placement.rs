@@ -181,6 +181,13 @@ impl Placer {
         Ok(self.store.begin_at(upload, profile, &placements)?)
     }
 
+    /// The profile a new blob gets with every member up (the configured cluster
+    /// profile for the current voters), before any project's own; `None` when blobs
+    /// stay on the receiving node's disks (a lone node, or the cluster profile off).
+    pub fn full_profile(&self) -> Option<EcProfile> {
+        self.profile.for_voters(self.voters().len())
+    }
+
     /// Why `profile` cannot be placed on the members (or, alone, the disks) reachable
     /// now, if it cannot.
     pub async fn cannot_hold(&self, profile: EcProfile) -> Option<String> {

@@ -45,6 +45,8 @@ pub struct RepairConfig {
     pub interval: Duration,
     /// How long a member may be unreachable before its shards are rebuilt elsewhere.
     pub grace: Duration,
+    /// How the leader restripes blobs to the profile wanted now (`crate::restripe`).
+    pub restripe: crate::restripe::RestripeConfig,
 }
 
 impl Default for RepairConfig {
@@ -52,6 +54,7 @@ impl Default for RepairConfig {
         RepairConfig {
             interval: Duration::from_secs(5),
             grace: Duration::from_secs(15 * 60),
+            restripe: crate::restripe::RestripeConfig::default(),
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct Repairs {
     /// backlog does not read empty while they are rebuilt.
     in_pass: AtomicU64,
     drain: Mutex<DrainProgress>,
+    /// Restriping to the wanted profile, run at the end of the leader's pass.
+    pub(crate) restripe: crate::restripe::Restripes,
 }
 
 /// What the leader's scan knows of draining nodes.
@@ -100,6 +105,9 @@ pub struct RepairStats {
     /// covered by a complete round yet.
     #[serde(default)]
     pub drain_shards_left: BTreeMap<u64, u64>,
+    /// Restriping's counters and, on the leader, the blobs left on another profile.
+    #[serde(default)]
+    pub restripe: crate::restripe::RestripeStats,
 }
 
 impl Repairs {
@@ -135,6 +143,7 @@ impl Repairs {
                 .iter()
                 .map(|(node, left)| (node.0, *left))
                 .collect(),
+            restripe: self.restripe.stats(),
         }
     }
 }
@@ -162,6 +171,7 @@ pub async fn run(app: AppState, cfg: RepairConfig, mut shutdown: watch::Receiver
 
 /// One pass: this node's queue, then (on the leader) one page of the scan.
 pub async fn pass(app: &AppState, cfg: RepairConfig) {
+    crate::restripe::delete_due(app).await;
     for damaged in app.store.take_damaged() {
         repairs(app).queue(&damaged.digest, &[damaged.index]);
     }
@@ -216,6 +226,7 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
     }
     if scans {
         scan(app, cfg, &map, &draining).await;
+        crate::restripe::pass(app, cfg.restripe, cfg.interval, &map, &draining).await;
     }
 }
 

@@ -20,13 +20,13 @@ use crate::oci::error::{Code, OciError, OciResult};
 use crate::placement::Placer;
 
 /// An incremental hash of the algorithm the upload will most likely be named with.
-enum Hasher {
+pub(crate) enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
-    fn new(algorithm: DigestAlgorithm) -> Hasher {
+    pub(crate) fn new(algorithm: DigestAlgorithm) -> Hasher {
         match algorithm {
             DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
             DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
@@ -40,14 +40,14 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(data),
             Hasher::Sha512(h) => h.update(data),
         }
     }
 
-    fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         match self {
             Hasher::Sha256(h) => Digest::from_bytes(DigestAlgorithm::Sha256, &h.finalize()),
             Hasher::Sha512(h) => Digest::from_bytes(DigestAlgorithm::Sha512, &h.finalize()),

@@ -655,14 +655,16 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Removes staging files whose upload is not live (`is_live(upload)` false).
-    /// Returns how many files were removed.
+    /// Removes staging files whose upload is not live (`is_live(upload, idle)` false,
+    /// `idle` being how long ago the file was last written). Returns how many files
+    /// were removed.
     pub async fn sweep_staging(
         &self,
-        is_live: impl Fn(&UploadId) -> bool + Send + 'static,
+        is_live: impl Fn(&UploadId, Duration) -> bool + Send + 'static,
     ) -> Result<usize, BlobStoreError> {
         let inner = self.inner.clone();
         blocking(move || {
+            let now = SystemTime::now();
             let mut removed = 0;
             for slot in &inner.disks {
                 let disk = slot.disk.as_ref();
@@ -671,7 +673,8 @@ impl BlobStore {
                     let Some((upload, _)) = format::parse_shard_name(&entry.name) else {
                         continue;
                     };
-                    if entry.is_dir || is_live(&upload) {
+                    let idle = now.duration_since(entry.modified).unwrap_or_default();
+                    if entry.is_dir || is_live(&upload, idle) {
                         continue;
                     }
                     removed += usize::from(remove(disk, &dir.join(&entry.name))?);

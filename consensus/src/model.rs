@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use berth_types::{BlobLayout, Digest, NodeId, RepoName, ShardPlacement, Tag, UploadId};
+use berth_types::{
+    BlobLayout, Digest, NodeId, RepoName, ShardPlacement, StripedLayout, Tag, UploadId,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::tenancy::{TenancyCommand, TenancyOutcome};
@@ -159,6 +161,18 @@ pub enum CommandV1 {
         node: NodeId,
         draining: bool,
     },
+    /// Replaces a blob's striped layout with `layout`: the same bytes written anew by
+    /// another upload (`layout.upload`), with the profile the cluster wants now
+    /// (restriping). Applied only if the blob's current layout is striped and still
+    /// belongs to `from_upload`, and `layout` is consistent and names another upload;
+    /// otherwise refused with `LayoutChanged` (the blob was deleted, written anew, or
+    /// restriped meanwhile). The outcome carries the layout replaced, whose files the
+    /// proposer removes.
+    RestripeBlob {
+        digest: Digest,
+        from_upload: UploadId,
+        layout: StripedLayout,
+    },
 }
 
 /// The command format current code proposes.
@@ -287,6 +301,15 @@ impl fmt::Display for VersionedCommand {
             CommandV1::SetDraining { node, draining } => {
                 write!(f, "set-draining {node} {draining}")
             }
+            CommandV1::RestripeBlob {
+                digest,
+                from_upload,
+                layout,
+            } => write!(
+                f,
+                "restripe-blob {digest} from {from_upload} to {} {}",
+                layout.profile, layout.upload
+            ),
         }
     }
 }
@@ -306,7 +329,8 @@ pub enum Rejection {
     /// A blob record cannot be deleted while a repository links it.
     StillLinked,
     /// A shard move found the blob gone, written by another upload, or the shard no
-    /// longer where the move expected it.
+    /// longer where the move expected it; a restripe found the blob gone or its
+    /// layout belonging to another upload than the one it copied.
     LayoutChanged,
 }
 
@@ -347,6 +371,11 @@ pub enum Outcome {
     ShardMoved,
     /// The node's draining mark is as the command asked.
     DrainingSet,
+    /// The blob's layout is the restriped one now; `replaced` is the layout it had,
+    /// whose shard files no layout names any more.
+    BlobRestriped {
+        replaced: StripedLayout,
+    },
 }
 
 impl Outcome {

@@ -232,7 +232,39 @@ impl<'txn> StateTables<'txn> {
                 }
                 Ok(Outcome::DrainingSet)
             }
+            Command::RestripeBlob {
+                digest,
+                from_upload,
+                layout,
+            } => self.restripe_blob(digest, *from_upload, layout),
         }
+    }
+
+    fn restripe_blob(
+        &mut self,
+        digest: &Digest,
+        from_upload: UploadId,
+        layout: &berth_types::StripedLayout,
+    ) -> Result<Outcome, ConsensusError> {
+        let digest_key = digest.to_string();
+        let Some(mut record) =
+            read_record::<BlobRecord>(&self.blobs, "blob record", digest_key.as_bytes())?
+        else {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        };
+        let berth_types::BlobLayout::Striped(current) = &record.layout else {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        };
+        // The new files must not share names with the ones they replace: those are
+        // deleted once this applies.
+        if current.upload != from_upload || layout.upload == from_upload || !layout.is_valid() {
+            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
+        }
+        let replaced = current.clone();
+        record.layout = berth_types::BlobLayout::Striped(layout.clone());
+        self.blobs
+            .insert(digest_key.as_bytes(), codec::encode(&record).as_slice())?;
+        Ok(Outcome::BlobRestriped { replaced })
     }
 
     fn move_shard(

@@ -578,8 +578,9 @@ pub enum TenancyCommand {
     },
     /// Sets the erasure-coding profile of `project`'s new blobs (`None`: the cluster's
     /// default). `NotFound` without the project, `Rejected(TooLarge)` for a profile out
-    /// of range. Blobs already stored keep the profile recorded in their layout.
-    /// Deleting the project drops it.
+    /// of range. Blobs already stored keep the profile recorded in their layout until
+    /// restriping (in `api`) rewrites those linked only from this project, when the
+    /// new profile has at least as many parity shards. Deleting the project drops it.
     SetProjectProfile {
         project: ProjectName,
         profile: Option<EcProfile>,

@@ -1,6 +1,9 @@
 //! Queries that list what a project holds, for deleting a project with its
 //! repositories: the repositories below a project, and the manifests, tags and blob
-//! links of one repository (each bounded by a limit, so a caller works in batches).
+//! links of one repository (each bounded by a limit, so a caller works in batches);
+//! and the projects whose repositories link a blob, for the profile it should have.
+
+use std::collections::BTreeSet;
 
 use berth_types::{Digest, RepoName, Tag};
 
@@ -89,6 +92,36 @@ impl StateView {
                     .map_err(|_| ConsensusError::Malformed { table: "tags" })
             })
             .collect()
+    }
+
+    /// The projects of the repositories that link blob `digest` (empty when none
+    /// does), or `None` when more than `links_max` repositories link it: then not all
+    /// of them were looked at.
+    pub fn blob_projects(
+        &self,
+        digest: &Digest,
+        links_max: usize,
+    ) -> Result<Option<BTreeSet<ProjectName>>, ConsensusError> {
+        let digest = digest.to_string();
+        let (start, end) = prefix_range(&[digest.as_bytes()]);
+        let table = self.table(tables::BLOB_LINKS)?;
+        let mut projects = BTreeSet::new();
+        for (seen, entry) in table
+            .range::<&[u8]>(start.as_slice()..end.as_slice())?
+            .enumerate()
+        {
+            if seen == links_max {
+                return Ok(None);
+            }
+            let (k, _) = entry?;
+            let repo: RepoName = key_suffix(k.value(), &start, "blob_links")?
+                .parse()
+                .map_err(|_| ConsensusError::Malformed {
+                    table: "blob_links",
+                })?;
+            projects.insert(ProjectName::of(&repo));
+        }
+        Ok(Some(projects))
     }
 
     /// The key suffixes after `repo\0` in `def`, at most `limit`.

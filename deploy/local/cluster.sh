@@ -7,7 +7,8 @@
 #                                        until every node is ready, print one line
 #                                        per node: node <id> http://127.0.0.1:<port> pid <pid>
 #   deploy/local/cluster.sh add DIR ID   start one more node (id ID, same port scheme)
-#                                        that joins the cluster through node 1
+#                                        that joins the cluster through node 1 (or
+#                                        node BERTH_JOIN_VIA)
 #   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
 #
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 }
 
@@ -107,7 +108,7 @@ add() {
     "$bin" serve --node-id "$i" \
         --listen "127.0.0.1:$((http_base + i))" \
         --grpc-listen "127.0.0.1:$((grpc_base + i))" \
-        --join "http://127.0.0.1:$((http_base + 1))" \
+        --join "http://127.0.0.1:$((http_base + ${BERTH_JOIN_VIA:-1}))" \
         --data "$dir/node-$i" --log-format json $(tls_args "$i") \
         >>"$dir/node-$i.log" 2>&1 &
     echo $! >"$dir/node-$i.pid"

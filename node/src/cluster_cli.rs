@@ -365,6 +365,24 @@ fn repair_lines(v: &Value) -> String {
                 num(&r["failures"]),
             );
         }
+        let s = &r["restripe"];
+        if s.is_object() {
+            let left = if m["id"] == v["leader"] {
+                s["blobs_left"].as_u64().map_or_else(
+                    || ", blobs left on another profile: not counted yet".to_owned(),
+                    |n| format!(", {n} blobs left on another profile"),
+                )
+            } else {
+                String::new()
+            };
+            out += &format!(
+                "restripe on node {}: restriped {} blobs ({} bytes), {} failures{left}\n",
+                num(&m["id"]),
+                num(&s["restriped_blobs"]),
+                num(&s["restriped_bytes"]),
+                num(&s["failures"]),
+            );
+        }
     }
     let leader_left = members
         .into_iter()
@@ -447,6 +465,40 @@ mod tests {
         );
         assert!(out.contains("node 4 draining: 7 shards left"), "{out}");
         assert!(out.contains("node 3 draining: not counted yet"), "{out}");
+    }
+
+    #[test]
+    fn table_shows_restripe_progress_and_the_leaders_count_of_blobs_left() {
+        let repair = |left: Value| {
+            json!({"rebuilt_shards": 0, "rebuilt_bytes": 0, "failures": 0, "backlog_shards": 0,
+                   "restripe": {"restriped_blobs": 9, "restriped_bytes": 4096, "failures": 2,
+                                "blobs_left": left, "old_layouts_waiting": 0}})
+        };
+        let status = |leader: u64| {
+            json!({
+                "node": 1, "leader": leader, "is_leader": leader == 1, "draining": [],
+                "members": [
+                    {"id": 1, "report": {"disks": [], "repair": repair(json!(3))}},
+                    {"id": 2, "report": {"disks": [], "repair": repair(Value::Null)}}
+                ]
+            })
+        };
+        let out = table(&[("http://a".into(), status(1))]);
+        assert!(
+            out.contains(
+                "restripe on node 1: restriped 9 blobs (4096 bytes), 2 failures, 3 blobs left on another profile\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("restripe on node 2: restriped 9 blobs (4096 bytes), 2 failures\n"),
+            "{out}"
+        );
+        let out = table(&[("http://a".into(), status(2))]);
+        assert!(
+            out.contains("restripe on node 2: restriped 9 blobs (4096 bytes), 2 failures, blobs left on another profile: not counted yet"),
+            "{out}"
+        );
     }
 
     #[test]

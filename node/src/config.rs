@@ -88,6 +88,17 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_hedge_ms: Option<u64>,
+    /// MiB per second the Raft leader reads and rewrites while restriping blobs to the
+    /// profile wanted for them now (after an outage, or when the cluster grew); 0
+    /// turns restriping off (default 32).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restripe_mib_per_sec: Option<u32>,
+    /// Seconds the shard files of a restriped blob's old layout stay for reads that
+    /// began before the swap (default 60; for tests).
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restripe_old_files_secs: Option<u64>,
     /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
     /// beyond it go to the file (usually the operating system's page cache).
     #[arg(long)]
@@ -252,6 +263,8 @@ pub struct Config {
     pub scrub_interval_secs: Option<u64>,
     pub scrub_mib_per_sec: u32,
     pub read_hedge_ms: u64,
+    pub restripe_mib_per_sec: u32,
+    pub restripe_old_files_secs: u64,
     pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
@@ -312,6 +325,8 @@ impl Default for Config {
             scrub_interval_secs: None,
             scrub_mib_per_sec: 32,
             read_hedge_ms: READ_HEDGE_DEFAULT.as_millis() as u64,
+            restripe_mib_per_sec: 32,
+            restripe_old_files_secs: 60,
             meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
@@ -476,6 +491,14 @@ impl Config {
     /// How long a blob read waits for a shard chunk before it hedges; `None`: never.
     pub fn read_hedge(&self) -> Option<std::time::Duration> {
         (self.read_hedge_ms > 0).then(|| std::time::Duration::from_millis(self.read_hedge_ms))
+    }
+
+    /// How the leader restripes blobs to the profile wanted for them now.
+    pub fn restripe(&self) -> berth_api::restripe::RestripeConfig {
+        berth_api::restripe::RestripeConfig {
+            bytes_per_sec: u64::from(self.restripe_mib_per_sec) << 20,
+            old_files_delay: std::time::Duration::from_secs(self.restripe_old_files_secs),
+        }
     }
 
     /// Bytes of the metadata store's page cache.
@@ -785,6 +808,21 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&args).is_err());
+    }
+
+    #[test]
+    fn restripe_flags_set_the_rate_and_zero_turns_it_off() {
+        let cfg = load(&ServeArgs::default()).unwrap().restripe();
+        assert_eq!(cfg.bytes_per_sec, 32 << 20);
+        assert_eq!(cfg.old_files_delay, std::time::Duration::from_secs(60));
+        let args = ServeArgs {
+            restripe_mib_per_sec: Some(0),
+            restripe_old_files_secs: Some(2),
+            ..ServeArgs::default()
+        };
+        let cfg = load(&args).unwrap().restripe();
+        assert_eq!(cfg.bytes_per_sec, 0);
+        assert_eq!(cfg.old_files_delay, std::time::Duration::from_secs(2));
     }
 
     #[test]

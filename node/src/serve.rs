@@ -338,6 +338,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         RepairConfig {
             interval: Duration::from_secs(cfg.repair_interval_secs),
             grace: Duration::from_secs(cfg.repair_grace_secs),
+            restripe: cfg.restripe(),
         },
         stop_rx.clone(),
     ));

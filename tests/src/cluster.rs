@@ -97,6 +97,12 @@ impl Cluster {
     /// `cluster.sh add DIR id`: one more node (or a stopped one again) that joins
     /// through node 1.
     pub fn add(&self, id: u16) -> Result<()> {
+        self.add_via(id, 1)
+    }
+
+    /// `cluster.sh add DIR id` joining through node `via` (node 1 itself, killed,
+    /// starts again this way).
+    pub fn add_via(&self, id: u16, via: u16) -> Result<()> {
         let out = Command::new("bash")
             .arg(launcher())
             .arg("add")
@@ -105,6 +111,7 @@ impl Cluster {
             .env("BERTH_BIN", berth_binary()?)
             .env("BERTH_HTTP_BASE", self.http_base.to_string())
             .env("BERTH_GRPC_BASE", self.grpc_base.to_string())
+            .env("BERTH_JOIN_VIA", via.to_string())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()?;
         ensure!(

@@ -160,7 +160,7 @@ async fn crash_at(cut: Option<u64>) -> u64 {
         .iter()
         .map(|c| (c.digest.clone(), c.layout.upload))
         .collect();
-    store.sweep_staging(|_| false).await.unwrap();
+    store.sweep_staging(|_, _| false).await.unwrap();
     let keep = live.clone();
     store
         .sweep_orphans(

@@ -247,7 +247,7 @@ fn writer_and_reader_futures_are_send() {
     };
     send(store.read(&layout, &digest, 1, 0..1));
     send(store.delete(&layout, &digest));
-    send(store.sweep_staging(|_| true));
+    send(store.sweep_staging(|_, _| true));
     send(store.sweep_orphans(|_, _, _, _| true, std::time::Duration::ZERO));
     send(writer.commit(&digest));
 }

@@ -404,7 +404,7 @@ async fn a_writer_dropped_mid_stream_leaves_only_staging_that_the_sweep_removes(
             ShardStat::Missing
         );
     }
-    assert_eq!(b.store.sweep_staging(|_| false).await.unwrap(), 3);
+    assert_eq!(b.store.sweep_staging(|_, _| false).await.unwrap(), 3);
     assert_eq!(b.staging_files(), Vec::<PathBuf>::new());
     a.stop().await;
     b.stop().await;
@@ -441,10 +441,13 @@ async fn a_put_stream_cut_off_leaves_nothing_after_the_sweep() {
     drop(put);
     // A sweep while the upload is live keeps the file; once it is not, removes it.
     assert_eq!(
-        b.store.sweep_staging(move |u| *u == upload).await.unwrap(),
+        b.store
+            .sweep_staging(move |u, _| *u == upload)
+            .await
+            .unwrap(),
         0
     );
-    assert_eq!(b.store.sweep_staging(|_| false).await.unwrap(), 1);
+    assert_eq!(b.store.sweep_staging(|_, _| false).await.unwrap(), 1);
     assert!(!staging.exists());
     b.stop().await;
 }

@@ -42,7 +42,7 @@ async fn staging_of_dead_uploads_is_removed_and_live_ones_kept() {
     dead_writer.write(Bytes::from(data(2, 5000))).await.unwrap();
     drop(dead_writer);
 
-    let removed = store.sweep_staging(move |u| *u == live).await.unwrap();
+    let removed = store.sweep_staging(move |u, _| *u == live).await.unwrap();
     assert_eq!(removed, 3);
     // The live upload goes on and commits as if nothing happened.
     live_writer.write(Bytes::from(data(3, 10))).await.unwrap();
@@ -52,7 +52,7 @@ async fn staging_of_dead_uploads_is_removed_and_live_ones_kept() {
     let layout = live_writer.commit(&digest).await.unwrap().layout;
     let got = get(&store, &layout, &digest, 5010, 0..5010).await.unwrap();
     assert!(got == expected);
-    assert_eq!(store.sweep_staging(|_| false).await.unwrap(), 0);
+    assert_eq!(store.sweep_staging(|_, _| false).await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -38,21 +38,55 @@ fn at(node: u64, disk: u32) -> berth_types::ShardPlacement {
     }
 }
 
+/// A layout of profile `k+m` written by upload `up` onto `shards`.
+fn striped(
+    k: u8,
+    m: u8,
+    up: u128,
+    shards: Vec<berth_types::ShardPlacement>,
+) -> berth_types::StripedLayout {
+    berth_types::StripedLayout {
+        codec: berth_types::CodecId::ReedSolomonV1,
+        profile: berth_types::EcProfile::new(k, m).unwrap(),
+        shard_bytes: 1024,
+        upload: upload(up),
+        shards,
+    }
+}
+
+/// The 2+1 layout of upload 7 over nodes 1, 2 and 3.
+fn layout_2_1() -> berth_types::StripedLayout {
+    striped(2, 1, 7, vec![at(1, 0), at(2, 0), at(3, 0)])
+}
+
 /// Commits blob `d` striped 2+1 over nodes 1, 2 and 3, written by upload 7.
 fn striped_commit(d: u8) -> Command {
+    striped_commit_as(d, layout_2_1())
+}
+
+/// Commits blob `d` with `layout`.
+fn striped_commit_as(d: u8, layout: berth_types::StripedLayout) -> Command {
     Command::CommitBlob {
         repo: repo("a"),
         digest: sha(d),
         size: 3000,
-        layout: berth_types::BlobLayout::Striped(berth_types::StripedLayout {
-            codec: berth_types::CodecId::ReedSolomonV1,
-            profile: berth_types::EcProfile::new(2, 1).unwrap(),
-            shard_bytes: 1024,
-            upload: upload(7),
-            shards: vec![at(1, 0), at(2, 0), at(3, 0)],
-        }),
+        layout: berth_types::BlobLayout::Striped(layout),
         upload: None,
         at_ms: 5,
+    }
+}
+
+/// The 1+1 layout an outage gives blob writes of upload 7: nodes 1 and 2.
+fn layout_1_1() -> berth_types::StripedLayout {
+    striped(1, 1, 7, vec![at(1, 0), at(2, 0)])
+}
+
+/// Restripes blob `d`, copied from upload `from`, to the 2+1 layout of upload 9.
+fn restripe(d: u8, from: u128) -> Command {
+    Command::RestripeBlob {
+        digest: sha(d),
+        from_upload: upload(from),
+        layout: striped(2, 1, 9, vec![at(1, 0), at(2, 0), at(3, 0)]),
     }
 }
 
@@ -383,6 +417,52 @@ fn each_command_returns_its_outcome_and_refusals_change_nothing() {
             want: Outcome::Rejected(Rejection::LayoutChanged),
         },
         Case {
+            name: "restripe a 1+1 blob to 2+1",
+            setup: vec![striped_commit_as(1, layout_1_1())],
+            cmd: restripe(1, 7),
+            want: Outcome::BlobRestriped {
+                replaced: layout_1_1(),
+            },
+        },
+        Case {
+            name: "restripe a blob whose layout belongs to another upload now",
+            setup: vec![striped_commit_as(1, layout_1_1())],
+            cmd: restripe(1, 8),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "restripe a blob that is gone",
+            setup: vec![striped_commit_as(2, layout_1_1())],
+            cmd: restripe(1, 7),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "restripe an inline blob",
+            setup: vec![commit("a", 1, 1, None)],
+            cmd: restripe(1, 7),
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "restripe onto files named like the ones replaced",
+            setup: vec![striped_commit_as(1, layout_1_1())],
+            cmd: Command::RestripeBlob {
+                digest: sha(1),
+                from_upload: upload(7),
+                layout: layout_2_1(),
+            },
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
+            name: "restripe to an inconsistent layout",
+            setup: vec![striped_commit_as(1, layout_1_1())],
+            cmd: Command::RestripeBlob {
+                digest: sha(1),
+                from_upload: upload(7),
+                layout: striped(2, 1, 9, vec![at(1, 0), at(2, 0)]),
+            },
+            want: Outcome::Rejected(Rejection::LayoutChanged),
+        },
+        Case {
             name: "move a shard of an inline or absent blob",
             setup: vec![commit("a", 1, 1, None)],
             cmd: move_shard(1, 7, 0, at(1, 0), at(4, 1)),
@@ -679,4 +759,70 @@ fn draining_marks_are_a_set_of_nodes() {
             .collect::<Vec<_>>(),
         vec![NodeId(2)]
     );
+}
+
+/// A restripe swaps the layout and nothing else: size, creation time and links stay;
+/// a shard move or a second restripe that still names the replaced upload is
+/// refused, and GC hands back the new layout, whose files are the ones to delete.
+#[test]
+fn a_restriped_blob_keeps_its_record_and_refuses_work_on_the_replaced_layout() {
+    let db = TestDb::new();
+    db.apply(&striped_commit_as(1, layout_1_1()));
+    let before = db.view().blob(&sha(1)).unwrap().unwrap();
+    assert_eq!(
+        db.apply(&restripe(1, 7)),
+        Outcome::BlobRestriped {
+            replaced: layout_1_1()
+        }
+    );
+    let after = db.view().blob(&sha(1)).unwrap().unwrap();
+    let berth_types::BlobLayout::Striped(now) = &after.layout else {
+        panic!("the restriped layout is striped: {after:?}");
+    };
+    assert_eq!(now.profile, berth_types::EcProfile::new(2, 1).unwrap());
+    assert_eq!(now.upload, upload(9));
+    assert_eq!(
+        (after.size, after.created_at_ms),
+        (before.size, before.created_at_ms)
+    );
+    assert!(db.view().blob_linked(&repo("a"), &sha(1)).unwrap());
+    assert_eq!(
+        db.apply(&move_shard(1, 7, 1, at(2, 0), at(4, 0))),
+        Outcome::Rejected(Rejection::LayoutChanged)
+    );
+    assert_eq!(
+        db.apply(&restripe(1, 7)),
+        Outcome::Rejected(Rejection::LayoutChanged)
+    );
+    db.apply(&Command::UnlinkBlob {
+        repo: repo("a"),
+        digest: sha(1),
+    });
+    assert_eq!(
+        db.apply(&Command::DeleteBlobRecord { digest: sha(1) }),
+        Outcome::BlobRecordDeleted(after)
+    );
+}
+
+/// The projects linking a blob: one per project whatever its repositories, none for
+/// an unlinked blob, and `None` once more repositories link it than may be looked at.
+#[test]
+fn blob_projects_names_each_linking_project_once_within_a_bound() {
+    use crate::tenancy::ProjectName;
+    let db = TestDb::new();
+    for r in ["a", "a/b", "ab/c"] {
+        db.apply(&commit(r, 1, 1, None));
+    }
+    db.apply(&commit("z", 2, 2, None));
+    let names = |ps: &[&str]| -> std::collections::BTreeSet<ProjectName> {
+        ps.iter().map(|p| p.parse().unwrap()).collect()
+    };
+    let v = db.view();
+    assert_eq!(
+        v.blob_projects(&sha(1), 3).unwrap(),
+        Some(names(&["a", "ab"]))
+    );
+    assert_eq!(v.blob_projects(&sha(1), 2).unwrap(), None);
+    assert_eq!(v.blob_projects(&sha(2), 3).unwrap(), Some(names(&["z"])));
+    assert_eq!(v.blob_projects(&sha(3), 3).unwrap(), Some(names(&[])));
 }

@@ -36,9 +36,11 @@ impl Model {
     fn apply(&mut self, cmd: &Command) -> Outcome {
         match cmd.clone() {
             Command::Tenancy(_) => unreachable!("the registry model generates no tenancy commands"),
-            Command::MoveShard { .. } | Command::SetDraining { .. } => {
+            Command::MoveShard { .. }
+            | Command::SetDraining { .. }
+            | Command::RestripeBlob { .. } => {
                 unreachable!(
-                    "the registry model generates inline blobs only; shard moves and drain marks are table-tested"
+                    "the registry model generates inline blobs only; shard moves, drain marks and restripes are table-tested"
                 )
             }
             Command::CreateUpload { id, repo, at_ms } => {
