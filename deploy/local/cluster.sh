@@ -13,7 +13,8 @@
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
 # CARGO_TARGET_DIR or ./target), BERTH_HTTP_BASE (5000), BERTH_GRPC_BASE (6000),
 # BERTH_CLUSTER_TLS_DIR (mutual TLS between nodes: ca.pem, node-<id>.pem and
-# node-<id>.key in that folder).
+# node-<id>.key in that folder), BERTH_DISKS_PER_NODE (default 1: each node's data
+# folder holds one disk folder; N gives each node disk0..disk<N-1> there).
 set -euo pipefail
 
 usage() {
@@ -26,6 +27,19 @@ tls_args() {
     local tls="${BERTH_CLUSTER_TLS_DIR:-}"
     [ -n "$tls" ] || return 0
     echo "--cluster-ca $tls/ca.pem --cluster-cert $tls/node-$1.pem --cluster-key $tls/node-$1.key"
+}
+
+# The --disk flags of the node with data folder $1, when BERTH_DISKS_PER_NODE > 1.
+disk_args() {
+    local n="${BERTH_DISKS_PER_NODE:-1}" d
+    [[ "$n" =~ ^[0-9]+$ ]] || {
+        echo "cluster.sh: BERTH_DISKS_PER_NODE must be a number" >&2
+        exit 2
+    }
+    [ "$n" -gt 1 ] || return 0
+    for d in $(seq 0 $((n - 1))); do
+        echo -n "--disk $1/disk$d "
+    done
 }
 
 find_bin() {
@@ -62,7 +76,8 @@ up() {
             --listen "127.0.0.1:$((http_base + i))" \
             --grpc-listen "127.0.0.1:$((grpc_base + i))" \
             --initial-cluster "$members" \
-            --data "$dir/node-$i" --log-format json $(tls_args "$i") \
+            --data "$dir/node-$i" $(disk_args "$dir/node-$i") \
+            --log-format json $(tls_args "$i") \
             >>"$dir/node-$i.log" 2>&1 &
         echo $! >"$dir/node-$i.pid"
     done
@@ -108,7 +123,8 @@ add() {
         --listen "127.0.0.1:$((http_base + i))" \
         --grpc-listen "127.0.0.1:$((grpc_base + i))" \
         --join "http://127.0.0.1:$((http_base + 1))" \
-        --data "$dir/node-$i" --log-format json $(tls_args "$i") \
+        --data "$dir/node-$i" $(disk_args "$dir/node-$i") \
+        --log-format json $(tls_args "$i") \
         >>"$dir/node-$i.log" 2>&1 &
     echo $! >"$dir/node-$i.pid"
     wait_ready "$i" "$((http_base + i))" "$dir"

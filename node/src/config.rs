@@ -81,6 +81,12 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scrub_mib_per_sec: Option<u32>,
+    /// MiB per second that background rebalancing (moving shards onto nodes that
+    /// joined, spreading shards doubled up on one node) may copy, at most (default 16;
+    /// 0 turns rebalancing off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebalance_mib_per_sec: Option<u32>,
     /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
     /// beyond it go to the file (usually the operating system's page cache).
     #[arg(long)]
@@ -244,6 +250,7 @@ pub struct Config {
     pub scrub_interval_hours: u64,
     pub scrub_interval_secs: Option<u64>,
     pub scrub_mib_per_sec: u32,
+    pub rebalance_mib_per_sec: u32,
     pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
@@ -300,6 +307,7 @@ impl Default for Config {
             scrub_interval_hours: 168,
             scrub_interval_secs: None,
             scrub_mib_per_sec: 32,
+            rebalance_mib_per_sec: 16,
             meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
@@ -459,6 +467,11 @@ impl Config {
     /// Bytes the scrubber reads per second, at most.
     pub fn scrub_bytes_per_sec(&self) -> u64 {
         u64::from(self.scrub_mib_per_sec) << 20
+    }
+
+    /// Bytes rebalancing copies per second, at most (0: rebalancing off).
+    pub fn rebalance_bytes_per_sec(&self) -> u64 {
+        u64::from(self.rebalance_mib_per_sec) << 20
     }
 
     /// Bytes of the metadata store's page cache.
@@ -742,6 +755,21 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(load(&args).is_err());
+    }
+
+    #[test]
+    fn rebalancing_copies_16_mib_per_second_by_default_and_zero_turns_it_off() {
+        assert_eq!(
+            load(&ServeArgs::default())
+                .unwrap()
+                .rebalance_bytes_per_sec(),
+            16 << 20
+        );
+        let args = ServeArgs {
+            rebalance_mib_per_sec: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(load(&args).unwrap().rebalance_bytes_per_sec(), 0);
     }
 
     #[test]

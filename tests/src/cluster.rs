@@ -31,6 +31,16 @@ fn port_bases(nodes: u16) -> Result<(u16, u16)> {
     bail!("no free port ranges found")
 }
 
+/// A shard file on a node's disk.
+#[derive(Debug, Clone)]
+pub struct ShardFile {
+    pub path: PathBuf,
+    /// The hex digest of its blob (the folder it is in).
+    pub blob: String,
+    /// The shard index its name ends in.
+    pub index: usize,
+}
+
 /// A cluster of real berth processes, stopped with `cluster.sh down` when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
@@ -87,6 +97,33 @@ impl Cluster {
     /// The data folder of `node`.
     pub fn data_dir(&self, node: u16) -> PathBuf {
         self.dir.path().join(format!("node-{node}"))
+    }
+
+    /// The shard files under `node`'s data folder (files in a `blobs` folder, named
+    /// `<upload>.<index>` in their blob's digest folder), sorted by path.
+    pub fn shard_files(&self, node: u16) -> Vec<ShardFile> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.components().any(|c| c.as_os_str() == "blobs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        walk(&self.data_dir(node), &mut paths);
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                let index = name.rsplit_once('.')?.1.parse().ok()?;
+                let blob = path.parent()?.file_name()?.to_string_lossy().into_owned();
+                Some(ShardFile { path, blob, index })
+            })
+            .collect()
     }
 
     /// The gRPC (cluster listener) address of `node`.
