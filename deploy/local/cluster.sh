@@ -6,8 +6,9 @@
 #                                        6001..600N), data in DIR/node-<id>, wait
 #                                        until every node is ready, print one line
 #                                        per node: node <id> http://127.0.0.1:<port> pid <pid>
-#   deploy/local/cluster.sh add DIR ID   start one more node (id ID, same port scheme)
-#                                        that joins the cluster through node 1
+#   deploy/local/cluster.sh add DIR ID [VIA]  start one more node (id ID, same port
+#                                        scheme), or a stopped one again, that joins
+#                                        the cluster through node VIA (default 1)
 #   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
 #
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 }
 
@@ -108,9 +109,10 @@ wait_ready() {
 }
 
 add() {
-    local dir="$1" i="$2"
-    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le 9 ] || {
-        echo "cluster.sh: ID must be 1..9" >&2
+    local dir="$1" i="$2" via="${3:-1}"
+    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le 9 ] \
+        && [[ "$via" =~ ^[0-9]+$ ]] && [ "$via" -ge 1 ] && [ "$via" -le 9 ] || {
+        echo "cluster.sh: ID and VIA must be 1..9" >&2
         exit 2
     }
     [ -e "$dir/node-$i.pid" ] && {
@@ -122,7 +124,7 @@ add() {
     "$bin" serve --node-id "$i" \
         --listen "127.0.0.1:$((http_base + i))" \
         --grpc-listen "127.0.0.1:$((grpc_base + i))" \
-        --join "http://127.0.0.1:$((http_base + 1))" \
+        --join "http://127.0.0.1:$((http_base + via))" \
         --data "$dir/node-$i" $(disk_args "$dir/node-$i") \
         --log-format json $(tls_args "$i") \
         >>"$dir/node-$i.log" 2>&1 &
@@ -150,7 +152,7 @@ down() {
 
 case "${1:-}" in
     up) [ $# -eq 3 ] || usage; up "$2" "$3" ;;
-    add) [ $# -eq 3 ] || usage; add "$2" "$3" ;;
+    add) [ $# -eq 3 ] || [ $# -eq 4 ] || usage; add "$2" "$3" "${4:-1}" ;;
     down) [ $# -eq 2 ] || usage; down "$2" ;;
     *) usage ;;
 esac

@@ -134,11 +134,18 @@ impl Cluster {
     /// `cluster.sh add DIR id`: one more node (or a stopped one again) that joins
     /// through node 1.
     pub fn add(&self, id: u16) -> Result<()> {
+        self.add_via(id, 1)
+    }
+
+    /// `cluster.sh add DIR id via`: one more node (or a stopped one again) that joins
+    /// through node `via` (node 1 itself is started again through another).
+    pub fn add_via(&self, id: u16, via: u16) -> Result<()> {
         let out = Command::new("bash")
             .arg(launcher())
             .arg("add")
             .arg(self.dir.path())
             .arg(id.to_string())
+            .arg(via.to_string())
             .env("BERTH_BIN", berth_binary()?)
             .env("BERTH_HTTP_BASE", self.http_base.to_string())
             .env("BERTH_GRPC_BASE", self.grpc_base.to_string())

@@ -3,7 +3,8 @@
 //! by the leader at a bounded rate once the cluster is settled), after which every blob
 //! pulls byte-identical through every node and survives the loss of any one of the four;
 //! blobs written doubled up on one node (two disks per node, one node down) spread over
-//! the returned node.
+//! the returned node; a leader killed mid-rebalance loses no blob and leaves no stray
+//! file once the orphan sweep has run.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -327,6 +328,73 @@ async fn blobs_written_doubled_up_spread_over_a_returning_node() {
             pull_all(c, n, &blobs).await?;
         }
         survives_any_one_loss(c, 3, &blobs).await?;
+        Ok(())
+    })
+    .await;
+}
+
+// Proves that a kill -9 in the middle of rebalancing loses nothing: node 4 joins a
+// 3-node 2+1 cluster holding 30 blobs, rebalancing copies at 1 MiB/s, and once it has
+// moved two shards the leader (the node copying) is killed at whatever step it is in.
+// Every blob pulls byte-identical through a survivor at once. The killed node is
+// started again; the new leader's rebalancing settles over the four nodes; the orphan
+// sweep (upload TTL 6 s here) removes whatever file the killed step left (a copied file
+// no layout names, or an old file a committed move did not delete), so every blob ends
+// with exactly one shard file on each of three nodes; then every blob pulls through
+// every node and survives any one node's loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_mid_rebalance_loses_nothing_and_leaves_no_stray_file() {
+    let _heavy = berth_tests::heavy().await;
+    let cluster = Cluster::up_with_env(3, env("1", &[("BERTH_UPLOAD_TTL_SECS", "6")]))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    run(&cluster, async |c| {
+        let mut blobs = Vec::new();
+        for (i, size) in sizes().into_iter().enumerate() {
+            let data = random_bytes(size);
+            let node = [1u16, 2, 3][i % 3];
+            let digest = Oci::new(&c.url(node)).push_blob(REPO, &data).await?;
+            blobs.push((digest, data));
+        }
+        let striped = blobs.iter().filter(|(_, d)| d.len() > INLINE_MAX).count();
+
+        c.add(4)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, stats) = rebalance_stats(c, 1).await?;
+            let moved: u64 = stats
+                .values()
+                .filter_map(|s| s["moved_shards"].as_u64())
+                .sum();
+            if moved >= 2 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "rebalancing did not start: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let leader = c.leader(&[1, 2, 3, 4]).await?;
+        c.signal(leader, "-9")?;
+        let survivor = if leader == 1 { 2 } else { 1 };
+        eprintln!("killed the leader, node {leader}, mid-rebalance");
+        pull_all(c, survivor, &blobs)
+            .await
+            .context("right after the leader was killed")?;
+
+        c.forget(leader)?;
+        c.add_via(leader, survivor)?;
+        let before = rounds(c).await?;
+        settled(c, 4, before).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = one_shard_per_node(c, 4, striped) {
+            ensure!(Instant::now() < deadline, "after the orphan sweep: {e:#}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        for n in 1..=4 {
+            pull_all(c, n, &blobs).await?;
+        }
+        survives_any_one_loss(c, 4, &blobs).await?;
         Ok(())
     })
     .await;
