@@ -18,9 +18,9 @@
 //! (`--rebalance-mib-per-sec`, 0 turns rebalancing off), one move at a time.
 //!
 //! Progress: shards and bytes moved, and per complete round (a walk over every layout
-//! while the cluster stays settled with one set of nodes in the map; a change of that
-//! set, or an unsettled pass, starts a new round) the nodes it placed over, the shards
-//! it found misplaced and the shards it left so.
+//! while the cluster stays settled with one set of nodes in the map and one leader's
+//! term; a change of either, or an unsettled pass, starts a new round) the nodes it
+//! placed over, the shards it found misplaced and the shards it left so.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,9 @@ struct Round {
     cursor: Option<Digest>,
     /// The nodes of the map this round places over (empty: no round begun).
     nodes: Vec<NodeId>,
+    /// The Raft term this node led in when the round began: a round interrupted by
+    /// another leader's term starts over.
+    term: u64,
     found: u64,
     left: u64,
     /// The token bucket of moved bytes, with the rate it was made for.
@@ -156,15 +159,18 @@ pub(crate) async fn pass(
         return;
     }
     let nodes = nodes_of(map);
-    if round.nodes != nodes {
+    let term = app.meta.status().term;
+    if round.nodes != nodes || round.term != term {
         if !round.nodes.is_empty() {
             tracing::info!(
                 ?nodes,
-                "the cluster map changed: rebalancing starts a new round"
+                term,
+                "the cluster map or the leader's term changed: rebalancing starts a new round"
             );
         }
         *round = Round {
             nodes,
+            term,
             pacer: round.pacer.take(),
             ..Round::default()
         };

@@ -48,6 +48,36 @@ fn env(mib_per_sec: &str, more: &[(&str, &str)]) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Pushes a blob of each size, rotating over `nodes`, retrying a 503 (a node missing
+/// from placement for a moment; clients retry) for a bounded time; returns (digest,
+/// bytes).
+async fn push_all(
+    c: &Cluster,
+    nodes: &[u16],
+    sizes: impl IntoIterator<Item = usize>,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut blobs = Vec::new();
+    for (i, size) in sizes.into_iter().enumerate() {
+        let data = random_bytes(size);
+        let node = nodes[i % nodes.len()];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let digest = loop {
+            match Oci::new(&c.url(node)).push_blob(REPO, &data).await {
+                Ok(digest) => break digest,
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
+                    eprintln!("retrying a push through node {node}: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => {
+                    return Err(e.context(format!("pushing {size} bytes through node {node}")));
+                }
+            }
+        };
+        blobs.push((digest, data));
+    }
+    Ok(blobs)
+}
+
 /// Pulls every blob through `node`, retrying 503s (an election) for a bounded time,
 /// and compares digests.
 async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result<()> {
@@ -205,16 +235,7 @@ async fn an_added_node_receives_its_share_of_shards_and_redundancy_is_kept() {
     let _heavy = berth_tests::heavy().await;
     let cluster = Cluster::up_with_env(3, env("1000", &[])).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
-        let mut blobs = Vec::new();
-        for (i, size) in sizes().into_iter().enumerate() {
-            let data = random_bytes(size);
-            let node = [1u16, 2, 3][i % 3];
-            let digest = Oci::new(&c.url(node))
-                .push_blob(REPO, &data)
-                .await
-                .with_context(|| format!("pushing {size} bytes through node {node}"))?;
-            blobs.push((digest, data));
-        }
+        let blobs = push_all(c, &[1, 2, 3], sizes()).await?;
         let striped = blobs.iter().filter(|(_, d)| d.len() > INLINE_MAX).count();
         for n in 1..=3 {
             let files = c.shard_files(n).len();
@@ -275,26 +296,9 @@ async fn blobs_written_doubled_up_spread_over_a_returning_node() {
     run(&cluster, async |c| {
         c.signal(3, "-9")?;
         c.forget(3)?;
-        let mut blobs = Vec::new();
-        for (i, size) in sizes().into_iter().take(12).enumerate() {
-            let data = random_bytes(size);
-            let node = [1u16, 2][i % 2];
-            // Until the cluster map misses node 3 (at most a few seconds) an upload
-            // placed on it fails with 503; clients retry.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let digest = loop {
-                match Oci::new(&c.url(node)).push_blob(REPO, &data).await {
-                    Ok(digest) => break digest,
-                    Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                    }
-                    Err(e) => {
-                        return Err(e.context(format!("pushing {size} bytes through node {node}")));
-                    }
-                }
-            };
-            blobs.push((digest, data));
-        }
+        // Until the cluster map misses node 3 (at most a few seconds) an upload placed
+        // on it fails with 503, and the push is retried.
+        let blobs = push_all(c, &[1, 2], sizes().into_iter().take(12)).await?;
         let striped = blobs.iter().filter(|(_, d)| d.len() > INLINE_MAX).count();
         let on: Vec<usize> = (1..=3).map(|n| c.shard_files(n).len()).collect();
         ensure!(
@@ -348,13 +352,7 @@ async fn a_leader_killed_mid_rebalance_loses_nothing_and_leaves_no_stray_file() 
     let cluster = Cluster::up_with_env(3, env("1", &[("BERTH_UPLOAD_TTL_SECS", "6")]))
         .unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
-        let mut blobs = Vec::new();
-        for (i, size) in sizes().into_iter().enumerate() {
-            let data = random_bytes(size);
-            let node = [1u16, 2, 3][i % 3];
-            let digest = Oci::new(&c.url(node)).push_blob(REPO, &data).await?;
-            blobs.push((digest, data));
-        }
+        let blobs = push_all(c, &[1, 2, 3], sizes()).await?;
         let striped = blobs.iter().filter(|(_, d)| d.len() > INLINE_MAX).count();
 
         c.add(4)?;
