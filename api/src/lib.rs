@@ -3,7 +3,7 @@
 //! authorization (`auth`), the management API (`/api/v1/`: `admin` for the cluster,
 //! `manage` for projects, users, robots and the audit log),
 //! and the registry use cases they call
-//! (uploads, manifest validation, maintenance). Only this crate knows HTTP; it talks
+//! (uploads, manifest validation, maintenance, repair and rebalancing). Only this crate knows HTTP; it talks
 //! to metadata through `berth_consensus::Metadata` and to bytes through
 //! `berth_blobstore::BlobStore`.
 
@@ -19,6 +19,7 @@ pub mod oci;
 mod ops;
 pub mod placement;
 pub mod proxy;
+pub mod rebalance;
 pub mod repair;
 pub mod restripe;
 pub mod scrub;

@@ -1,6 +1,6 @@
 //! Prometheus metrics: requests by route, method and status, latency histograms,
-//! blob bytes in and out, the scrubber's counters, and Raft, disk, repair and restripe
-//! gauges refreshed at scrape time.
+//! blob bytes in and out, the scrubber's counters, and Raft, disk, repair,
+//! restripe and rebalancing gauges refreshed at scrape time.
 
 use std::time::Instant;
 
@@ -66,6 +66,10 @@ pub struct Metrics {
     scrub_damaged: Counter,
     scrub_last_pass: Gauge,
     drain_left: Family<NodeLabels, Gauge>,
+    rebalance_shards: Gauge,
+    rebalance_bytes: Gauge,
+    rebalance_rounds: Gauge,
+    rebalance_misplaced: Gauge,
     restripe: RestripeGauges,
 }
 
@@ -116,6 +120,10 @@ impl Metrics {
             scrub_last_pass: Gauge::default(),
             drain_left: Family::default(),
             restripe: RestripeGauges::default(),
+            rebalance_shards: Gauge::default(),
+            rebalance_bytes: Gauge::default(),
+            rebalance_rounds: Gauge::default(),
+            rebalance_misplaced: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -249,6 +257,26 @@ impl Metrics {
             "Replaced layouts whose shard files wait for their deletion",
             m.restripe.waiting.clone(),
         );
+        registry.register(
+            "rebalance_moved_shards",
+            "Shards this node (as leader) moved to where placement wants them",
+            m.rebalance_shards.clone(),
+        );
+        registry.register(
+            "rebalance_moved_bytes",
+            "Shard bytes copied by rebalancing on this node",
+            m.rebalance_bytes.clone(),
+        );
+        registry.register(
+            "rebalance_rounds",
+            "Complete rebalancing rounds (walks over every blob layout) this node made",
+            m.rebalance_rounds.clone(),
+        );
+        registry.register(
+            "rebalance_misplaced_shards",
+            "Shards the last complete rebalancing round found misplaced and could not move",
+            m.rebalance_misplaced.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -330,6 +358,13 @@ impl Metrics {
         self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
         self.repair_failures.set(as_gauge(repair.failures));
         self.repair_backlog.set(as_gauge(repair.backlog_shards));
+        let rebalance = &repair.rebalance;
+        self.rebalance_shards.set(as_gauge(rebalance.moved_shards));
+        self.rebalance_bytes.set(as_gauge(rebalance.moved_bytes));
+        self.rebalance_rounds.set(as_gauge(rebalance.rounds));
+        self.rebalance_misplaced.set(as_gauge(
+            rebalance.last_round.as_ref().map_or(0, |r| r.left_shards),
+        ));
         self.drain_left.clear();
         for (node, left) in &repair.drain_shards_left {
             self.drain_left

@@ -18,13 +18,16 @@
 //! the file it wrote. A crash between the rebuild and the move leaves a file no layout
 //! names there, which the orphan sweep removes. Bandwidth is bounded by doing one
 //! shard at a time per node.
+//!
+//! After the scan, when the cluster is settled, the leader rebalances
+//! (`crate::rebalance`), moving shards through the same [`relocate`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_blobstore::{ClusterMap, place_shard};
+use berth_blobstore::{ClusterMap, Pacer, place_shard};
 use berth_consensus::{CommandV1, Outcome, Rejection};
 use berth_types::{BlobLayout, Digest, NodeId, ShardPlacement, StripedLayout};
 use futures::StreamExt;
@@ -47,6 +50,8 @@ pub struct RepairConfig {
     pub grace: Duration,
     /// How the leader restripes blobs to the profile wanted now (`crate::restripe`).
     pub restripe: crate::restripe::RestripeConfig,
+    /// Bytes per second that rebalancing's shard moves may copy; 0 turns it off.
+    pub rebalance_bytes_per_sec: u64,
 }
 
 impl Default for RepairConfig {
@@ -55,6 +60,7 @@ impl Default for RepairConfig {
             interval: Duration::from_secs(5),
             grace: Duration::from_secs(15 * 60),
             restripe: crate::restripe::RestripeConfig::default(),
+            rebalance_bytes_per_sec: 16 << 20,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Repairs {
     drain: Mutex<DrainProgress>,
     /// Restriping to the wanted profile, run at the end of the leader's pass.
     pub(crate) restripe: crate::restripe::Restripes,
+    /// Rebalancing's round and counters.
+    pub(crate) rebalance: crate::rebalance::Rebalance,
 }
 
 /// What the leader's scan knows of draining nodes.
@@ -108,6 +116,9 @@ pub struct RepairStats {
     /// Restriping's counters and, on the leader, the blobs left on another profile.
     #[serde(default)]
     pub restripe: crate::restripe::RestripeStats,
+    /// Rebalancing's counters and its last complete round (on the leader).
+    #[serde(default)]
+    pub rebalance: crate::rebalance::RebalanceStats,
 }
 
 impl Repairs {
@@ -144,6 +155,7 @@ impl Repairs {
                 .map(|(node, left)| (node.0, *left))
                 .collect(),
             restripe: self.restripe.stats(),
+            rebalance: self.rebalance.stats(),
         }
     }
 }
@@ -227,6 +239,8 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
     if scans {
         scan(app, cfg, &map, &draining).await;
         crate::restripe::pass(app, cfg.restripe, cfg.interval, &map, &draining).await;
+        let backlog = repairs(app).stats().backlog_shards;
+        crate::rebalance::pass(app, cfg, &map, &draining, backlog).await;
     }
 }
 
@@ -389,16 +403,69 @@ async fn rebuild(
             return false;
         }
     };
+    match relocate(
+        app,
+        digest,
+        size,
+        layout,
+        index,
+        to,
+        &mut Pacer::new(u64::MAX),
+    )
+    .await
+    {
+        Relocated::Moved { bytes } => {
+            repairs(app).rebuilt.fetch_add(1, Ordering::Relaxed);
+            repairs(app).bytes.fetch_add(bytes, Ordering::Relaxed);
+            tracing::info!(%digest, shard = index, from = %from.node, to = %to.node, bytes, "shard rebuilt");
+            true
+        }
+        Relocated::Refused => true,
+        Relocated::Failed => {
+            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// How a [`relocate`] ended.
+pub(crate) enum Relocated {
+    /// The shard was written at its new home and the layout moved there; `bytes` were
+    /// written.
+    Moved { bytes: u64 },
+    /// The layout changed meanwhile (the blob was deleted, or the shard moved by
+    /// another): the move was refused and the file written removed unless the layout
+    /// now uses it.
+    Refused,
+    /// The copy or the move failed (logged); nothing changed.
+    Failed,
+}
+
+/// Writes shard `index` of a blob anew at `to` (read from its holder where good,
+/// decoded from the rest of the stripe where not; each chunk when `pacer` allows),
+/// then proposes `MoveShard` from where `layout` has it, and once that is applied
+/// deletes the old file (best effort: the orphan sweep removes what is left).
+pub(crate) async fn relocate(
+    app: &AppState,
+    digest: &Digest,
+    size: u64,
+    layout: &StripedLayout,
+    index: usize,
+    to: ShardPlacement,
+    pacer: &mut Pacer,
+) -> Relocated {
+    let Some(&from) = layout.shards.get(index) else {
+        return Relocated::Failed;
+    };
     let bytes = match app
         .store
-        .rebuild_shard(layout, digest, size, index, to)
+        .rebuild_shard_paced(layout, digest, size, index, to, pacer)
         .await
     {
         Ok(bytes) => bytes,
         Err(e) => {
-            tracing::warn!(%digest, shard = index, to = %to.node, error = %e, "repair: rebuild failed");
-            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
-            return false;
+            tracing::warn!(%digest, shard = index, to = %to.node, error = %e, "shard copy failed");
+            return Relocated::Failed;
         }
     };
     let moved = app
@@ -413,16 +480,13 @@ async fn rebuild(
         .await;
     match moved {
         Ok(Outcome::ShardMoved) => {
-            repairs(app).rebuilt.fetch_add(1, Ordering::Relaxed);
-            repairs(app).bytes.fetch_add(bytes, Ordering::Relaxed);
-            tracing::info!(%digest, shard = index, from = %from.node, to = %to.node, bytes, "shard rebuilt");
             if to != from
                 && let Err(e) = app.store.delete_shard(layout, digest, index, from).await
             {
                 tracing::debug!(%digest, shard = index, error = %e,
-                    "repair: old shard file not removed; the orphan sweep will");
+                    "old shard file not removed; the orphan sweep will");
             }
-            true
+            Relocated::Moved { bytes }
         }
         Ok(Outcome::Rejected(Rejection::LayoutChanged)) => {
             // Another repairer (the leader's scan and a node's queue can both pick a
@@ -438,19 +502,17 @@ async fn rebuild(
             };
             if unused && let Err(e) = app.store.delete_shard(layout, digest, index, to).await {
                 tracing::debug!(%digest, shard = index, error = %e,
-                    "repair: unused rebuilt file not removed; the orphan sweep will");
+                    "unused rebuilt file not removed; the orphan sweep will");
             }
-            true
+            Relocated::Refused
         }
         Ok(other) => {
-            tracing::warn!(%digest, ?other, "repair: unexpected outcome of a shard move");
-            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
-            false
+            tracing::warn!(%digest, ?other, "unexpected outcome of a shard move");
+            Relocated::Failed
         }
         Err(e) => {
-            tracing::warn!(%digest, shard = index, error = %e, "repair: the move was not committed");
-            repairs(app).failures.fetch_add(1, Ordering::Relaxed);
-            false
+            tracing::warn!(%digest, shard = index, error = %e, "the shard move was not committed");
+            Relocated::Failed
         }
     }
 }

@@ -24,8 +24,8 @@ pub use codec::{Codec, CodecError, ReedSolomon, codec_for};
 pub use disk::{DirEntry, Disk, DiskFile, FsDisk};
 pub use error::BlobStoreError;
 pub use placement::{
-    Candidate, ClusterMap, DiskState, NodeCandidates, PlacementError, cluster_profile, place,
-    place_across, place_shard,
+    Candidate, ClusterMap, DiskState, NodeCandidates, PlacementError, ShardMove, cluster_profile,
+    place, place_across, place_shard, rebalance_moves,
 };
 pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use scrub::{Pacer, ShardDamage, ShardHealth};

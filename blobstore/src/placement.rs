@@ -123,6 +123,17 @@ pub fn place_across(
     map: &ClusterMap,
     width: usize,
 ) -> Result<Vec<ShardPlacement>, PlacementError> {
+    place_across_favouring(key, map, width, &[])
+}
+
+/// [`place_across`] with the scores of the disks of `favoured` nodes raised by
+/// [`HOLDER_FAVOUR`].
+fn place_across_favouring(
+    key: &[u8],
+    map: &ClusterMap,
+    width: usize,
+    favoured: &[NodeId],
+) -> Result<Vec<ShardPlacement>, PlacementError> {
     let available = map.active_disks();
     if available < width {
         return Err(PlacementError {
@@ -132,7 +143,7 @@ pub fn place_across(
     }
     let mut chosen = Vec::with_capacity(width);
     for index in 0..width {
-        let placement = place_shard(key, map, index, &chosen)?;
+        let placement = place_shard_favouring(key, map, index, &chosen, favoured)?;
         chosen.push(placement);
     }
     Ok(chosen)
@@ -148,14 +159,17 @@ pub fn place_shard(
     index: usize,
     others: &[ShardPlacement],
 ) -> Result<ShardPlacement, PlacementError> {
-    let zone_of = |node: NodeId| {
-        map.nodes
-            .iter()
-            .find(|n| n.node == node)
-            .and_then(|n| n.zone.as_deref())
-            .map_or(ZoneKey::Node(node), ZoneKey::Named)
-    };
-    let used_zones: Vec<ZoneKey> = others.iter().map(|p| zone_of(p.node)).collect();
+    place_shard_favouring(key, map, index, others, &[])
+}
+
+fn place_shard_favouring(
+    key: &[u8],
+    map: &ClusterMap,
+    index: usize,
+    others: &[ShardPlacement],
+    favoured: &[NodeId],
+) -> Result<ShardPlacement, PlacementError> {
+    let used_zones: Vec<ZoneKey> = others.iter().map(|p| zone_of(map, p.node)).collect();
     let slots: Vec<Slot> = map
         .nodes
         .iter()
@@ -170,7 +184,7 @@ pub fn place_shard(
                 node: n.node,
                 disk: d.disk,
             };
-            (at, zone_of(n.node), d.free_bytes)
+            (at, zone_of(map, n.node), d.free_bytes)
         })
         .filter(|(at, _, _)| !others.contains(at))
         .collect();
@@ -187,7 +201,15 @@ pub fn place_shard(
             slots
                 .iter()
                 .filter(|s| tier(s))
-                .map(|(at, _, free)| (cluster_score(key, index, *at, *free), *at))
+                .map(|(at, _, free)| {
+                    let score = cluster_score(key, index, *at, *free);
+                    let favour = if favoured.contains(&at.node) {
+                        HOLDER_FAVOUR
+                    } else {
+                        1.0
+                    };
+                    (score * favour, *at)
+                })
                 // Equal scores (equal zero weights) fall to the lowest ids.
                 .max_by(|a, b| {
                     a.0.total_cmp(&b.0)
@@ -200,6 +222,116 @@ pub fn place_shard(
             needed: 1,
             available: 0,
         })
+}
+
+/// A shard that rebalancing moves: shard `index` of a stripe goes to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardMove {
+    pub index: usize,
+    pub to: ShardPlacement,
+}
+
+/// How much the scores of the nodes that hold a stripe's shards are raised when
+/// rebalancing asks whether the stripe is where placement wants it: another node must
+/// outscore a holder as if it had a quarter more free space. Free space changes all
+/// the time; without this margin every small change would move the shards whose scores
+/// are close, and moving them would change the free space again. (Raising the score is
+/// raising the weight: the weighted score is linear in it.)
+const HOLDER_FAVOUR: f64 = 1.25;
+
+/// The shard moves that bring a committed stripe (`shards`, entry `i` holding shard
+/// `i`) to where the map wants it, as few as possible, each to a node that holds no
+/// shard of the stripe (so any order of the moves is safe).
+///
+/// The stripe is misplaced when [`place_across`] over the map, with the nodes that
+/// hold its shards favoured by [`HOLDER_FAVOUR`], picks another set of nodes (counted
+/// with repeats): a node new to the map clearly outscores a holder, two shards share a
+/// node (or zone) while another node (or zone) is free, or a holder's disks are full.
+/// Then the target is the set [`place_across`] picks without favour (where a new
+/// stripe would go), and only the shards on nodes beyond that set move, onto the
+/// set's nodes that hold none of the stripe's shards, to the disk placement picks
+/// there. Adding one node thus moves at most one shard per stripe, onto the new node;
+/// a stripe placed over the same map needs no move; and a moved stripe is on the
+/// target set, which the favoured placement picks again, so it moves no more until
+/// the map changes: moves cannot go round in circles. A stripe with a shard on a node
+/// missing from the map is left to repair (no moves).
+pub fn rebalance_moves(key: &[u8], map: &ClusterMap, shards: &[ShardPlacement]) -> Vec<ShardMove> {
+    if shards
+        .iter()
+        .any(|p| !map.nodes.iter().any(|n| n.node == p.node))
+    {
+        return Vec::new();
+    }
+    let width = shards.len();
+    let holders: Vec<NodeId> = shards.iter().map(|p| p.node).collect();
+    let Ok(favoured) = place_across_favouring(key, map, width, &holders) else {
+        return Vec::new();
+    };
+    if same_nodes(&favoured, shards) {
+        return Vec::new();
+    }
+    let Ok(wanted) = place_across(key, map, width) else {
+        return Vec::new();
+    };
+    // Each wanted place keeps a shard already on its node, the shard of its own index
+    // first; the shards left over move to the wanted places left over.
+    let mut kept = vec![false; width];
+    let mut filled = vec![false; width];
+    for i in 0..width {
+        if shards[i].node == wanted[i].node {
+            (kept[i], filled[i]) = (true, true);
+        }
+    }
+    for j in 0..width {
+        if filled[j] {
+            continue;
+        }
+        if let Some(i) = (0..width).find(|&i| !kept[i] && shards[i].node == wanted[j].node) {
+            (kept[i], filled[j]) = (true, true);
+        }
+    }
+    let mut movers: Vec<usize> = (0..width).filter(|&i| !kept[i]).collect();
+    let mut free: Vec<usize> = (0..width).filter(|&j| !filled[j]).collect();
+    let mut pairs: Vec<(usize, ShardPlacement)> = Vec::new();
+    // A mover whose own index's wanted place is free takes it; the others pair up in
+    // order.
+    movers.retain(|&i| match free.iter().position(|&j| j == i) {
+        Some(k) => {
+            pairs.push((i, wanted[free.remove(k)]));
+            false
+        }
+        None => true,
+    });
+    pairs.extend(movers.into_iter().zip(free.into_iter().map(|j| wanted[j])));
+    let mut now = shards.to_vec();
+    let mut moves = Vec::new();
+    for (index, to) in pairs {
+        if now.iter().all(|p| p.node != to.node) {
+            moves.push(ShardMove { index, to });
+            now[index] = to;
+        }
+    }
+    moves
+}
+
+/// Whether two placements use the same nodes, counted with repeats.
+fn same_nodes(a: &[ShardPlacement], b: &[ShardPlacement]) -> bool {
+    let nodes = |p: &[ShardPlacement]| {
+        let mut n: Vec<NodeId> = p.iter().map(|p| p.node).collect();
+        n.sort();
+        n
+    };
+    nodes(a) == nodes(b)
+}
+
+/// The failure zone of `node` in `map` (a node without one, or missing from the map,
+/// is its own).
+fn zone_of(map: &ClusterMap, node: NodeId) -> ZoneKey<'_> {
+    map.nodes
+        .iter()
+        .find(|n| n.node == node)
+        .and_then(|n| n.zone.as_deref())
+        .map_or(ZoneKey::Node(node), ZoneKey::Named)
 }
 
 /// A disk that may take a shard: where it is, its zone and its free bytes.
@@ -469,6 +601,198 @@ mod tests {
                 needed: 4,
                 available: 3
             })
+        );
+    }
+
+    /// Applies `moves` to `shards` in order, checking that each one is valid when made:
+    /// it moves a shard to another node, an active disk of the map, on a node that holds
+    /// no shard of the stripe at that moment.
+    fn apply_moves(
+        map: &ClusterMap,
+        shards: &[ShardPlacement],
+        moves: &[ShardMove],
+    ) -> Vec<ShardPlacement> {
+        let mut now = shards.to_vec();
+        for m in moves {
+            assert_ne!(now[m.index].node, m.to.node, "{moves:?}");
+            assert!(
+                now.iter().all(|p| p.node != m.to.node),
+                "a move onto a node that holds a shard: {now:?} {m:?}"
+            );
+            let active = map
+                .nodes
+                .iter()
+                .filter(|n| n.node == m.to.node)
+                .flat_map(|n| &n.disks)
+                .any(|d| d.disk == m.to.disk && d.state == DiskState::Active);
+            assert!(active, "a move onto a disk that takes no shards: {m:?}");
+            now[m.index] = m.to;
+        }
+        now
+    }
+
+    proptest! {
+        /// A stripe placed over a map needs no move while the map stays as it was.
+        #[test]
+        fn a_placed_stripe_needs_no_rebalancing(
+            key in any::<[u8; 16]>(), nodes in 1u64..9, disks in 1u32..4, width in 1usize..8,
+        ) {
+            let map = cluster(nodes, disks, None);
+            if let Ok(placed) = place_across(&key, &map, width) {
+                prop_assert_eq!(rebalance_moves(&key, &map, &placed), vec![]);
+            }
+        }
+    }
+
+    /// Adding one node to `n` moves about `width / (n + 1)` shards per stripe (the
+    /// share the new node should hold), never more than one per stripe, all onto the new
+    /// node, and the moved stripes need no further move. Measured over 1,000 stripes
+    /// for several cluster sizes and widths.
+    #[test]
+    fn adding_a_node_rebalances_about_its_share() {
+        for (nodes, width) in [(3u64, 3usize), (4, 3), (5, 5), (8, 6)] {
+            let before = cluster(nodes, 2, None);
+            let after = cluster(nodes + 1, 2, None);
+            let keys = 1000u32;
+            let mut moved = 0usize;
+            for key in 0..keys {
+                let key = key.to_le_bytes();
+                let placed = place_across(&key, &before, width).unwrap();
+                let moves = rebalance_moves(&key, &after, &placed);
+                assert!(moves.len() <= 1, "{moves:?}");
+                assert!(moves.iter().all(|m| m.to.node == NodeId(nodes + 1)));
+                let now = apply_moves(&after, &placed, &moves);
+                assert_eq!(distinct_nodes(&now), width);
+                assert_eq!(rebalance_moves(&key, &after, &now), vec![]);
+                moved += moves.len();
+            }
+            let per_stripe = moved as f64 / f64::from(keys);
+            let ideal = width as f64 / (nodes + 1) as f64;
+            eprintln!(
+                "{nodes}->{} nodes, width {width}: {per_stripe:.3} shards moved per stripe, ideal {ideal:.3}",
+                nodes + 1
+            );
+            assert!(
+                per_stripe < ideal * 2.0 && per_stripe > ideal / 2.0,
+                "{nodes}->{} nodes, width {width}: {per_stripe:.3} shards moved per stripe, ideal {ideal:.3}",
+                nodes + 1
+            );
+        }
+    }
+
+    /// Stripes written while nodes were down, with two shards on distinct disks of one
+    /// node, are spread over distinct nodes once the nodes are back, each move to a
+    /// node that held no shard of the stripe; with as many nodes as shards, exactly the
+    /// doubled shards move.
+    #[test]
+    fn doubled_up_stripes_spread_when_nodes_return() {
+        for (up, all, width) in [(2u64, 3u64, 3usize), (3, 5, 5), (2, 4, 3), (4, 6, 6)] {
+            let down = cluster(up, 2, None);
+            let back = cluster(all, 2, None);
+            for key in 0..300u32 {
+                let key = key.to_le_bytes();
+                let placed = place_across(&key, &down, width).unwrap();
+                let doubled = width - distinct_nodes(&placed);
+                assert!(doubled > 0, "{placed:?}");
+                let moves = rebalance_moves(&key, &back, &placed);
+                let now = apply_moves(&back, &placed, &moves);
+                assert_eq!(distinct_nodes(&now), width, "{placed:?} -> {now:?}");
+                // With exactly as many nodes as shards only the doubled shards move;
+                // with more, a returning node may also win a shard it clearly scores
+                // better for.
+                if all as usize == width {
+                    assert_eq!(moves.len(), doubled, "{placed:?}: {moves:?}");
+                } else {
+                    assert!(moves.len() >= doubled, "{placed:?}: {moves:?}");
+                }
+                assert_eq!(rebalance_moves(&key, &back, &now), vec![]);
+            }
+        }
+    }
+
+    /// With zones, a stripe written while a zone was missing spreads into it again.
+    #[test]
+    fn stripes_spread_into_a_zone_that_returns() {
+        let all = cluster(6, 1, Some(3));
+        let without_zone_0 = ClusterMap {
+            nodes: all
+                .nodes
+                .iter()
+                .filter(|n| n.node.0 % 3 != 0)
+                .cloned()
+                .collect(),
+        };
+        for key in 0..300u32 {
+            let key = key.to_le_bytes();
+            let placed = place_across(&key, &without_zone_0, 3).unwrap();
+            let now = apply_moves(&all, &placed, &rebalance_moves(&key, &all, &placed));
+            let mut zones: Vec<u64> = now.iter().map(|p| p.node.0 % 3).collect();
+            zones.sort();
+            zones.dedup();
+            assert_eq!(zones.len(), 3, "{now:?}");
+        }
+    }
+
+    /// Shards leave a node whose disks are full when another node can take them; a
+    /// stripe with a shard on a node the map lacks (down or removed) is repair's, not
+    /// rebalancing's.
+    #[test]
+    fn full_nodes_are_left_and_missing_nodes_wait_for_repair() {
+        let map = cluster(4, 1, None);
+        let mut full = map.clone();
+        full.nodes[0].disks[0].state = DiskState::Full;
+        let without_4 = ClusterMap {
+            nodes: map.nodes[..3].to_vec(),
+        };
+        let mut left_node_1 = 0;
+        for key in 0..300u32 {
+            let key = key.to_le_bytes();
+            let placed = place_across(&key, &map, 3).unwrap();
+            let now = apply_moves(&full, &placed, &rebalance_moves(&key, &full, &placed));
+            assert!(now.iter().all(|p| p.node != NodeId(1)), "{now:?}");
+            left_node_1 += usize::from(placed.iter().any(|p| p.node == NodeId(1)));
+            if placed.iter().any(|p| p.node == NodeId(4)) {
+                assert_eq!(rebalance_moves(&key, &without_4, &placed), vec![]);
+            }
+        }
+        assert!(left_node_1 > 100, "{left_node_1}");
+    }
+
+    /// Free space that drifts by less than the holders' favour moves (almost) no
+    /// shard, while a node whose free space grew threefold wins shards from the others.
+    /// Small drift can still reorder the holders among themselves (scores are per shard
+    /// index) and so, rarely, let another node in: 1.2 % of the stripes here, for
+    /// +10 %, -10 % and +5 % on three of five nodes; the bound is 2 %.
+    #[test]
+    fn free_space_drift_within_the_margin_moves_next_to_nothing() {
+        let before = cluster(5, 1, None);
+        let free = before.nodes[0].disks[0].free_bytes;
+        let mut drifted = before.clone();
+        drifted.nodes[0].disks[0].free_bytes = free / 10 * 11;
+        drifted.nodes[1].disks[0].free_bytes = free / 10 * 9;
+        drifted.nodes[2].disks[0].free_bytes = free / 20 * 21;
+        let mut grown = before.clone();
+        grown.nodes[4].disks[0].free_bytes = free * 3;
+        let (mut drift_moves, mut growth_moves, mut onto_grown) = (0usize, 0usize, 0usize);
+        let keys = 1000u32;
+        for key in 0..keys {
+            let key = key.to_le_bytes();
+            let placed = place_across(&key, &before, 3).unwrap();
+            drift_moves += rebalance_moves(&key, &drifted, &placed).len();
+            let moves = rebalance_moves(&key, &grown, &placed);
+            growth_moves += moves.len();
+            onto_grown += moves.iter().filter(|m| m.to.node == NodeId(5)).count();
+        }
+        eprintln!(
+            "drift: {drift_moves} moves; growth: {growth_moves} moves, {onto_grown} onto the grown node, over {keys} stripes"
+        );
+        assert!(drift_moves * 50 < keys as usize, "{drift_moves}");
+        assert!(onto_grown * 10 > keys as usize, "{onto_grown}");
+        // Most moves go onto the grown node; the rest follow from the holders'
+        // reordering (per-index scores), each onto a node placement now prefers.
+        assert!(
+            onto_grown * 4 > growth_moves * 3,
+            "{onto_grown} of {growth_moves}"
         );
     }
 }

@@ -20,8 +20,9 @@ use crate::store::{BlobStore, blocking};
 /// metadata read): at most this much time's worth of bytes is read unpaced after it.
 const PACER_SLACK: Duration = Duration::from_secs(1);
 
-/// Keeps reads under a rate in bytes per second: each read of `n` bytes first waits
-/// until the bytes read so far fit in the time elapsed.
+/// Keeps reads (the scrubber's) or copies (rebalancing's shard moves) under a rate in
+/// bytes per second, a token bucket of [`PACER_SLACK`]'s worth: each take of `n` bytes
+/// first waits until the bytes taken so far fit in the time elapsed.
 #[derive(Debug)]
 pub struct Pacer {
     bytes_per_sec: u64,

@@ -22,6 +22,7 @@ use crate::format::{self, BLOBS_DIR, DIGEST_ALGORITHMS, STAGING_DIR};
 use crate::placement::{self, Candidate, DiskState};
 use crate::reader;
 use crate::rpc::{ShardClient, ShardRef};
+use crate::scrub::Pacer;
 use crate::target::ShardTarget;
 use crate::writer::StripeWriter;
 
@@ -479,12 +480,27 @@ impl BlobStore {
         index: usize,
         to: ShardPlacement,
     ) -> Result<u64, BlobStoreError> {
+        self.rebuild_shard_paced(layout, digest, size, index, to, &mut Pacer::new(u64::MAX))
+            .await
+    }
+
+    /// [`rebuild_shard`](Self::rebuild_shard), writing each chunk only when `pacer`
+    /// allows: what rebalancing uses to bound the bandwidth its moves take.
+    pub async fn rebuild_shard_paced(
+        &self,
+        layout: &StripedLayout,
+        digest: &Digest,
+        size: u64,
+        index: usize,
+        to: ShardPlacement,
+        pacer: &mut Pacer,
+    ) -> Result<u64, BlobStoreError> {
         if !layout.is_valid() || index >= layout.profile.width() {
             return Err(BlobStoreError::InvalidLayout);
         }
         let mut target = self.target(layout.upload, index, to)?;
         let result = self
-            .copy_shard(&mut target, layout, digest, size, index)
+            .copy_shard(&mut target, layout, digest, size, index, pacer)
             .await;
         if result.is_ok() {
             // Reading the old file for the copy found its damage again: that is what
@@ -514,6 +530,7 @@ impl BlobStore {
         digest: &Digest,
         size: u64,
         index: usize,
+        pacer: &mut Pacer,
     ) -> Result<u64, BlobStoreError> {
         use futures::StreamExt;
         target
@@ -537,6 +554,7 @@ impl BlobStore {
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             written += chunk.len() as u64;
+            pacer.take(chunk.len() as u64).await;
             target.write_chunk(stripe, chunk).await?;
             stripe += 1;
         }

@@ -6,15 +6,16 @@
 #                                        6001..600N), data in DIR/node-<id>, wait
 #                                        until every node is ready, print one line
 #                                        per node: node <id> http://127.0.0.1:<port> pid <pid>
-#   deploy/local/cluster.sh add DIR ID   start one more node (id ID, same port scheme)
-#                                        that joins the cluster through node 1 (or
-#                                        node BERTH_JOIN_VIA)
+#   deploy/local/cluster.sh add DIR ID [VIA]  start one more node (id ID, same port
+#                                        scheme), or a stopped one again, that joins
+#                                        the cluster through node VIA (default 1)
 #   deploy/local/cluster.sh down DIR     stop the nodes started in DIR (SIGTERM, by PID)
 #
 # Env: BERTH_BIN (default: target/release/berth, else target/debug/berth under
 # CARGO_TARGET_DIR or ./target), BERTH_HTTP_BASE (5000), BERTH_GRPC_BASE (6000),
 # BERTH_CLUSTER_TLS_DIR (mutual TLS between nodes: ca.pem, node-<id>.pem and
-# node-<id>.key in that folder).
+# node-<id>.key in that folder), BERTH_DISKS_PER_NODE (default 1: each node's data
+# folder holds one disk folder; N gives each node disk0..disk<N-1> there).
 set -euo pipefail
 
 usage() {
@@ -27,6 +28,19 @@ tls_args() {
     local tls="${BERTH_CLUSTER_TLS_DIR:-}"
     [ -n "$tls" ] || return 0
     echo "--cluster-ca $tls/ca.pem --cluster-cert $tls/node-$1.pem --cluster-key $tls/node-$1.key"
+}
+
+# The --disk flags of the node with data folder $1, when BERTH_DISKS_PER_NODE > 1.
+disk_args() {
+    local n="${BERTH_DISKS_PER_NODE:-1}" d
+    [[ "$n" =~ ^[0-9]+$ ]] || {
+        echo "cluster.sh: BERTH_DISKS_PER_NODE must be a number" >&2
+        exit 2
+    }
+    [ "$n" -gt 1 ] || return 0
+    for d in $(seq 0 $((n - 1))); do
+        echo -n "--disk $1/disk$d "
+    done
 }
 
 find_bin() {
@@ -63,7 +77,8 @@ up() {
             --listen "127.0.0.1:$((http_base + i))" \
             --grpc-listen "127.0.0.1:$((grpc_base + i))" \
             --initial-cluster "$members" \
-            --data "$dir/node-$i" --log-format json $(tls_args "$i") \
+            --data "$dir/node-$i" $(disk_args "$dir/node-$i") \
+            --log-format json $(tls_args "$i") \
             >>"$dir/node-$i.log" 2>&1 &
         echo $! >"$dir/node-$i.pid"
     done
@@ -94,9 +109,10 @@ wait_ready() {
 }
 
 add() {
-    local dir="$1" i="$2"
-    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le 9 ] || {
-        echo "cluster.sh: ID must be 1..9" >&2
+    local dir="$1" i="$2" via="${3:-1}"
+    [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le 9 ] \
+        && [[ "$via" =~ ^[0-9]+$ ]] && [ "$via" -ge 1 ] && [ "$via" -le 9 ] || {
+        echo "cluster.sh: ID and VIA must be 1..9" >&2
         exit 2
     }
     [ -e "$dir/node-$i.pid" ] && {
@@ -108,8 +124,9 @@ add() {
     "$bin" serve --node-id "$i" \
         --listen "127.0.0.1:$((http_base + i))" \
         --grpc-listen "127.0.0.1:$((grpc_base + i))" \
-        --join "http://127.0.0.1:$((http_base + ${BERTH_JOIN_VIA:-1}))" \
-        --data "$dir/node-$i" --log-format json $(tls_args "$i") \
+        --join "http://127.0.0.1:$((http_base + via))" \
+        --data "$dir/node-$i" $(disk_args "$dir/node-$i") \
+        --log-format json $(tls_args "$i") \
         >>"$dir/node-$i.log" 2>&1 &
     echo $! >"$dir/node-$i.pid"
     wait_ready "$i" "$((http_base + i))" "$dir"
@@ -135,7 +152,7 @@ down() {
 
 case "${1:-}" in
     up) [ $# -eq 3 ] || usage; up "$2" "$3" ;;
-    add) [ $# -eq 3 ] || usage; add "$2" "$3" ;;
+    add) [ $# -eq 3 ] || [ $# -eq 4 ] || usage; add "$2" "$3" "${4:-1}" ;;
     down) [ $# -eq 2 ] || usage; down "$2" ;;
     *) usage ;;
 esac

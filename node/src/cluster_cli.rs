@@ -6,8 +6,9 @@
 //! node draining so repair moves its shards off first. `status` asks each given node
 //! for `/api/v1/cluster/status` and prints a table (or the raw JSON): every node's
 //! term, role, log, commit and apply indices, the leader's view of each member's
-//! replication lag, each member's repair backlog and counters, draining nodes with
-//! the shards they still hold, and disk state.
+//! replication lag, each member's repair backlog and counters, rebalancing's progress
+//! (shards moved, the last complete round), draining nodes with the shards they still
+//! hold, and disk state.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -348,8 +349,8 @@ fn table(answers: &[(String, Value)]) -> String {
     out
 }
 
-/// Each member's repair counters and backlog, and the draining nodes with the shards
-/// they still hold as the leader's repair scan last counted them.
+/// Each member's repair counters and backlog and its rebalancing, and the draining
+/// nodes with the shards they still hold as the leader's repair scan last counted them.
 fn repair_lines(v: &Value) -> String {
     let mut out = String::new();
     let members = v["members"].as_array();
@@ -383,6 +384,7 @@ fn repair_lines(v: &Value) -> String {
                 num(&s["failures"]),
             );
         }
+        out += &rebalance_line(num(&m["id"]), &r["rebalance"]);
     }
     let leader_left = members
         .into_iter()
@@ -397,6 +399,36 @@ fn repair_lines(v: &Value) -> String {
         out += &format!("node {} draining: {left}\n", num(node));
     }
     out
+}
+
+/// What a member's rebalancing did (moved shards, its last complete round), when it
+/// did anything: only a leader rebalances.
+fn rebalance_line(node: String, r: &Value) -> String {
+    let round = &r["last_round"];
+    if r["moved_shards"].as_u64().unwrap_or(0) == 0 && !round.is_object() {
+        return String::new();
+    }
+    let last = if round.is_object() {
+        let nodes: Vec<String> = round["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(num)
+            .collect();
+        format!(
+            "last round over nodes {}: {} shards misplaced, {} left",
+            nodes.join(","),
+            num(&round["misplaced_shards"]),
+            num(&round["left_shards"]),
+        )
+    } else {
+        "no complete round yet".to_owned()
+    };
+    format!(
+        "rebalance on node {node}: moved {} shards ({} bytes); {last}\n",
+        num(&r["moved_shards"]),
+        num(&r["moved_bytes"]),
+    )
 }
 
 #[cfg(test)]
@@ -464,6 +496,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("node 4 draining: 7 shards left"), "{out}");
+        assert!(!out.contains("rebalance"), "{out}");
         assert!(out.contains("node 3 draining: not counted yet"), "{out}");
     }
 
@@ -511,5 +544,33 @@ mod tests {
             out.contains("disk 0 of http://a: active 40 of 100 bytes free"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn table_shows_rebalancing_progress() {
+        let status = json!({
+            "node": 1, "leader": 1, "is_leader": true, "draining": [],
+            "members": [
+                {"id": 1, "report": {"disks": [], "repair": {"rebalance": {
+                    "moved_shards": 21, "moved_bytes": 9000, "rounds": 3,
+                    "last_round": {"nodes": [1, 2, 3, 4], "misplaced_shards": 2, "left_shards": 1}}}}},
+                {"id": 2, "report": {"disks": [], "repair": {"rebalance": {
+                    "moved_shards": 4, "moved_bytes": 100, "rounds": 0, "last_round": null}}}},
+                {"id": 3, "report": {"disks": [], "repair": {"rebalance": {
+                    "moved_shards": 0, "moved_bytes": 0, "rounds": 0, "last_round": null}}}}
+            ]
+        });
+        let out = table(&[("http://a".into(), status)]);
+        assert!(
+            out.contains(
+                "rebalance on node 1: moved 21 shards (9000 bytes); last round over nodes 1,2,3,4: 2 shards misplaced, 1 left"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("rebalance on node 2: moved 4 shards (100 bytes); no complete round yet"),
+            "{out}"
+        );
+        assert!(!out.contains("rebalance on node 3"), "{out}");
     }
 }

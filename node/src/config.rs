@@ -99,6 +99,12 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restripe_old_files_secs: Option<u64>,
+    /// MiB per second that background rebalancing (moving shards onto nodes that
+    /// joined, spreading shards doubled up on one node) may copy, at most (default 16;
+    /// 0 turns rebalancing off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rebalance_mib_per_sec: Option<u32>,
     /// MiB of memory for the metadata store's page cache (default 32). Reads of pages
     /// beyond it go to the file (usually the operating system's page cache).
     #[arg(long)]
@@ -265,6 +271,7 @@ pub struct Config {
     pub read_hedge_ms: u64,
     pub restripe_mib_per_sec: u32,
     pub restripe_old_files_secs: u64,
+    pub rebalance_mib_per_sec: u32,
     pub meta_cache_mib: u32,
     pub log_format: String,
     pub allow_insecure_http: bool,
@@ -327,6 +334,7 @@ impl Default for Config {
             read_hedge_ms: READ_HEDGE_DEFAULT.as_millis() as u64,
             restripe_mib_per_sec: 32,
             restripe_old_files_secs: 60,
+            rebalance_mib_per_sec: 16,
             meta_cache_mib: (berth_consensus::CACHE_BYTES_DEFAULT >> 20) as u32,
             log_format: "auto".into(),
             allow_insecure_http: false,
@@ -499,6 +507,11 @@ impl Config {
             bytes_per_sec: u64::from(self.restripe_mib_per_sec) << 20,
             old_files_delay: std::time::Duration::from_secs(self.restripe_old_files_secs),
         }
+    }
+
+    /// Bytes rebalancing copies per second, at most (0: rebalancing off).
+    pub fn rebalance_bytes_per_sec(&self) -> u64 {
+        u64::from(self.rebalance_mib_per_sec) << 20
     }
 
     /// Bytes of the metadata store's page cache.
@@ -1071,5 +1084,20 @@ mod tests {
         let cfg = load(&loopback).unwrap();
         assert_eq!(cfg.auth_setting().unwrap(), AuthSetting::Enforced);
         assert_eq!(cfg.rate_limit().unwrap(), None);
+    }
+
+    #[test]
+    fn rebalancing_copies_16_mib_per_second_by_default_and_zero_turns_it_off() {
+        assert_eq!(
+            load(&ServeArgs::default())
+                .unwrap()
+                .rebalance_bytes_per_sec(),
+            16 << 20
+        );
+        let args = ServeArgs {
+            rebalance_mib_per_sec: Some(0),
+            ..ServeArgs::default()
+        };
+        assert_eq!(load(&args).unwrap().rebalance_bytes_per_sec(), 0);
     }
 }

@@ -339,6 +339,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             interval: Duration::from_secs(cfg.repair_interval_secs),
             grace: Duration::from_secs(cfg.repair_grace_secs),
             restripe: cfg.restripe(),
+            rebalance_bytes_per_sec: cfg.rebalance_bytes_per_sec(),
         },
         stop_rx.clone(),
     ));

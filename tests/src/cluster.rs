@@ -31,6 +31,16 @@ fn port_bases(nodes: u16) -> Result<(u16, u16)> {
     bail!("no free port ranges found")
 }
 
+/// A shard file on a node's disk.
+#[derive(Debug, Clone)]
+pub struct ShardFile {
+    pub path: PathBuf,
+    /// The hex digest of its blob (the folder it is in).
+    pub blob: String,
+    /// The shard index its name ends in.
+    pub index: usize,
+}
+
 /// A cluster of real berth processes, stopped with `cluster.sh down` when dropped.
 pub struct Cluster {
     dir: tempfile::TempDir,
@@ -89,6 +99,33 @@ impl Cluster {
         self.dir.path().join(format!("node-{node}"))
     }
 
+    /// The shard files under `node`'s data folder (files in a `blobs` folder, named
+    /// `<upload>.<index>` in their blob's digest folder), sorted by path.
+    pub fn shard_files(&self, node: u16) -> Vec<ShardFile> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.components().any(|c| c.as_os_str() == "blobs") {
+                    out.push(path);
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        walk(&self.data_dir(node), &mut paths);
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|path| {
+                let name = path.file_name()?.to_string_lossy().into_owned();
+                let index = name.rsplit_once('.')?.1.parse().ok()?;
+                let blob = path.parent()?.file_name()?.to_string_lossy().into_owned();
+                Some(ShardFile { path, blob, index })
+            })
+            .collect()
+    }
+
     /// The gRPC (cluster listener) address of `node`.
     pub fn grpc_addr(&self, node: u16) -> String {
         format!("127.0.0.1:{}", self.grpc_base + node)
@@ -100,18 +137,18 @@ impl Cluster {
         self.add_via(id, 1)
     }
 
-    /// `cluster.sh add DIR id` joining through node `via` (node 1 itself, killed,
-    /// starts again this way).
+    /// `cluster.sh add DIR id via`: one more node (or a stopped one again) that joins
+    /// through node `via` (node 1 itself is started again through another).
     pub fn add_via(&self, id: u16, via: u16) -> Result<()> {
         let out = Command::new("bash")
             .arg(launcher())
             .arg("add")
             .arg(self.dir.path())
             .arg(id.to_string())
+            .arg(via.to_string())
             .env("BERTH_BIN", berth_binary()?)
             .env("BERTH_HTTP_BASE", self.http_base.to_string())
             .env("BERTH_GRPC_BASE", self.grpc_base.to_string())
-            .env("BERTH_JOIN_VIA", via.to_string())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()?;
         ensure!(
