@@ -326,28 +326,14 @@ async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
     .await;
 }
 
-/// Damages the files of data shard 0 under `dir` (the shard every non-empty blob has
-/// content in, so a full read meets the damage): flips a byte in the middle of every
-/// other one and deletes the rest. Returns how many were damaged.
-fn damage_first_shards(dir: &Path) -> usize {
-    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.components().any(|c| c.as_os_str() == "blobs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    files.sort();
+/// Damages the files of data shards (index below `k`) under `dir`: every striped blob
+/// has content in each of its data shards, so a full read meets the damage. Flips a
+/// byte in the middle of every other one and deletes the rest. Returns how many were
+/// damaged.
+fn damage_data_shards(dir: &Path, k: usize) -> usize {
     let mut damaged = 0;
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let index: usize = name.rsplit_once('.').unwrap().1.parse().unwrap();
-        if index != 0 {
+    for (path, index) in shard_paths(dir) {
+        if index >= k {
             continue;
         }
         if damaged % 2 == 0 {
@@ -364,8 +350,9 @@ fn damage_first_shards(dir: &Path) -> usize {
 }
 
 // Proves that damaged shard files are read around and repaired while the cluster
-// runs: on node 3 of a 3-node cluster (2+1) every file of data shard 0 is corrupted or
-// deleted; every blob still pulls byte-identical through node 1, which counts the
+// runs: on node 3 of a 3-node cluster (2+1) every data shard file (index 0 or 1; node 3
+// holds one of the three shards of each blob, a data shard for about two blobs in
+// three) is corrupted or deleted; every blob still pulls byte-identical through node 1, which counts the
 // damage and queues it; repair rewrites the damaged shards; then node 2 is killed and
 // every blob pulls through nodes 1 and 3, which needs the rewritten shards. (Damage in
 // a shard that holds only padding or parity is not met by reads; the scrubber finds
@@ -377,7 +364,7 @@ async fn damaged_shards_are_read_around_then_rebuilt() {
     let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;
-        let damaged = damage_first_shards(&c.data_dir(3));
+        let damaged = damage_data_shards(&c.data_dir(3), 2);
         ensure!(damaged > 0, "node 3 holds no data shard: nothing to test");
         pull_all(c, 1, &blobs).await?;
         let mut failures = 0;
