@@ -22,7 +22,6 @@
 //! term; a change of either, or an unsettled pass, starts a new round) the nodes it
 //! placed over, the shards it found misplaced and the shards it left so.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -109,27 +108,6 @@ fn rebalance(app: &AppState) -> &Rebalance {
     &app.uploads.placer.repairs.rebalance
 }
 
-/// Why the cluster is not settled enough to rebalance, if it is not: a member
-/// missing from the map (down, or a learner still joining), a draining node, or
-/// shards waiting for repair.
-fn unsettled(
-    members: &BTreeSet<NodeId>,
-    map: &ClusterMap,
-    draining: &BTreeSet<NodeId>,
-    backlog: u64,
-) -> Option<String> {
-    if let Some(node) = members
-        .iter()
-        .find(|m| !map.nodes.iter().any(|n| n.node == **m))
-    {
-        return Some(format!("member {node} is not in the cluster map"));
-    }
-    if let Some(node) = draining.iter().next() {
-        return Some(format!("node {node} is draining"));
-    }
-    (backlog > 0).then(|| format!("{backlog} shards wait for repair"))
-}
-
 /// The node ids of a map, sorted.
 fn nodes_of(map: &ClusterMap) -> Vec<NodeId> {
     let mut nodes: Vec<NodeId> = map.nodes.iter().map(|n| n.node).collect();
@@ -144,15 +122,13 @@ pub(crate) async fn pass(
     app: &AppState,
     cfg: RepairConfig,
     map: &ClusterMap,
-    draining: &BTreeSet<NodeId>,
-    backlog: u64,
+    unsettled: Option<&str>,
 ) {
     if cfg.rebalance_bytes_per_sec == 0 {
         return;
     }
-    let members: BTreeSet<NodeId> = app.meta.membership().nodes.into_keys().collect();
     let mut round = rebalance(app).round.lock().await;
-    if let Some(why) = unsettled(&members, map, draining, backlog) {
+    if let Some(why) = unsettled {
         tracing::debug!(%why, "rebalancing waits");
         // A round covers one settled stretch: the next starts over.
         round.nodes.clear();
@@ -269,45 +245,4 @@ async fn move_shards(
         }
     }
     moves.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use berth_blobstore::{Candidate, DiskState, NodeCandidates};
-    use berth_types::DiskId;
-
-    use super::*;
-
-    fn map(nodes: &[u64]) -> ClusterMap {
-        ClusterMap {
-            nodes: nodes
-                .iter()
-                .map(|&n| NodeCandidates {
-                    node: NodeId(n),
-                    zone: None,
-                    disks: vec![Candidate {
-                        disk: DiskId(0),
-                        free_bytes: 1 << 30,
-                        state: DiskState::Active,
-                    }],
-                })
-                .collect(),
-        }
-    }
-
-    /// Rebalancing waits for a member that is down or still a learner (missing from
-    /// the map), for a draining node and for repair's backlog; otherwise it runs.
-    #[test]
-    fn rebalancing_waits_until_the_cluster_is_settled() {
-        let members: BTreeSet<NodeId> = [1, 2, 3, 4].map(NodeId).into();
-        let none = BTreeSet::new();
-        assert_eq!(unsettled(&members, &map(&[1, 2, 3, 4]), &none, 0), None);
-        let why = unsettled(&members, &map(&[1, 2, 3]), &none, 0).unwrap();
-        assert!(why.contains("member 4"), "{why}");
-        let draining: BTreeSet<NodeId> = [NodeId(2)].into();
-        let why = unsettled(&members, &map(&[1, 2, 3, 4]), &draining, 0).unwrap();
-        assert!(why.contains("node 2 is draining"), "{why}");
-        let why = unsettled(&members, &map(&[1, 2, 3, 4]), &none, 3).unwrap();
-        assert!(why.contains("3 shards"), "{why}");
-    }
 }

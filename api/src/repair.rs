@@ -238,10 +238,34 @@ pub async fn pass(app: &AppState, cfg: RepairConfig) {
     }
     if scans {
         scan(app, cfg, &map, &draining).await;
-        crate::restripe::pass(app, cfg.restripe, cfg.interval, &map, &draining).await;
+        let members: BTreeSet<NodeId> = app.meta.membership().nodes.into_keys().collect();
         let backlog = repairs(app).stats().backlog_shards;
-        crate::rebalance::pass(app, cfg, &map, &draining, backlog).await;
+        let unsettled = unsettled(&members, &map, &draining, backlog);
+        crate::restripe::pass(app, cfg.restripe, cfg.interval, &map, unsettled.as_deref()).await;
+        crate::rebalance::pass(app, cfg, &map, unsettled.as_deref()).await;
     }
+}
+
+/// Why the cluster is not settled enough for background work that moves healthy
+/// blobs (restriping, rebalancing), if it is not: a member missing from the map
+/// (down, or a learner still joining), a draining node, or shards waiting for repair,
+/// which always goes first.
+pub(crate) fn unsettled(
+    members: &BTreeSet<NodeId>,
+    map: &ClusterMap,
+    draining: &BTreeSet<NodeId>,
+    backlog: u64,
+) -> Option<String> {
+    if let Some(node) = members
+        .iter()
+        .find(|m| !map.nodes.iter().any(|n| n.node == **m))
+    {
+        return Some(format!("member {node} is not in the cluster map"));
+    }
+    if let Some(node) = draining.iter().next() {
+        return Some(format!("node {node} is draining"));
+    }
+    (backlog > 0).then(|| format!("{backlog} shards wait for repair"))
 }
 
 /// Takes a blob's shards off the in-pass count when its handling ends, however it ends.
@@ -534,10 +558,44 @@ fn rebuilt_file_unused(
 
 #[cfg(test)]
 mod tests {
+    use berth_blobstore::{Candidate, DiskState, NodeCandidates};
     use berth_consensus::BlobRecord;
     use berth_types::{CodecId, DiskId, EcProfile, UploadId};
 
     use super::*;
+
+    fn map(nodes: &[u64]) -> ClusterMap {
+        ClusterMap {
+            nodes: nodes
+                .iter()
+                .map(|&n| NodeCandidates {
+                    node: NodeId(n),
+                    zone: None,
+                    disks: vec![Candidate {
+                        disk: DiskId(0),
+                        free_bytes: 1 << 30,
+                        state: DiskState::Active,
+                    }],
+                })
+                .collect(),
+        }
+    }
+
+    /// Restriping and rebalancing wait for a member that is down or still a learner (missing from
+    /// the map), for a draining node and for repair's backlog; otherwise it runs.
+    #[test]
+    fn moving_healthy_blobs_waits_until_the_cluster_is_settled() {
+        let members: BTreeSet<NodeId> = [1, 2, 3, 4].map(NodeId).into();
+        let none = BTreeSet::new();
+        assert_eq!(unsettled(&members, &map(&[1, 2, 3, 4]), &none, 0), None);
+        let why = unsettled(&members, &map(&[1, 2, 3]), &none, 0).unwrap();
+        assert!(why.contains("member 4"), "{why}");
+        let draining: BTreeSet<NodeId> = [NodeId(2)].into();
+        let why = unsettled(&members, &map(&[1, 2, 3, 4]), &draining, 0).unwrap();
+        assert!(why.contains("node 2 is draining"), "{why}");
+        let why = unsettled(&members, &map(&[1, 2, 3, 4]), &none, 3).unwrap();
+        assert!(why.contains("3 shards"), "{why}");
+    }
 
     fn at(node: u64, disk: u32) -> ShardPlacement {
         ShardPlacement {

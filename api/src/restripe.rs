@@ -43,14 +43,14 @@
 //! walk found on another profile and could not restripe (`RestripeStats`), in the
 //! repair stats of the status and in metrics.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_blobstore::{BlobStoreError, ClusterMap, Pacer, PlacementError, place_across};
 use berth_consensus::{BlobRecord, CommandV1, ConsensusError, Outcome, Rejection};
-use berth_types::{BlobLayout, Digest, EcProfile, NodeId, StripedLayout, UploadId};
+use berth_types::{BlobLayout, Digest, EcProfile, StripedLayout, UploadId};
 use futures::StreamExt;
 
 use crate::AppState;
@@ -231,13 +231,13 @@ pub async fn pass(
     cfg: RestripeConfig,
     budget: Duration,
     map: &ClusterMap,
-    draining: &BTreeSet<NodeId>,
+    unsettled: Option<&str>,
 ) {
     let Some(default) = app.uploads.placer.full_profile() else {
         return;
     };
     let started = Instant::now();
-    let healthy = match unhealthy(app, map, draining) {
+    let healthy = match unsettled {
         None => cfg.bytes_per_sec > 0,
         Some(why) => {
             tracing::debug!(why, "restripe: waiting for a healthy cluster");
@@ -328,28 +328,6 @@ fn links_of(v: &berth_consensus::StateView, digest: &Digest) -> Result<Links, Co
         Some(p) => Links::Project(p),
         None => Links::Default,
     })
-}
-
-/// Why the cluster is not healthy enough to restripe, if it is not.
-fn unhealthy(
-    app: &AppState,
-    map: &ClusterMap,
-    draining: &BTreeSet<NodeId>,
-) -> Option<&'static str> {
-    if !draining.is_empty() {
-        return Some("a member is draining");
-    }
-    let members = app.meta.membership().nodes;
-    if members
-        .keys()
-        .any(|id| !map.nodes.iter().any(|n| n.node == *id))
-    {
-        return Some("a member is unreachable or not a voter");
-    }
-    if app.uploads.placer.repairs.stats().backlog_shards > 0 {
-        return Some("repair has a backlog");
-    }
-    None
 }
 
 /// Restripes one blob to `wanted`. Returns whether its new layout is in force.
