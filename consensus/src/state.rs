@@ -246,25 +246,15 @@ impl<'txn> StateTables<'txn> {
         from_upload: UploadId,
         layout: &berth_types::StripedLayout,
     ) -> Result<Outcome, ConsensusError> {
-        let digest_key = digest.to_string();
-        let Some(mut record) =
-            read_record::<BlobRecord>(&self.blobs, "blob record", digest_key.as_bytes())?
-        else {
-            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
-        };
-        let berth_types::BlobLayout::Striped(current) = &record.layout else {
-            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
-        };
-        // The new files must not share names with the ones they replace: those are
-        // deleted once this applies.
-        if current.upload != from_upload || layout.upload == from_upload || !layout.is_valid() {
-            return Ok(Outcome::Rejected(Rejection::LayoutChanged));
-        }
-        let replaced = current.clone();
-        record.layout = berth_types::BlobLayout::Striped(layout.clone());
-        self.blobs
-            .insert(digest_key.as_bytes(), codec::encode(&record).as_slice())?;
-        Ok(Outcome::BlobRestriped { replaced })
+        self.change_layout(digest, |current| {
+            // The new files must not share names with the ones they replace: those are
+            // deleted once this applies.
+            if current.upload != from_upload || layout.upload == from_upload || !layout.is_valid() {
+                return None;
+            }
+            let replaced = std::mem::replace(current, layout.clone());
+            Some(Outcome::BlobRestriped { replaced })
+        })
     }
 
     fn move_shard(
@@ -275,6 +265,29 @@ impl<'txn> StateTables<'txn> {
         from: berth_types::ShardPlacement,
         to: berth_types::ShardPlacement,
     ) -> Result<Outcome, ConsensusError> {
+        self.change_layout(digest, |layout| {
+            let others_hold_to = layout
+                .shards
+                .iter()
+                .enumerate()
+                .any(|(i, p)| i != index && *p == to);
+            if layout.upload != upload || layout.shards.get(index) != Some(&from) || others_hold_to
+            {
+                return None;
+            }
+            layout.shards[index] = to;
+            Some(Outcome::ShardMoved)
+        })
+    }
+
+    /// Applies `change` to the striped layout of blob `digest` and stores the record
+    /// when `change` answers; a missing blob, an inline one, or `None` from `change`
+    /// (the layout is not the one the command was made for) is `LayoutChanged`.
+    fn change_layout(
+        &mut self,
+        digest: &Digest,
+        change: impl FnOnce(&mut berth_types::StripedLayout) -> Option<Outcome>,
+    ) -> Result<Outcome, ConsensusError> {
         let digest_key = digest.to_string();
         let Some(mut record) =
             read_record::<BlobRecord>(&self.blobs, "blob record", digest_key.as_bytes())?
@@ -284,18 +297,12 @@ impl<'txn> StateTables<'txn> {
         let berth_types::BlobLayout::Striped(layout) = &mut record.layout else {
             return Ok(Outcome::Rejected(Rejection::LayoutChanged));
         };
-        let others_hold_to = layout
-            .shards
-            .iter()
-            .enumerate()
-            .any(|(i, p)| i != index && *p == to);
-        if layout.upload != upload || layout.shards.get(index) != Some(&from) || others_hold_to {
+        let Some(outcome) = change(layout) else {
             return Ok(Outcome::Rejected(Rejection::LayoutChanged));
-        }
-        layout.shards[index] = to;
+        };
         self.blobs
             .insert(digest_key.as_bytes(), codec::encode(&record).as_slice())?;
-        Ok(Outcome::ShardMoved)
+        Ok(outcome)
     }
 
     fn create_upload(
