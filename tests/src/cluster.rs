@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::oci::Oci;
 use crate::server::berth_binary;
+use crate::sha256_digest;
 
 /// `deploy/local/cluster.sh` of this checkout.
 pub fn launcher() -> PathBuf {
@@ -31,10 +33,16 @@ fn port_bases(nodes: u16) -> Result<(u16, u16)> {
     bail!("no free port ranges found")
 }
 
+/// How long a blob pull through a cluster node retries answers of 503 (an election,
+/// or a node just killed still counted by placement).
+pub const RETRY_503_FOR: Duration = Duration::from_secs(30);
+
 /// A shard file on a node's disk.
 #[derive(Debug, Clone)]
 pub struct ShardFile {
     pub path: PathBuf,
+    /// The upload that wrote it (its name is `<upload>.<index>`).
+    pub upload: String,
     /// The hex digest of its blob (the folder it is in).
     pub blob: String,
     /// The shard index its name ends in.
@@ -119,11 +127,74 @@ impl Cluster {
             .into_iter()
             .filter_map(|path| {
                 let name = path.file_name()?.to_string_lossy().into_owned();
-                let index = name.rsplit_once('.')?.1.parse().ok()?;
+                let (upload, index) = name.rsplit_once('.')?;
+                let index = index.parse().ok()?;
+                let upload = upload.to_owned();
                 let blob = path.parent()?.file_name()?.to_string_lossy().into_owned();
-                Some(ShardFile { path, blob, index })
+                Some(ShardFile {
+                    path,
+                    upload,
+                    blob,
+                    index,
+                })
             })
             .collect()
+    }
+
+    /// Pushes `data` into `repo` through `node` and returns its digest; an answer of
+    /// 503 is retried for up to `retry_503_for` (zero: a 503 is an error).
+    pub async fn push_blob(
+        &self,
+        node: u16,
+        repo: &str,
+        data: &[u8],
+        retry_503_for: Duration,
+    ) -> Result<String> {
+        let oci = Oci::new(&self.url(node));
+        let deadline = Instant::now() + retry_503_for;
+        loop {
+            match oci.push_blob(repo, data).await {
+                Ok(digest) => return Ok(digest),
+                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
+                    eprintln!("retrying a push through node {node}: {e:#}");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => {
+                    return Err(
+                        e.context(format!("pushing {} bytes through node {node}", data.len()))
+                    );
+                }
+            }
+        }
+    }
+
+    /// Pulls every blob of `blobs` (digest, content) from `repo` through `node` and
+    /// checks its length and digest; an answer of 503 is retried for up to
+    /// [`RETRY_503_FOR`] per blob.
+    pub async fn pull_all(&self, node: u16, repo: &str, blobs: &[(String, Vec<u8>)]) -> Result<()> {
+        let oci = Oci::new(&self.url(node));
+        for (digest, data) in blobs {
+            let deadline = Instant::now() + RETRY_503_FOR;
+            loop {
+                match oci.fetch_blob(repo, digest).await {
+                    Ok(got) => {
+                        ensure!(
+                            got.len() == data.len() && sha256_digest(&got) == *digest,
+                            "{digest} through node {node}: {} bytes, wrong content",
+                            got.len()
+                        );
+                        break;
+                    }
+                    Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!("pulling {digest} through node {node}")));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The gRPC (cluster listener) address of `node`.

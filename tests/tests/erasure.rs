@@ -11,11 +11,10 @@
 //! (SIGSTOP) node after the read hedge threshold instead of waiting for it. Short by default;
 //! `BERTH_TEST_LONG=1` pushes 200 blobs of up to 64 MiB.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_tests::cluster::Cluster;
+use berth_tests::cluster::{Cluster, ShardFile};
 use berth_tests::{Oci, long_mode, random_bytes, sha256_digest};
 
 const REPO: &str = "erasure/app";
@@ -67,70 +66,26 @@ async fn push_all(c: &Cluster, nodes: &[u16]) -> Result<Vec<(String, Vec<u8>)>> 
     for (i, size) in sizes().into_iter().enumerate() {
         let data = random_bytes(size);
         let node = nodes[i % nodes.len()];
-        let digest = Oci::new(&c.url(node))
-            .push_blob(REPO, &data)
-            .await
-            .with_context(|| format!("pushing {size} bytes through node {node}"))?;
-        pushed.push((digest, data));
+        pushed.push((c.push_blob(node, REPO, &data, Duration::ZERO).await?, data));
     }
     Ok(pushed)
 }
 
-/// Pulls every blob through `node`, retrying 503s (an election) for a bounded time,
+/// Pulls every blob through `node` (retrying 503s, an election, for a bounded time)
 /// and compares digests.
 async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result<()> {
-    let oci = Oci::new(&c.url(node));
-    for (digest, data) in blobs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match oci.fetch_blob(REPO, digest).await {
-                Ok(got) => {
-                    ensure!(
-                        got.len() == data.len() && sha256_digest(&got) == *digest,
-                        "{digest} through node {node}: {} bytes, wrong content",
-                        got.len()
-                    );
-                    break;
-                }
-                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context(format!("pulling {digest} through node {node}"))),
-            }
-        }
-    }
-    Ok(())
+    c.pull_all(node, REPO, blobs).await
 }
 
-/// Shard files under a node's data folder.
-fn shard_files(dir: &Path) -> usize {
-    shard_files_where(dir, &|_| true)
+/// Shard files under `node`'s data folder.
+fn shard_files(c: &Cluster, node: u16) -> usize {
+    c.shard_files(node).len()
 }
 
-/// Shard files of the blob with digest `digest` under a node's data folder.
-fn shard_files_of(dir: &Path, digest: &str) -> usize {
+/// Shard files of the blob with digest `digest` under `node`'s data folder.
+fn shard_files_of(c: &Cluster, node: u16, digest: &str) -> usize {
     let hex = digest.trim_start_matches("sha256:");
-    shard_files_where(dir, &|p| p.components().any(|c| c.as_os_str() == hex))
-}
-
-/// Shard files (files under a `blobs` folder) under `dir` whose path passes `keep`.
-fn shard_files_where(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> usize {
-    fn walk(p: &Path, keep: &dyn Fn(&Path) -> bool, n: &mut usize) {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, keep, n);
-            } else if path.components().any(|c| c.as_os_str() == "blobs") && keep(&path) {
-                *n += 1;
-            }
-        }
-    }
-    let mut n = 0;
-    walk(dir, keep, &mut n);
-    n
+    c.shard_files(node).iter().filter(|f| f.blob == hex).count()
 }
 
 /// A gauge of `node`'s /metrics.
@@ -161,7 +116,7 @@ async fn every_blob_survives_the_loss_of_any_one_of_three_nodes() {
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;
         let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count();
-        let files: Vec<usize> = (1..=3).map(|n| shard_files(&c.data_dir(n))).collect();
+        let files: Vec<usize> = (1..=3).map(|n| shard_files(c, n)).collect();
         ensure!(
             files.iter().all(|&f| f == striped),
             "every node holds one shard of each of the {striped} striped blobs: {files:?}"
@@ -195,7 +150,7 @@ async fn every_blob_survives_the_loss_of_any_two_of_five_nodes() {
         let all = [1u16, 2, 3, 4, 5];
         let blobs = push_all(c, &all).await?;
         let striped = sizes().iter().filter(|&&s| s > 64 * 1024).count();
-        let files: Vec<usize> = all.iter().map(|&n| shard_files(&c.data_dir(n))).collect();
+        let files: Vec<usize> = all.iter().map(|&n| shard_files(c, n)).collect();
         ensure!(
             files.iter().all(|&f| f == striped),
             "every node holds one shard of each of the {striped} striped blobs: {files:?}"
@@ -245,7 +200,7 @@ async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
     run(&cluster, async |c| {
         let mut blobs = push_all(c, &[1, 2, 3, 4]).await?;
         blobs.extend(push_all(c, &[2, 3]).await?);
-        let on_4 = shard_files(&c.data_dir(4));
+        let on_4 = shard_files(c, 4);
         let on_1_and_4 = blobs.len();
         ensure!(on_4 > 0, "node 4 holds no shard: nothing to test");
         eprintln!("node 4 holds {on_4} shard files of {on_1_and_4} blobs");
@@ -310,7 +265,7 @@ async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let files: usize = (1..=3).map(|n| shard_files(&c.data_dir(n))).sum();
+        let files: usize = (1..=3).map(|n| shard_files(c, n)).sum();
         let striped = blobs.iter().filter(|(_, d)| d.len() > 64 * 1024).count();
         ensure!(
             files >= 3 * striped,
@@ -326,13 +281,13 @@ async fn the_shards_of_a_removed_node_are_rebuilt_and_survive_one_more_loss() {
     .await;
 }
 
-/// Damages the files of data shards (index below `k`) under `dir`: every striped blob
+/// Damages the files of data shards (index below `k`) on `node`: every striped blob
 /// has content in each of its data shards, so a full read meets the damage. Flips a
 /// byte in the middle of every other one and deletes the rest. Returns how many were
 /// damaged.
-fn damage_data_shards(dir: &Path, k: usize) -> usize {
+fn damage_data_shards(c: &Cluster, node: u16, k: usize) -> usize {
     let mut damaged = 0;
-    for (path, index) in shard_paths(dir) {
+    for ShardFile { path, index, .. } in c.shard_files(node) {
         if index >= k {
             continue;
         }
@@ -364,7 +319,7 @@ async fn damaged_shards_are_read_around_then_rebuilt() {
     let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;
-        let damaged = damage_data_shards(&c.data_dir(3), 2);
+        let damaged = damage_data_shards(c, 3, 2);
         ensure!(damaged > 0, "node 3 holds no data shard: nothing to test");
         pull_all(c, 1, &blobs).await?;
         let mut failures = 0;
@@ -400,41 +355,6 @@ async fn damaged_shards_are_read_around_then_rebuilt() {
     .await;
 }
 
-/// Every shard file under a node's data folder, with the shard index its name ends in,
-/// sorted by path.
-fn shard_paths(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
-    fn walk(p: &Path, out: &mut Vec<std::path::PathBuf>) {
-        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.components().any(|c| c.as_os_str() == "blobs") {
-                out.push(path);
-            }
-        }
-    }
-    let mut files = Vec::new();
-    walk(dir, &mut files);
-    files.sort();
-    files
-        .into_iter()
-        .filter_map(|path| {
-            let name = path.file_name()?.to_string_lossy().to_string();
-            let index = name.rsplit_once('.')?.1.parse().ok()?;
-            Some((path, index))
-        })
-        .collect()
-}
-
-/// The blob (digest folder) a shard file belongs to.
-fn blob_of(path: &Path) -> std::path::PathBuf {
-    path.parent()
-        .expect("a shard file is in its blob's folder")
-        .file_name()
-        .map(Into::into)
-        .expect("named")
-}
-
 /// Sum of a metric over `nodes`.
 async fn metric_sum(c: &Cluster, nodes: &[u16], name: &str) -> Result<u64> {
     let mut sum = 0;
@@ -462,17 +382,16 @@ async fn the_scrubber_finds_rotten_parity_and_a_lost_shard_and_repair_restores_t
     let cluster = Cluster::up_with_env(3, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let blobs = push_all(c, &[1, 2, 3]).await?;
-        let files: Vec<Vec<(std::path::PathBuf, usize)>> =
-            (1..=3).map(|n| shard_paths(&c.data_dir(n))).collect();
+        let files: Vec<Vec<ShardFile>> = (1..=3).map(|n| c.shard_files(n)).collect();
         // The parity shard (index 2) with the most bytes, on whichever node holds it.
         let (rotten_node, parity) = (1..=3u16)
             .flat_map(|n| {
                 files[usize::from(n) - 1]
                     .iter()
-                    .filter(|(_, i)| *i == 2)
-                    .map(move |(p, _)| (n, p.clone()))
+                    .filter(|f| f.index == 2)
+                    .map(move |f| (n, f))
             })
-            .max_by_key(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .max_by_key(|(_, f)| std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(0))
             .context("no parity shard file on any node")?;
         // A shard of another blob, on another node.
         let (lost_node, lost) = (1..=3u16)
@@ -480,10 +399,11 @@ async fn the_scrubber_finds_rotten_parity_and_a_lost_shard_and_repair_restores_t
             .find_map(|n| {
                 files[usize::from(n) - 1]
                     .iter()
-                    .find(|(p, _)| blob_of(p) != blob_of(&parity))
-                    .map(|(p, _)| (n, p.clone()))
+                    .find(|f| f.blob != parity.blob)
+                    .map(|f| (n, f.path.clone()))
             })
             .context("no shard file of another blob on another node")?;
+        let parity = parity.path.clone();
         let healthy = (1..=3u16)
             .find(|&n| n != rotten_node && n != lost_node)
             .expect("three nodes");
@@ -581,7 +501,7 @@ async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
     let cluster = Cluster::up_with_env(4, env).unwrap_or_else(|e| panic!("{e:#}"));
     run(&cluster, async |c| {
         let mut blobs = push_all(c, &[1, 2, 3, 4]).await?;
-        let on_4 = shard_files(&c.data_dir(4));
+        let on_4 = shard_files(c, 4);
         ensure!(on_4 > 0, "node 4 holds no shard: nothing to drain");
 
         let started = Instant::now();
@@ -590,7 +510,7 @@ async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
         let deadline = started + Duration::from_secs(120);
         loop {
             let status = cluster_cli(&["status", "--url", &c.url(1)])?;
-            let files = shard_files(&c.data_dir(4));
+            let files = shard_files(c, 4);
             if files == 0 && status.contains("node 4 draining: 0 shards left") {
                 eprintln!(
                     "{on_4} shards drained off node 4 in {:.1} s",
@@ -612,7 +532,7 @@ async fn a_drained_node_holds_no_shard_and_its_removal_loses_no_redundancy() {
         // New blobs go around the draining node.
         blobs.extend(push_all(c, &[1, 4]).await?);
         ensure!(
-            shard_files(&c.data_dir(4)) == 0,
+            shard_files(c, 4) == 0,
             "a new blob was placed on the draining node"
         );
 
@@ -684,9 +604,7 @@ async fn a_project_profile_decides_the_striping_of_its_new_blobs() {
             .await?;
         let striped_digest = Oci::new(&c.url(1)).push_blob(REPO, &striped).await?;
         let files = |digest: &str| -> Vec<usize> {
-            (1..=3)
-                .map(|n| shard_files_of(&c.data_dir(n), digest))
-                .collect()
+            (1..=3).map(|n| shard_files_of(c, n, digest)).collect()
         };
         let on_nodes = files(&mirrored_digest);
         ensure!(
@@ -778,13 +696,14 @@ fn follower_with_most_data_shards(
     (1..=3u16)
         .filter(|&n| n != leader)
         .map(|n| {
-            let held = shard_paths(&c.data_dir(n))
+            let held = c
+                .shard_files(n)
                 .into_iter()
-                .filter(|(path, index)| {
-                    *index < 2
-                        && blobs.iter().any(|(digest, _)| {
-                            blob_of(path).as_os_str() == digest.trim_start_matches("sha256:")
-                        })
+                .filter(|f| {
+                    f.index < 2
+                        && blobs
+                            .iter()
+                            .any(|(digest, _)| f.blob == digest.trim_start_matches("sha256:"))
                 })
                 .count();
             (n, held)

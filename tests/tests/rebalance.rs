@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use berth_tests::cluster::Cluster;
-use berth_tests::{Oci, random_bytes, sha256_digest};
+use berth_tests::cluster::{Cluster, RETRY_503_FOR};
+use berth_tests::random_bytes;
 use serde_json::Value;
 
 const REPO: &str = "rebalance/app";
@@ -60,20 +60,7 @@ async fn push_all(
     for (i, size) in sizes.into_iter().enumerate() {
         let data = random_bytes(size);
         let node = nodes[i % nodes.len()];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let digest = loop {
-            match Oci::new(&c.url(node)).push_blob(REPO, &data).await {
-                Ok(digest) => break digest,
-                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                    eprintln!("retrying a push through node {node}: {e:#}");
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(e) => {
-                    return Err(e.context(format!("pushing {size} bytes through node {node}")));
-                }
-            }
-        };
-        blobs.push((digest, data));
+        blobs.push((c.push_blob(node, REPO, &data, RETRY_503_FOR).await?, data));
     }
     Ok(blobs)
 }
@@ -81,27 +68,7 @@ async fn push_all(
 /// Pulls every blob through `node`, retrying 503s (an election) for a bounded time,
 /// and compares digests.
 async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result<()> {
-    let oci = Oci::new(&c.url(node));
-    for (digest, data) in blobs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match oci.fetch_blob(REPO, digest).await {
-                Ok(got) => {
-                    ensure!(
-                        got.len() == data.len() && sha256_digest(&got) == *digest,
-                        "{digest} through node {node}: {} bytes, wrong content",
-                        got.len()
-                    );
-                    break;
-                }
-                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context(format!("pulling {digest} through node {node}"))),
-            }
-        }
-    }
-    Ok(())
+    c.pull_all(node, REPO, blobs).await
 }
 
 /// The rebalancing stats in each member's report, as node `node`'s status lists them.

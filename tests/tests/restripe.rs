@@ -4,14 +4,14 @@
 //! 1+1 files go, and every blob survives the loss of any one node again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use berth_tests::cluster::Cluster;
+use berth_tests::cluster::{Cluster, RETRY_503_FOR};
+use berth_tests::random_bytes;
 use berth_tests::server::berth_binary;
-use berth_tests::{Oci, random_bytes, sha256_digest};
 
 const REPO: &str = "restripe/app";
 
@@ -46,81 +46,18 @@ fn env() -> Vec<(String, String)> {
     .collect()
 }
 
-/// Pushes `data` through `node`, retrying 503s (a placement that still counted the
-/// killed node) for a bounded time.
-async fn push(c: &Cluster, node: u16, data: &[u8]) -> Result<String> {
-    let oci = Oci::new(&c.url(node));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match oci.push_blob(REPO, data).await {
-            Ok(digest) => return Ok(digest),
-            Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            Err(e) => return Err(e.context(format!("pushing {} bytes", data.len()))),
-        }
-    }
-}
-
-/// Pulls every blob through `node` (retrying 503s for a bounded time) and compares.
-async fn pull_all(c: &Cluster, node: u16, blobs: &[(String, Vec<u8>)]) -> Result<()> {
-    let oci = Oci::new(&c.url(node));
-    for (digest, data) in blobs {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match oci.fetch_blob(REPO, digest).await {
-                Ok(got) => {
-                    ensure!(
-                        got.len() == data.len() && sha256_digest(&got) == *digest,
-                        "{digest} through node {node}: {} bytes, wrong content",
-                        got.len()
-                    );
-                    break;
-                }
-                Err(e) if Instant::now() < deadline && format!("{e:#}").contains("503") => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context(format!("pulling {digest} through node {node}"))),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The final shard files of blob `digest` under a node's data folder, as
-/// (upload id, shard index) from their names `<upload>.<index>`.
-fn shard_files(dir: &Path, digest: &str) -> Vec<(String, String)> {
-    fn walk(p: &Path, hex: &str, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(p) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                walk(&path, hex, out);
-            } else if path.components().any(|c| c.as_os_str() == "blobs")
-                && path.parent().and_then(|d| d.file_name()) == Some(hex.as_ref())
-            {
-                out.push(path);
-            }
-        }
-    }
-    let mut paths = Vec::new();
-    walk(dir, digest.trim_start_matches("sha256:"), &mut paths);
-    paths
-        .iter()
-        .filter_map(|p| {
-            let name = p.file_name()?.to_str()?;
-            let (upload, index) = name.rsplit_once('.')?;
-            Some((upload.to_owned(), index.to_owned()))
-        })
-        .collect()
-}
-
 /// Per node 1..=3: the shard files of `digest` there.
+/// Each as (upload id, shard index) from their names `<upload>.<index>`.
 fn files_by_node(c: &Cluster, digest: &str) -> Vec<Vec<(String, String)>> {
+    let hex = digest.trim_start_matches("sha256:");
     (1..=3)
-        .map(|n| shard_files(&c.data_dir(n), digest))
+        .map(|n| {
+            c.shard_files(n)
+                .into_iter()
+                .filter(|f| f.blob == hex)
+                .map(|f| (f.upload, f.index.to_string()))
+                .collect()
+        })
         .collect()
 }
 
@@ -218,7 +155,7 @@ async fn blobs_written_during_an_outage_are_restriped_to_the_full_profile() {
         for (i, size) in SIZES.into_iter().enumerate() {
             let data = random_bytes(size);
             let node = [1, 2][i % 2];
-            blobs.push((push(c, node, &data).await?, data));
+            blobs.push((c.push_blob(node, REPO, &data, RETRY_503_FOR).await?, data));
         }
         let striped: Vec<&String> = blobs
             .iter()
@@ -328,12 +265,12 @@ async fn blobs_written_during_an_outage_are_restriped_to_the_full_profile() {
         }
 
         for node in 1..=3 {
-            pull_all(c, node, &blobs).await?;
+            c.pull_all(node, REPO, &blobs).await?;
         }
         for victim in [3u16, 2, 1] {
             c.signal(victim, "-9")?;
             for survivor in (1..=3).filter(|&n| n != victim) {
-                pull_all(c, survivor, &blobs).await?;
+                c.pull_all(survivor, REPO, &blobs).await?;
             }
             if victim != 1 {
                 c.forget(victim)?;
@@ -378,7 +315,7 @@ async fn a_leader_killed_while_restriping_loses_nothing_and_leaves_no_files() {
             .enumerate()
         {
             let data = random_bytes(size);
-            blobs.push((push(c, [1, 2][i % 2], &data).await?, data));
+            blobs.push((c.push_blob([1, 2][i % 2], REPO, &data, RETRY_503_FOR).await?, data));
         }
         let mut outage_uploads = BTreeMap::new();
         for (digest, _) in &blobs {
@@ -435,7 +372,7 @@ async fn a_leader_killed_while_restriping_loses_nothing_and_leaves_no_files() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         for node in 1..=3 {
-            pull_all(c, node, &blobs).await?;
+            c.pull_all(node, REPO, &blobs).await?;
         }
         Ok(())
     })

@@ -106,6 +106,36 @@ fn reader(dir: &std::path::Path, hedge: Option<Duration>, a: &Node, relay: &Rela
     store.with_peers(move |node| peers.iter().find(|c| c.node() == node).cloned())
 }
 
+/// Nodes A and B (stores of `disks` disks striping `k`+`m`), a relay in front of B,
+/// and a folder for readers' disks; stopped by [`Pair::stop`].
+struct Pair {
+    a: Node,
+    b: Node,
+    relay: Relay,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(disks: u32, k: u8, m: u8) -> Pair {
+        let a = Node::start(A, disks, k, m).await;
+        let b = Node::start(B, disks, k, m).await;
+        let relay = Relay::start(b.addr.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        Pair { a, b, relay, dir }
+    }
+
+    /// A reader (see [`reader`]) with its disk in folder `name`.
+    fn reader(&self, name: &str, hedge: Option<Duration>) -> BlobStore {
+        reader(&self.dir.path().join(name), hedge, &self.a, &self.relay)
+    }
+
+    async fn stop(self) {
+        drop(self.relay);
+        self.a.stop().await;
+        self.b.stop().await;
+    }
+}
+
 /// A 2+1 blob of `STRIPES` stripes (the last one short): shard 0 on A's disk 0, shard 1
 /// on B, parity on A's disk 1.
 async fn blob(a: &Node, b: &Node) -> (Vec<u8>, Digest, StripedLayout) {
@@ -127,14 +157,12 @@ async fn blob(a: &Node, b: &Node) -> (Vec<u8>, Digest, StripedLayout) {
 // 3 s (so the hold is real), and finishes once B answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_goes_around_a_peer_that_holds_its_answers() {
-    let a = Node::start(A, 3, 2, 1).await;
-    let b = Node::start(B, 3, 2, 1).await;
-    let relay = Relay::start(b.addr.clone()).await;
-    let (bytes, digest, layout) = blob(&a, &b).await;
+    let pair = Pair::start(3, 2, 1).await;
+    let (a, b, relay) = (&pair.a, &pair.b, &pair.relay);
+    let (bytes, digest, layout) = blob(a, b).await;
     let size = bytes.len() as u64;
-    let dir = tempfile::tempdir().unwrap();
-    let hedged = reader(&dir.path().join("hedged"), Some(HEDGE), &a, &relay);
-    let waiting = reader(&dir.path().join("waiting"), None, &a, &relay);
+    let hedged = pair.reader("hedged", Some(HEDGE));
+    let waiting = pair.reader("waiting", None);
 
     // Healthy: no hedging, no decoding, and B's shard read once, in one stream (the
     // stripes, each in its own task, take their sources in order). Both readers are
@@ -197,9 +225,7 @@ async fn a_read_goes_around_a_peer_that_holds_its_answers() {
         .unwrap()
         .unwrap();
     assert!(got == bytes);
-    drop(relay);
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
 
 // Proves that abandoned reads leave no wrong bytes behind: with B held, the first
@@ -211,13 +237,11 @@ async fn a_read_goes_around_a_peer_that_holds_its_answers() {
 // B unavailable and failed the read).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_abandoned_mid_stream_serves_the_right_stripe_later() {
-    let a = Node::start(A, 3, 2, 1).await;
-    let b = Node::start(B, 3, 2, 1).await;
-    let relay = Relay::start(b.addr.clone()).await;
-    let (bytes, digest, layout) = blob(&a, &b).await;
+    let pair = Pair::start(3, 2, 1).await;
+    let (a, relay) = (&pair.a, &pair.relay);
+    let (bytes, digest, layout) = blob(a, &pair.b).await;
     let size = bytes.len() as u64;
-    let dir = tempfile::tempdir().unwrap();
-    let hedged = reader(dir.path(), Some(HEDGE), &a, &relay);
+    let hedged = pair.reader("c", Some(HEDGE));
     // Connect to B before it hangs, as a long-running node would have.
     assert!(get(&hedged, &layout, &digest, size, 0..size).await.unwrap() == bytes);
 
@@ -252,9 +276,7 @@ async fn a_source_abandoned_mid_stream_serves_the_right_stripe_later() {
     let c = hedged.counters();
     assert_eq!(c.checksum_failures(), STRIPES as u64 - FIRST_CORRUPT);
     assert_eq!(c.shards_unavailable(), 0);
-    drop(relay);
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
 
 // Proves that repair goes around a hung peer too: shard 1, on B whose answers are
@@ -263,13 +285,11 @@ async fn a_source_abandoned_mid_stream_serves_the_right_stripe_later() {
 // without touching B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_on_a_held_peer_is_rebuilt_from_the_others() {
-    let a = Node::start(A, 3, 2, 1).await;
-    let b = Node::start(B, 3, 2, 1).await;
-    let relay = Relay::start(b.addr.clone()).await;
-    let (bytes, digest, layout) = blob(&a, &b).await;
+    let pair = Pair::start(3, 2, 1).await;
+    let relay = &pair.relay;
+    let (bytes, digest, layout) = blob(&pair.a, &pair.b).await;
     let size = bytes.len() as u64;
-    let dir = tempfile::tempdir().unwrap();
-    let c = reader(dir.path(), Some(HEDGE), &a, &relay);
+    let c = pair.reader("c", Some(HEDGE));
     assert!(get(&c, &layout, &digest, size, 0..size).await.unwrap() == bytes);
 
     relay.hold(true);
@@ -298,9 +318,7 @@ async fn a_shard_on_a_held_peer_is_rebuilt_from_the_others() {
     assert!(get(&c, &moved, &digest, size, 0..size).await.unwrap() == bytes);
     assert_eq!(c.counters().hedged_reads(), before);
     relay.hold(false);
-    drop(relay);
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
 
 // Proves that hedging never counts, or decodes, what it cannot go around: a 1+0 blob
@@ -308,9 +326,8 @@ async fn a_shard_on_a_held_peer_is_rebuilt_from_the_others() {
 // threshold, counts no hedged read, and returns the right bytes once the peer answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
-    let a = Node::start(A, 1, 1, 0).await;
-    let b = Node::start(B, 1, 1, 0).await;
-    let relay = Relay::start(b.addr.clone()).await;
+    let pair = Pair::start(1, 1, 0).await;
+    let (a, b, relay) = (&pair.a, &pair.b, &pair.relay);
     let bytes = data(42, 5 * SHARD as usize + 99);
     let size = bytes.len() as u64;
     let digest = digest_of(&bytes);
@@ -319,8 +336,7 @@ async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
         move |node| (node == B).then(|| b.clone())
     });
     let layout = put_at(&writer, UploadId::new(A, 42), &[at(B, 0)], &bytes).await;
-    let dir = tempfile::tempdir().unwrap();
-    let c = reader(dir.path(), Some(HEDGE), &a, &relay);
+    let c = pair.reader("c", Some(HEDGE));
     assert!(get(&c, &layout, &digest, size, 0..size).await.unwrap() == bytes);
 
     relay.hold(true);
@@ -340,7 +356,5 @@ async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
     let counters = c.counters();
     assert_eq!(counters.hedged_reads(), 0);
     assert_eq!(counters.reconstructions(), 0);
-    drop(relay);
-    a.stop().await;
-    b.stop().await;
+    pair.stop().await;
 }
