@@ -57,6 +57,7 @@ pub struct Metrics {
     shard_checksum_failures: Gauge,
     shard_reconstructions: Gauge,
     hedged_reads: Gauge,
+    shared_reads: Gauge,
     repair_shards: Gauge,
     repair_bytes: Gauge,
     repair_failures: Gauge,
@@ -110,6 +111,7 @@ impl Metrics {
             shard_checksum_failures: Gauge::default(),
             shard_reconstructions: Gauge::default(),
             hedged_reads: Gauge::default(),
+            shared_reads: Gauge::default(),
             repair_shards: Gauge::default(),
             repair_bytes: Gauge::default(),
             repair_failures: Gauge::default(),
@@ -186,6 +188,11 @@ impl Metrics {
             "shard_hedged_reads",
             "Stripe reads that went around a slow shard (a chunk later than the read hedge threshold, or from a source already late in that read)",
             m.hedged_reads.clone(),
+        );
+        registry.register(
+            "shard_shared_reads",
+            "Chunk reads served from the buffer of a read that held the same chunk, without reading the disk",
+            m.shared_reads.clone(),
         );
         registry.register(
             "repair_rebuilt_shards",
@@ -354,6 +361,7 @@ impl Metrics {
         self.shard_reconstructions
             .set(as_gauge(counters.reconstructions()));
         self.hedged_reads.set(as_gauge(counters.hedged_reads()));
+        self.shared_reads.set(as_gauge(counters.shared_reads()));
         self.repair_shards.set(as_gauge(repair.rebuilt_shards));
         self.repair_bytes.set(as_gauge(repair.rebuilt_bytes));
         self.repair_failures.set(as_gauge(repair.failures));

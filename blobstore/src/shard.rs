@@ -12,6 +12,7 @@ use std::path::Path;
 use berth_types::{Digest, UploadId};
 use bytes::Bytes;
 
+use crate::buffers::{ChunkKey, PooledBuf};
 use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
 use crate::format::{self, CHECKSUM_BYTES, HEADER_BYTES, HeaderError, ShardHeader};
@@ -153,7 +154,7 @@ pub(crate) enum ChunkUnusable {
     ChecksumMismatch,
 }
 
-/// A verified chunk: its checksum as stored and its shard bytes.
+/// A chunk as read: its checksum as stored and its shard bytes.
 pub(crate) struct Chunk {
     pub checksum: [u8; CHECKSUM_BYTES as usize],
     pub shard: Bytes,
@@ -170,6 +171,72 @@ pub(crate) fn read_chunk(
     shard_bytes: u32,
     stripe: u64,
 ) -> Result<Chunk, ChunkUnusable> {
+    let buf = read_verified(inner, file, shard_bytes, stripe)?;
+    Ok(Chunk::of(buf.freeze()))
+}
+
+/// The shard bytes of chunk `key` of a committed shard file, as `read_chunk` reads
+/// them, except that a chunk another read holds now is taken from that read (it was
+/// verified when read) instead of from the disk, and a chunk read here is offered to
+/// the reads that ask for it while it is held (`buffers`).
+pub(crate) fn read_shared_chunk(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+    shard_bytes: u32,
+    key: ChunkKey,
+) -> Result<Bytes, ChunkUnusable> {
+    let whole = match inner.buffers.live(&key) {
+        Some(whole) => {
+            inner.counters.shared_read();
+            whole
+        }
+        None => {
+            let buf = read_verified(inner, file, shard_bytes, key.stripe)?;
+            inner.buffers.share(key, buf)
+        }
+    };
+    Ok(whole.slice(CHECKSUM_BYTES as usize..))
+}
+
+/// Reads the chunk of `stripe` with the checksum stored before it, without checking
+/// one against the other: for the shard service, whose caller verifies every chunk it
+/// receives (a chunk that rotted here fails there, which counts it and has the shard
+/// repaired). Counts the bytes read.
+pub(crate) fn read_chunk_unverified(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+    shard_bytes: u32,
+    stripe: u64,
+) -> Result<Chunk, ChunkUnusable> {
+    Ok(Chunk::of(
+        read_raw(inner, file, shard_bytes, stripe)?.freeze(),
+    ))
+}
+
+/// `read_raw`, then the chunk checked against its checksum.
+fn read_verified(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+    shard_bytes: u32,
+    stripe: u64,
+) -> Result<PooledBuf, ChunkUnusable> {
+    let buf = read_raw(inner, file, shard_bytes, stripe)?;
+    let (sum, data) = buf.as_ref().split_at(CHECKSUM_BYTES as usize);
+    if format::chunk_checksum(stripe, data) != sum {
+        inner.counters.checksum_failed();
+        return Err(ChunkUnusable::ChecksumMismatch);
+    }
+    Ok(buf)
+}
+
+/// The stored checksum and bytes of the chunk of `stripe`, in one buffer. Counts the
+/// bytes read.
+fn read_raw(
+    inner: &StoreInner,
+    file: &dyn DiskFile,
+    shard_bytes: u32,
+    stripe: u64,
+) -> Result<PooledBuf, ChunkUnusable> {
     let offset = format::chunk_offset(shard_bytes, stripe);
     let left = file.size()?.saturating_sub(offset);
     if left <= CHECKSUM_BYTES {
@@ -182,14 +249,18 @@ pub(crate) fn read_chunk(
     let mut buf = inner.buffers.take(len as usize);
     file.read_at(buf.as_mut_slice(), offset)?;
     inner.counters.add_read(len);
-    let (sum, data) = buf.as_ref().split_at(CHECKSUM_BYTES as usize);
-    if format::chunk_checksum(stripe, data) != sum {
-        inner.counters.checksum_failed();
-        return Err(ChunkUnusable::ChecksumMismatch);
+    Ok(buf)
+}
+
+impl Chunk {
+    /// The chunk in `whole`, a buffer of its checksum then its bytes.
+    fn of(whole: Bytes) -> Chunk {
+        let checksum = whole[..CHECKSUM_BYTES as usize]
+            .try_into()
+            .expect("a chunk buffer is longer than its checksum");
+        Chunk {
+            checksum,
+            shard: whole.slice(CHECKSUM_BYTES as usize..),
+        }
     }
-    let checksum = sum.try_into().expect("split at the checksum length");
-    Ok(Chunk {
-        checksum,
-        shard: buf.freeze().slice(CHECKSUM_BYTES as usize..),
-    })
 }

@@ -80,6 +80,7 @@ pub struct StoreCounters {
     shards_unavailable: AtomicU64,
     reconstructions: AtomicU64,
     hedged_reads: AtomicU64,
+    shared_reads: AtomicU64,
 }
 
 impl StoreCounters {
@@ -115,6 +116,12 @@ impl StoreCounters {
         self.hedged_reads.load(Ordering::Relaxed)
     }
 
+    /// Chunk reads served from the buffer of another read that held the same chunk,
+    /// without reading the disk.
+    pub fn shared_reads(&self) -> u64 {
+        self.shared_reads.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn add_written(&self, n: u64) {
         self.bytes_written.fetch_add(n, Ordering::Relaxed);
     }
@@ -137,6 +144,10 @@ impl StoreCounters {
 
     pub(crate) fn hedged(&self) {
         self.hedged_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shared_read(&self) {
+        self.shared_reads.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -46,6 +46,11 @@ const CLUSTER_STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 receive window of one connection on the cluster listener (all its streams).
 const CLUSTER_CONNECTION_WINDOW: u32 = 16 << 20;
 
+/// Largest HTTP/2 frame a node accepts from a peer, on its listener and on its shard
+/// clients: a 1 MiB shard chunk crosses in 4 frames instead of 64 (the default 16
+/// KiB), fewer frame headers, wakeups and socket reads per chunk.
+const SHARD_FRAME_BYTES: u32 = 256 << 10;
+
 /// The node's persisted identity.
 #[derive(Serialize, Deserialize)]
 struct NodeFile {
@@ -255,7 +260,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             // run without waiting for a window update per chunk.
             let mut builder = tonic::transport::Server::builder()
                 .initial_stream_window_size(CLUSTER_STREAM_WINDOW)
-                .initial_connection_window_size(CLUSTER_CONNECTION_WINDOW);
+                .initial_connection_window_size(CLUSTER_CONNECTION_WINDOW)
+                .max_frame_size(SHARD_FRAME_BYTES);
             if let Some(server_tls) = server_tls {
                 builder = builder
                     .tls_config(server_tls)
@@ -571,7 +577,10 @@ fn peer_resolver(meta: Metadata) -> impl Fn(NodeId) -> Option<ShardClient> + Sen
         }
         let endpoint = berth_consensus::grpc::peer_endpoint(&addr)
             .inspect_err(|e| tracing::warn!(%peer, addr, error = %e, "shard client"))
-            .ok()?;
+            .ok()?
+            .max_frame_size(SHARD_FRAME_BYTES)
+            .initial_stream_window_size(CLUSTER_STREAM_WINDOW)
+            .initial_connection_window_size(CLUSTER_CONNECTION_WINDOW);
         let client = ShardClient::from_endpoint(peer, endpoint);
         clients.insert(peer, (addr, client.clone()));
         Some(client)

@@ -307,8 +307,10 @@ fn damage_data_shards(c: &Cluster, node: u16, k: usize) -> usize {
 // Proves that damaged shard files are read around and repaired while the cluster
 // runs: on node 3 of a 3-node cluster (2+1) every data shard file (index 0 or 1; node 3
 // holds one of the three shards of each blob, a data shard for about two blobs in
-// three) is corrupted or deleted; every blob still pulls byte-identical through node 1, which counts the
-// damage and queues it; repair rewrites the damaged shards; then node 2 is killed and
+// three) is corrupted or deleted; every blob still pulls byte-identical through nodes 1
+// and 2, which count the damage and queue it (a node holding a blob's parity reads one
+// data shard fewer and decodes it; between them nodes 1 and 2 read every data shard
+// node 3 holds); repair rewrites the damaged shards; then node 2 is killed and
 // every blob pulls through nodes 1 and 3, which needs the rewritten shards. (Damage in
 // a shard that holds only padding or parity is not met by reads; the scrubber finds
 // it: see the next test.)
@@ -321,7 +323,9 @@ async fn damaged_shards_are_read_around_then_rebuilt() {
         let blobs = push_all(c, &[1, 2, 3]).await?;
         let damaged = damage_data_shards(c, 3, 2);
         ensure!(damaged > 0, "node 3 holds no data shard: nothing to test");
-        pull_all(c, 1, &blobs).await?;
+        for n in [1, 2] {
+            pull_all(c, n, &blobs).await?;
+        }
         let mut failures = 0;
         for n in 1..=3 {
             failures += metric(c, n, "berth_shard_checksum_failures").await?;
@@ -366,8 +370,8 @@ async fn metric_sum(c: &Cluster, nodes: &[u16], name: &str) -> Result<u64> {
 
 // Proves that the scrubber finds damage no read meets and that repair then restores
 // full redundancy: in a 3-node cluster (2+1) bytes are flipped in a PARITY shard file
-// on one node (reads of a healthy stripe never touch parity) and another blob's shard
-// file is deleted on a second node; nothing is pulled. The scrubbers (a pass every 3 s
+// on one node and another blob's shard file is deleted on a second node; nothing is
+// pulled. The scrubbers (a pass every 3 s
 // here) find both, count them in `berth_scrub_damaged_shards_total`, and repair
 // rewrites both files byte-identical to what they were. Then the third node, whose
 // shards were all healthy, is killed: every blob must pull through the two damaged

@@ -1,7 +1,8 @@
 //! Blobs written through `StripeWriter` on filesystem disks read back byte-identical,
 //! whole and by range, for every profile and for sizes around shard and stripe
 //! boundaries; a small blob takes little more than its size on disk; a blob stored in
-//! format version 1 (padded last stripe) still reads, scrubs and rebuilds.
+//! format version 1 (padded last stripe) still reads, scrubs and rebuilds; reads of a
+//! chunk another read holds share its buffer.
 
 use std::sync::Arc;
 
@@ -467,5 +468,57 @@ async fn a_torn_or_grown_shard_file_is_read_around() {
                 "{what}, size {size}: {health:?}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn reads_of_a_chunk_another_read_holds_share_its_buffer_instead_of_the_disk() {
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        profile: profile(1, 0),
+        shard_bytes: SHARD,
+        ..StoreConfig::default()
+    };
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), 1), cfg).unwrap();
+    let bytes = data(31, 8 * SHARD as usize);
+    let size = bytes.len() as u64;
+    let (digest, layout) = put(&store, upload(31), &bytes).await.unwrap();
+    let counters = store.counters();
+
+    // A read that stopped after its first chunk still holds it (and its read-ahead).
+    let mut held = store.read(&layout, &digest, size, 0..size);
+    let first = held.next().await.unwrap().unwrap();
+    assert!(first[..] == bytes[..SHARD as usize]);
+    let (read_before, shared_before) = (counters.bytes_read(), counters.shared_reads());
+    let range = 5..u64::from(SHARD) - 5;
+    let got = get(&store, &layout, &digest, size, range.clone())
+        .await
+        .unwrap();
+    assert!(got == bytes[range.start as usize..range.end as usize]);
+    // The file was opened (its header read), its chunk not.
+    assert_eq!(
+        counters.bytes_read() - read_before,
+        berth_blobstore::format::HEADER_BYTES
+    );
+    assert_eq!(counters.shared_reads(), shared_before + 1);
+
+    // Once no read holds a chunk, it comes from the disk again.
+    drop((first, held));
+    let read_before = counters.bytes_read();
+    let got = get(&store, &layout, &digest, size, range.clone())
+        .await
+        .unwrap();
+    assert!(got == bytes[range.start as usize..range.end as usize]);
+    assert_eq!(
+        counters.bytes_read() - read_before,
+        berth_blobstore::format::HEADER_BYTES + berth_blobstore::format::chunk_bytes(SHARD)
+    );
+
+    // Whole concurrent reads agree byte for byte whatever they shared.
+    let reads = (0..8).map(|_| get(&store, &layout, &digest, size, 0..size));
+    for got in futures::future::join_all(reads).await {
+        assert!(got.unwrap() == bytes);
     }
 }

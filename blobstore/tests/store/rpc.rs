@@ -3,7 +3,8 @@
 //! loopback ephemeral port. Proves that a blob written onto another node's disks, or
 //! spread over two nodes, reads back byte-identical through the peer resolver; that a
 //! ranged GetChunks reads only its stripes; that corruption on the serving node is
-//! caught and rebuilt from parity; that abort and the staging sweep leave nothing of
+//! caught by the reader and rebuilt from parity; that a node holding a one-parity
+//! blob's parity reads one data shard fewer from its peers; that abort and the staging sweep leave nothing of
 //! an unfinished remote shard; and that a node refuses requests meant for another.
 
 use std::path::{Path, PathBuf};
@@ -159,6 +160,32 @@ fn header(layout: &StripedLayout, i: usize) -> format::ShardHeader {
     }
 }
 
+/// Reads `range` of the blob `bytes` through `store` and checks the bytes, and that
+/// `holder` read exactly one chunk (and the header of its file) to serve it.
+async fn reads_one_chunk_of(
+    store: &BlobStore,
+    holder: &Node,
+    layout: &StripedLayout,
+    bytes: &[u8],
+    range: std::ops::Range<u64>,
+) {
+    let before = holder.store.counters().bytes_read();
+    let got = get(
+        store,
+        layout,
+        &digest_of(bytes),
+        bytes.len() as u64,
+        range.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(got == bytes[range.start as usize..range.end as usize]);
+    assert_eq!(
+        holder.store.counters().bytes_read() - before,
+        format::HEADER_BYTES + format::chunk_bytes(SHARD)
+    );
+}
+
 /// Polls `done` until it holds, for at most `WAIT`.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -286,17 +313,8 @@ async fn a_ranged_get_reads_only_the_requested_stripes() {
     );
 
     // The reader asks the peer for the stripes of its range only.
-    let before = b.store.counters().bytes_read();
-    let size = bytes.len() as u64;
     let range = 3 * u64::from(SHARD) + 1..4 * u64::from(SHARD) - 1;
-    let got = get(&a_store, &layout, &digest, size, range.clone())
-        .await
-        .unwrap();
-    assert!(got == bytes[range.start as usize..range.end as usize]);
-    assert_eq!(
-        b.store.counters().bytes_read() - before,
-        format::HEADER_BYTES + format::chunk_bytes(SHARD)
-    );
+    reads_one_chunk_of(&a_store, &b, &layout, &bytes, range).await;
     a.stop().await;
     b.stop().await;
 }
@@ -325,7 +343,8 @@ async fn a_chunk_corrupted_on_the_serving_node_is_detected_and_rebuilt() {
     file[at_byte as usize] ^= 0x5a;
     std::fs::write(&path, file).unwrap();
 
-    // The serving node refuses to send the bad chunk; the client sees which stripe.
+    // The serving node sends chunks as stored; the client checks each one and says
+    // which stripe was bad.
     let got: Vec<Result<Bytes, ShardRpcError>> = futures::StreamExt::collect(
         b.client(B)
             .get_chunks(&shard_ref(&layout, 0), &digest, &header(&layout, 0), 0..3),
@@ -334,7 +353,6 @@ async fn a_chunk_corrupted_on_the_serving_node_is_detected_and_rebuilt() {
     assert_eq!(got.len(), 2);
     assert!(got[0].as_ref().unwrap()[..] == bytes[..SHARD as usize]);
     assert!(matches!(got[1], Err(ShardRpcError::Corrupt { stripe: 1 })));
-    assert_eq!(b.store.counters().checksum_failures(), 1);
 
     // The reader on the other node rebuilds that stripe from parity.
     assert!(
@@ -345,6 +363,85 @@ async fn a_chunk_corrupted_on_the_serving_node_is_detected_and_rebuilt() {
     );
     assert_eq!(a_store.counters().checksum_failures(), 1);
     assert_eq!(a_store.counters().reconstructions(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A 2+1 blob whose data shards are on node B and whose parity is on node A.
+async fn parity_here_data_there(
+    a: &Node,
+    b: &Node,
+    seed: u64,
+) -> (BlobStore, StripedLayout, Vec<u8>) {
+    let a_store = with_peers(a, &[b]);
+    let bytes = data(seed, 6 * 2 * SHARD as usize);
+    let layout = put_at(
+        &a_store,
+        UploadId::new(A, u128::from(seed)),
+        &[at(B, 0), at(B, 1), at(A, 0)],
+        &bytes,
+    )
+    .await;
+    (a_store, layout, bytes)
+}
+
+#[tokio::test]
+async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_the_other() {
+    let a = Node::start(A, 3, 2, 1).await;
+    let b = Node::start(B, 3, 2, 1).await;
+    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 15).await;
+    let size = bytes.len() as u64;
+    let digest = digest_of(&bytes);
+    let stripes = layout.stripe_count(size);
+    let one_shard = format::HEADER_BYTES + stripes * format::chunk_bytes(SHARD);
+
+    let (a_before, b_before) = (
+        a.store.counters().bytes_read(),
+        b.store.counters().bytes_read(),
+    );
+    assert!(
+        get(&a_store, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    // One data shard came over the network, the parity from A's disk; the other data
+    // shard was never read. Decoding it by plan is not a repair.
+    assert_eq!(b.store.counters().bytes_read() - b_before, one_shard);
+    assert_eq!(a.store.counters().bytes_read() - a_before, one_shard);
+    assert_eq!(a_store.counters().reconstructions(), 0);
+
+    // A range within one data shard of a stripe reads just that shard's chunk.
+    let range = 2 * u64::from(SHARD) + 10..2 * u64::from(SHARD) + 20;
+    reads_one_chunk_of(&a_store, &b, &layout, &bytes, range).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_local_parity_chunk_sends_the_stripe_to_the_peer_for_the_other_data_shard() {
+    let a = Node::start(A, 3, 2, 1).await;
+    let b = Node::start(B, 3, 2, 1).await;
+    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 16).await;
+    let size = bytes.len() as u64;
+    let digest = digest_of(&bytes);
+    let path =
+        a.disk_root(layout.shards[2].disk)
+            .join(format::final_path(&digest, &layout.upload, 2));
+    let mut file = std::fs::read(&path).unwrap();
+    let at_byte = format::chunk_offset(SHARD, 3) + format::CHECKSUM_BYTES + 7;
+    file[at_byte as usize] ^= 0x01;
+    std::fs::write(&path, file).unwrap();
+
+    assert!(
+        get(&a_store, &layout, &digest, size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    assert_eq!(a_store.counters().checksum_failures(), 1);
+    // Stripe 3 read both data shards from B instead: nothing had to be rebuilt.
+    assert_eq!(a_store.counters().reconstructions(), 0);
     a.stop().await;
     b.stop().await;
 }
