@@ -372,9 +372,10 @@ async fn parity_here_data_there(
     a: &Node,
     b: &Node,
     seed: u64,
+    len: usize,
 ) -> (BlobStore, StripedLayout, Vec<u8>) {
     let a_store = with_peers(a, &[b]);
-    let bytes = data(seed, 6 * 2 * SHARD as usize);
+    let bytes = data(seed, len);
     let layout = put_at(
         &a_store,
         UploadId::new(A, u128::from(seed)),
@@ -389,7 +390,7 @@ async fn parity_here_data_there(
 async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_the_other() {
     let a = Node::start(A, 3, 2, 1).await;
     let b = Node::start(B, 3, 2, 1).await;
-    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 15).await;
+    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 15, 6 * 2 * SHARD as usize).await;
     let size = bytes.len() as u64;
     let digest = digest_of(&bytes);
     let stripes = layout.stripe_count(size);
@@ -414,6 +415,23 @@ async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_t
     // A range within one data shard of a stripe reads just that shard's chunk.
     let range = 2 * u64::from(SHARD) + 10..2 * u64::from(SHARD) + 20;
     reads_one_chunk_of(&a_store, &b, &layout, &bytes, range).await;
+
+    // The same with a short last stripe, which reaches a little into the second shard.
+    let (a_store, layout, bytes) =
+        parity_here_data_there(&a, &b, 17, 6 * 2 * SHARD as usize + SHARD as usize + 100).await;
+    let size = bytes.len() as u64;
+    let b_before = b.store.counters().bytes_read();
+    assert!(
+        get(&a_store, &layout, &digest_of(&bytes), size, 0..size)
+            .await
+            .unwrap()
+            == bytes
+    );
+    assert_eq!(
+        b.store.counters().bytes_read() - b_before,
+        format::file_bytes(SHARD, 2, size)
+    );
+    assert_eq!(a_store.counters().reconstructions(), 0);
     a.stop().await;
     b.stop().await;
 }
@@ -422,7 +440,7 @@ async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_t
 async fn a_bad_local_parity_chunk_sends_the_stripe_to_the_peer_for_the_other_data_shard() {
     let a = Node::start(A, 3, 2, 1).await;
     let b = Node::start(B, 3, 2, 1).await;
-    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 16).await;
+    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 16, 6 * 2 * SHARD as usize).await;
     let size = bytes.len() as u64;
     let digest = digest_of(&bytes);
     let path =
