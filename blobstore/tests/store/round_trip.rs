@@ -487,10 +487,12 @@ async fn reads_of_a_chunk_another_read_holds_share_its_buffer_instead_of_the_dis
     let (digest, layout) = put(&store, upload(31), &bytes).await.unwrap();
     let counters = store.counters();
 
-    // A read that stopped after its first chunk still holds it (and its read-ahead).
-    let mut held = store.read(&layout, &digest, size, 0..size);
+    // A read of the first stripe that holds its chunk (one stripe: no read-ahead of
+    // its own that could land while the bytes read are counted).
+    let mut held = store.read(&layout, &digest, size, 0..u64::from(SHARD));
     let first = held.next().await.unwrap().unwrap();
     assert!(first[..] == bytes[..SHARD as usize]);
+    assert!(held.next().await.is_none());
     let (read_before, shared_before) = (counters.bytes_read(), counters.shared_reads());
     let range = 5..u64::from(SHARD) - 5;
     let got = get(&store, &layout, &digest, size, range.clone())
