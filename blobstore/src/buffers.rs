@@ -85,12 +85,8 @@ impl ChunkBuffers {
 
     /// Shares `buf`, the verified chunk `key`, with reads that ask for it while this
     /// one (or any that took it) still holds it.
-    pub fn share(self: &Arc<Self>, key: ChunkKey, buf: PooledBuf) -> Bytes {
-        let shared = Arc::new(SharedBuf {
-            buf,
-            key,
-            pool: self.clone(),
-        });
+    pub fn share(&self, key: ChunkKey, buf: PooledBuf) -> Bytes {
+        let shared = Arc::new(SharedBuf { buf, key });
         self.live
             .lock()
             .expect("live chunk map poisoned")
@@ -147,12 +143,11 @@ impl Drop for PooledBuf {
 struct SharedBuf {
     buf: PooledBuf,
     key: ChunkKey,
-    pool: Arc<ChunkBuffers>,
 }
 
 impl Drop for SharedBuf {
     fn drop(&mut self) {
-        let mut live = self.pool.live.lock().expect("live chunk map poisoned");
+        let mut live = self.buf.pool.live.lock().expect("live chunk map poisoned");
         // A later read may have put a newer buffer of the same chunk in the map.
         if live.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
             live.remove(&self.key);

@@ -207,7 +207,7 @@ pub(crate) fn read_chunk_unverified(
     file: &dyn DiskFile,
     shard_bytes: u32,
     stripe: u64,
-) -> Result<Chunk, ChunkUnusable> {
+) -> io::Result<Chunk> {
     Ok(Chunk::of(
         read_raw(inner, file, shard_bytes, stripe)?.freeze(),
     ))
@@ -236,14 +236,14 @@ fn read_raw(
     file: &dyn DiskFile,
     shard_bytes: u32,
     stripe: u64,
-) -> Result<PooledBuf, ChunkUnusable> {
+) -> io::Result<PooledBuf> {
     let offset = format::chunk_offset(shard_bytes, stripe);
     let left = file.size()?.saturating_sub(offset);
     if left <= CHECKSUM_BYTES {
-        return Err(ChunkUnusable::Io(io::Error::new(
+        return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             format!("the file ends before the chunk of stripe {stripe}"),
-        )));
+        ));
     }
     let len = left.min(format::chunk_bytes(shard_bytes));
     let mut buf = inner.buffers.take(len as usize);

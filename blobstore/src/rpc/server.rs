@@ -23,7 +23,7 @@ use super::{WIRE_FORMAT_VERSION, error_chain};
 use crate::disk::{Disk, DiskFile};
 use crate::error::BlobStoreError;
 use crate::format::{self, HEADER_BYTES, SHORT_SHARD_ALIGN};
-use crate::shard::{self, ChunkUnusable, Unusable};
+use crate::shard::{self, Unusable};
 use crate::store::{BlobStore, StoreInner, blocking};
 
 /// Why this node refused or failed a shard call. Sent to the caller as a gRPC status.
@@ -68,7 +68,7 @@ enum Refusal {
     Chunk {
         stripe: u64,
         #[source]
-        source: ChunkUnusable,
+        source: io::Error,
     },
 }
 
@@ -85,11 +85,7 @@ impl Refusal {
             | Refusal::ChunkLength { .. }
             | Refusal::Range { .. } => Code::InvalidArgument,
             Refusal::NoDisk { .. } => Code::NotFound,
-            Refusal::ChunkChecksum { .. }
-            | Refusal::Chunk {
-                source: ChunkUnusable::ChecksumMismatch,
-                ..
-            } => Code::DataLoss,
+            Refusal::ChunkChecksum { .. } => Code::DataLoss,
             Refusal::TooManyStripes { .. } => Code::ResourceExhausted,
             Refusal::Stalled { .. } => Code::DeadlineExceeded,
             Refusal::Broken(status) => status.code(),
@@ -104,10 +100,9 @@ impl Refusal {
             Refusal::Unusable(Unusable::Header(_) | Unusable::Mismatch { .. }) => {
                 Code::FailedPrecondition
             }
-            Refusal::Chunk {
-                source: ChunkUnusable::Io(e),
-                ..
-            } if e.kind() == io::ErrorKind::UnexpectedEof => Code::OutOfRange,
+            Refusal::Chunk { source, .. } if source.kind() == io::ErrorKind::UnexpectedEof => {
+                Code::OutOfRange
+            }
             Refusal::Store(_) | Refusal::Unusable(Unusable::Io(_)) | Refusal::Chunk { .. } => {
                 Code::Internal
             }

@@ -134,3 +134,16 @@ pub fn rewrite_as_v1(root: &std::path::Path, layout: &StripedLayout, digest: &Di
         std::fs::write(path(i), file).unwrap();
     }
 }
+
+/// Flips the bits of one byte of the file at `path`.
+pub fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
+}

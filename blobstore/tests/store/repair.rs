@@ -2,8 +2,6 @@
 //! parity while `k` shards of a stripe are good, and fail cleanly, never with wrong
 //! bytes, when they are not.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use berth_blobstore::{BlobStore, BlobStoreError, DiskState, StoreConfig, format};
@@ -11,24 +9,13 @@ use berth_types::{Digest, EcProfile, StripedLayout};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::common::{NODE, data, fs_disks, get, put, upload};
+use crate::common::{NODE, data, flip_byte, fs_disks, get, put, upload};
 
 const SHARD: u32 = 4096;
 
 fn shard_file(root: &Path, layout: &StripedLayout, digest: &Digest, i: usize) -> PathBuf {
     root.join(format!("disk{}", layout.shards[i].disk))
         .join(format::final_path(digest, &layout.upload, i))
-}
-
-fn flip_byte(path: &Path, offset: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
 }
 
 /// Offset of byte `at` of the shard of `stripe` in a shard file.

@@ -106,7 +106,7 @@ async fn default_shard_size_streams_a_blob_of_several_stripes() {
 
 #[tokio::test]
 async fn an_empty_blob_commits_and_reads_as_empty() {
-    let (_dir, store) = store_2_1();
+    let (_dir, store) = fs_store(2, 1, 3);
     let (digest, layout) = put(&store, upload(1), b"").await.unwrap();
     assert!(
         get(&store, &layout, &digest, 0, 0..0)
@@ -119,7 +119,7 @@ async fn an_empty_blob_commits_and_reads_as_empty() {
 /// Two uploads of the same content get their own files: deleting one leaves the other.
 #[tokio::test]
 async fn two_uploads_of_the_same_content_never_share_files() {
-    let (_dir, store) = store_2_1();
+    let (_dir, store) = fs_store(2, 1, 3);
     let bytes = data(3, 20_000);
     let (digest, first) = put(&store, upload(1), &bytes).await.unwrap();
     let (_, second) = put(&store, upload(2), &bytes).await.unwrap();
@@ -197,7 +197,7 @@ fn open_refuses_bad_configurations() {
 
 #[tokio::test]
 async fn abort_removes_the_staging_files_and_stats_list_every_disk() {
-    let (dir, store) = store_2_1();
+    let (dir, store) = fs_store(2, 1, 3);
     let mut writer = store.begin(upload(5)).unwrap();
     writer.write(Bytes::from(data(1, 50_000))).await.unwrap();
     let staged = |i: u32| {
@@ -296,15 +296,15 @@ async fn a_small_blob_takes_little_more_than_its_size_on_disk() {
     );
 }
 
-/// A 2+1 store of `SHARD`-byte shards on three filesystem disks in a new folder.
-fn store_2_1() -> (tempfile::TempDir, BlobStore) {
+/// A `k+m` store of `SHARD`-byte shards on `disks` filesystem disks in a new folder.
+fn fs_store(k: u8, m: u8, disks: u32) -> (tempfile::TempDir, BlobStore) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
-        profile: profile(2, 1),
+        profile: profile(k, m),
         shard_bytes: SHARD,
         ..StoreConfig::default()
     };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 3), cfg).unwrap();
+    let store = BlobStore::open(NODE, fs_disks(dir.path(), disks), cfg).unwrap();
     (dir, store)
 }
 
@@ -331,7 +331,7 @@ fn shard_path(
 async fn a_version_1_blob_still_reads_scrubs_and_rebuilds() {
     use berth_blobstore::{Pacer, ShardHealth, format};
 
-    let (dir, store) = store_2_1();
+    let (dir, store) = fs_store(2, 1, 3);
     let shard = u64::from(SHARD);
     for (n, size) in [1, 100, 2 * shard + 65, 5 * shard - 1]
         .into_iter()
@@ -422,7 +422,7 @@ async fn a_torn_or_grown_shard_file_is_read_around() {
     use berth_blobstore::{Pacer, ShardHealth, format};
     use std::io::Write;
 
-    let (dir, store) = store_2_1();
+    let (dir, store) = fs_store(2, 1, 3);
     let shard = u64::from(SHARD);
     let mut n = 0u128;
     for size in [100, 2 * shard + 65, 4 * shard] {
@@ -475,13 +475,7 @@ async fn a_torn_or_grown_shard_file_is_read_around() {
 async fn reads_of_a_chunk_another_read_holds_share_its_buffer_instead_of_the_disk() {
     use futures::StreamExt;
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        profile: profile(1, 0),
-        shard_bytes: SHARD,
-        ..StoreConfig::default()
-    };
-    let store = BlobStore::open(NODE, fs_disks(dir.path(), 1), cfg).unwrap();
+    let (_dir, store) = fs_store(1, 0, 1);
     let bytes = data(31, 8 * SHARD as usize);
     let size = bytes.len() as u64;
     let (digest, layout) = put(&store, upload(31), &bytes).await.unwrap();

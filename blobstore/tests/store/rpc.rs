@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::common::{data, digest_of, fs_disks, get};
+use crate::common::{data, digest_of, flip_byte, fs_disks, get};
 
 pub(crate) const SHARD: u32 = 4096;
 pub(crate) const A: NodeId = NodeId(1);
@@ -160,15 +160,15 @@ fn header(layout: &StripedLayout, i: usize) -> format::ShardHeader {
     }
 }
 
-/// Reads `range` of the blob `bytes` through `store` and checks the bytes, and that
-/// `holder` read exactly one chunk (and the header of its file) to serve it.
-async fn reads_one_chunk_of(
+/// Reads `range` of the blob `bytes` through `store`, checks the bytes, and returns
+/// how many bytes `holder` read from its disks to serve it.
+async fn holder_bytes_for(
     store: &BlobStore,
     holder: &Node,
     layout: &StripedLayout,
     bytes: &[u8],
     range: std::ops::Range<u64>,
-) {
+) -> u64 {
     let before = holder.store.counters().bytes_read();
     let got = get(
         store,
@@ -180,10 +180,12 @@ async fn reads_one_chunk_of(
     .await
     .unwrap();
     assert!(got == bytes[range.start as usize..range.end as usize]);
-    assert_eq!(
-        holder.store.counters().bytes_read() - before,
-        format::HEADER_BYTES + format::chunk_bytes(SHARD)
-    );
+    holder.store.counters().bytes_read() - before
+}
+
+/// Bytes a holder reads for one chunk of a shard: the file's header and the chunk.
+fn one_chunk() -> u64 {
+    format::HEADER_BYTES + format::chunk_bytes(SHARD)
 }
 
 /// Polls `done` until it holds, for at most `WAIT`.
@@ -314,7 +316,10 @@ async fn a_ranged_get_reads_only_the_requested_stripes() {
 
     // The reader asks the peer for the stripes of its range only.
     let range = 3 * u64::from(SHARD) + 1..4 * u64::from(SHARD) - 1;
-    reads_one_chunk_of(&a_store, &b, &layout, &bytes, range).await;
+    assert_eq!(
+        holder_bytes_for(&a_store, &b, &layout, &bytes, range).await,
+        one_chunk()
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -338,10 +343,10 @@ async fn a_chunk_corrupted_on_the_serving_node_is_detected_and_rebuilt() {
     let path =
         b.disk_root(layout.shards[0].disk)
             .join(format::final_path(&digest, &layout.upload, 0));
-    let mut file = std::fs::read(&path).unwrap();
-    let at_byte = format::chunk_offset(SHARD, 1) + format::CHECKSUM_BYTES + 100;
-    file[at_byte as usize] ^= 0x5a;
-    std::fs::write(&path, file).unwrap();
+    flip_byte(
+        &path,
+        format::chunk_offset(SHARD, 1) + format::CHECKSUM_BYTES + 100,
+    );
 
     // The serving node sends chunks as stored; the client checks each one and says
     // which stripe was bad.
@@ -390,48 +395,29 @@ async fn parity_here_data_there(
 async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_the_other() {
     let a = Node::start(A, 3, 2, 1).await;
     let b = Node::start(B, 3, 2, 1).await;
-    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 15, 6 * 2 * SHARD as usize).await;
-    let size = bytes.len() as u64;
-    let digest = digest_of(&bytes);
-    let stripes = layout.stripe_count(size);
-    let one_shard = format::HEADER_BYTES + stripes * format::chunk_bytes(SHARD);
+    // Whole stripes, then a short last stripe that reaches a little into the second
+    // data shard.
+    for (seed, len) in [(15, 12 * SHARD as usize), (17, 13 * SHARD as usize + 100)] {
+        let (a_store, layout, bytes) = parity_here_data_there(&a, &b, seed, len).await;
+        let size = bytes.len() as u64;
+        let one_shard = format::file_bytes(SHARD, 2, size);
+        let a_before = a.store.counters().bytes_read();
+        // One data shard came over the network, the parity from A's disk; the other
+        // data shard was never read. Decoding it by plan is not a repair.
+        assert_eq!(
+            holder_bytes_for(&a_store, &b, &layout, &bytes, 0..size).await,
+            one_shard
+        );
+        assert_eq!(a.store.counters().bytes_read() - a_before, one_shard);
+        assert_eq!(a_store.counters().reconstructions(), 0);
 
-    let (a_before, b_before) = (
-        a.store.counters().bytes_read(),
-        b.store.counters().bytes_read(),
-    );
-    assert!(
-        get(&a_store, &layout, &digest, size, 0..size)
-            .await
-            .unwrap()
-            == bytes
-    );
-    // One data shard came over the network, the parity from A's disk; the other data
-    // shard was never read. Decoding it by plan is not a repair.
-    assert_eq!(b.store.counters().bytes_read() - b_before, one_shard);
-    assert_eq!(a.store.counters().bytes_read() - a_before, one_shard);
-    assert_eq!(a_store.counters().reconstructions(), 0);
-
-    // A range within one data shard of a stripe reads just that shard's chunk.
-    let range = 2 * u64::from(SHARD) + 10..2 * u64::from(SHARD) + 20;
-    reads_one_chunk_of(&a_store, &b, &layout, &bytes, range).await;
-
-    // The same with a short last stripe, which reaches a little into the second shard.
-    let (a_store, layout, bytes) =
-        parity_here_data_there(&a, &b, 17, 6 * 2 * SHARD as usize + SHARD as usize + 100).await;
-    let size = bytes.len() as u64;
-    let b_before = b.store.counters().bytes_read();
-    assert!(
-        get(&a_store, &layout, &digest_of(&bytes), size, 0..size)
-            .await
-            .unwrap()
-            == bytes
-    );
-    assert_eq!(
-        b.store.counters().bytes_read() - b_before,
-        format::file_bytes(SHARD, 2, size)
-    );
-    assert_eq!(a_store.counters().reconstructions(), 0);
+        // A range within one data shard of a stripe reads just that shard's chunk.
+        let range = 2 * u64::from(SHARD) + 10..2 * u64::from(SHARD) + 20;
+        assert_eq!(
+            holder_bytes_for(&a_store, &b, &layout, &bytes, range).await,
+            one_chunk()
+        );
+    }
     a.stop().await;
     b.stop().await;
 }
@@ -440,16 +426,16 @@ async fn a_node_holding_the_parity_reads_one_data_shard_from_the_peer_and_xors_t
 async fn a_bad_local_parity_chunk_sends_the_stripe_to_the_peer_for_the_other_data_shard() {
     let a = Node::start(A, 3, 2, 1).await;
     let b = Node::start(B, 3, 2, 1).await;
-    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 16, 6 * 2 * SHARD as usize).await;
+    let (a_store, layout, bytes) = parity_here_data_there(&a, &b, 16, 12 * SHARD as usize).await;
     let size = bytes.len() as u64;
     let digest = digest_of(&bytes);
     let path =
         a.disk_root(layout.shards[2].disk)
             .join(format::final_path(&digest, &layout.upload, 2));
-    let mut file = std::fs::read(&path).unwrap();
-    let at_byte = format::chunk_offset(SHARD, 3) + format::CHECKSUM_BYTES + 7;
-    file[at_byte as usize] ^= 0x01;
-    std::fs::write(&path, file).unwrap();
+    flip_byte(
+        &path,
+        format::chunk_offset(SHARD, 3) + format::CHECKSUM_BYTES + 7,
+    );
 
     assert!(
         get(&a_store, &layout, &digest, size, 0..size)
@@ -911,10 +897,10 @@ async fn a_corrupt_shard_is_rewritten_in_place_and_a_moved_one_leaves_its_old_ho
     let path = b
         .disk_root(DiskId(0))
         .join(format::final_path(&digest, &layout.upload, 1));
-    let mut file = std::fs::read(&path).unwrap();
-    let at_byte = format::chunk_offset(SHARD, 2) + format::CHECKSUM_BYTES + 7;
-    file[at_byte as usize] ^= 0xff;
-    std::fs::write(&path, file).unwrap();
+    flip_byte(
+        &path,
+        format::chunk_offset(SHARD, 2) + format::CHECKSUM_BYTES + 7,
+    );
     a_store
         .rebuild_shard(&layout, &digest, size, 1, at(B, 0))
         .await

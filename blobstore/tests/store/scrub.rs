@@ -4,7 +4,6 @@
 //! damage, and rebuilding the damaged shard in place makes it scrub clean again.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use berth_blobstore::{
@@ -12,24 +11,13 @@ use berth_blobstore::{
 };
 use berth_types::{Digest, EcProfile, NodeId, ShardPlacement, StripedLayout};
 
-use crate::common::{NODE, data, fs_disks, get, put, upload};
+use crate::common::{NODE, data, flip_byte, fs_disks, get, put, upload};
 
 const SHARD: u32 = 4096;
 
 fn shard_file(root: &Path, layout: &StripedLayout, digest: &Digest, i: usize) -> PathBuf {
     root.join(format!("disk{}", layout.shards[i].disk))
         .join(format::final_path(digest, &layout.upload, i))
-}
-
-fn flip_byte(path: &Path, offset: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, offset).unwrap();
-    f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
 }
 
 fn store(root: &Path) -> BlobStore {
