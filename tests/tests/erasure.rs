@@ -689,14 +689,23 @@ impl Drop for Stopped<'_> {
     }
 }
 
-/// The follower (not `leader`) of a 3-node cluster that holds data shards (index below
-/// `k` = 2) of the most of `blobs`, and how many. Parity is on one node per blob, so the
-/// two followers together hold a data shard of every blob.
+/// The follower (not `leader`) of a 3-node cluster that holds the most data shards
+/// (index below `k` = 2) of `blobs` that a pull through `leader` reads, and how many.
+/// Parity is on one node per blob, so the two followers together hold a data shard of
+/// every blob that the leader reads.
 fn follower_with_most_data_shards(
     c: &Cluster,
     leader: u16,
     blobs: &[(String, Vec<u8>)],
 ) -> (u16, usize) {
+    // A leader holding a blob's parity reads it in place of data shard 1 and decodes
+    // that one, so only data shard 0 of such a blob is read from a follower.
+    let parity_here: Vec<String> = c
+        .shard_files(leader)
+        .into_iter()
+        .filter(|f| f.index == 2)
+        .map(|f| f.blob)
+        .collect();
     (1..=3u16)
         .filter(|&n| n != leader)
         .map(|n| {
@@ -704,7 +713,7 @@ fn follower_with_most_data_shards(
                 .shard_files(n)
                 .into_iter()
                 .filter(|f| {
-                    f.index < 2
+                    (f.index == 0 || (f.index == 1 && !parity_here.contains(&f.blob)))
                         && blobs
                             .iter()
                             .any(|(digest, _)| f.blob == digest.trim_start_matches("sha256:"))
