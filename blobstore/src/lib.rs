@@ -27,7 +27,7 @@ pub use placement::{
     Candidate, ClusterMap, DiskState, NodeCandidates, PlacementError, ShardMove, cluster_profile,
     place, place_across, place_shard, rebalance_moves,
 };
-pub use rpc::{ShardClient, ShardRef, ShardRpcError, ShardService};
+pub use rpc::{RawChunks, ShardClient, ShardRef, ShardRpcError, ShardService};
 pub use scrub::{Pacer, ShardDamage, ShardHealth};
 pub use sim::{SimDisk, SimPower};
 pub use store::{

@@ -47,9 +47,10 @@ const CLUSTER_STREAM_WINDOW: u32 = 4 << 20;
 const CLUSTER_CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Largest HTTP/2 frame a node accepts from a peer, on its listener and on its shard
-/// clients: a 1 MiB shard chunk crosses in 4 frames instead of 64 (the default 16
-/// KiB), fewer frame headers, wakeups and socket reads per chunk.
-const SHARD_FRAME_BYTES: u32 = 256 << 10;
+/// clients: a shard chunk of the default size (1 MiB) crosses in one frame instead of
+/// 64 (the default 16 KiB), and a raw GetChunks reader takes that frame as the chunk
+/// without gathering it (`berth_blobstore::rpc`'s raw module).
+const SHARD_FRAME_BYTES: u32 = 1 << 20;
 
 /// The node's persisted identity.
 #[derive(Serialize, Deserialize)]
@@ -255,7 +256,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             // requests other nodes pass on to this one.
             let routes = tonic::service::Routes::from(proxy::internal_router(app.clone()))
                 .add_service(raft.into_server())
-                .add_service(ShardService::new(&store).into_server());
+                .add_service(ShardService::new(&store).into_server())
+                .add_service(ShardService::new(&store).raw_chunks());
             // Shard chunks are 1 MiB messages: windows that hold several let a stream
             // run without waiting for a window update per chunk.
             let mut builder = tonic::transport::Server::builder()

@@ -8,6 +8,8 @@
 //! again, so corruption on the wire or in the peer's memory is caught too.
 
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_types::{Digest, DiskId, NodeId, UploadId};
@@ -25,7 +27,7 @@ use super::limits::{
 use super::pb::shards_client::ShardsClient;
 use super::pb::{self, put_chunks_request};
 use super::wire::{self, WireError};
-use super::{WIRE_FORMAT_VERSION, error_chain};
+use super::{WIRE_FORMAT_VERSION, error_chain, raw};
 use crate::format::{self, CHECKSUM_BYTES, ShardHeader};
 
 /// One shard file of one upload on one disk of a node.
@@ -128,7 +130,11 @@ async fn within<T>(
 #[derive(Debug, Clone)]
 pub struct ShardClient {
     node: NodeId,
-    client: ShardsClient<Channel>,
+    /// The connection: gRPC calls (`grpc`) and raw GetChunks calls (`raw`).
+    channel: Channel,
+    /// Cleared once the peer answered that it does not serve raw GetChunks: its reads
+    /// go through the gRPC method from then on.
+    raw: Arc<AtomicBool>,
 }
 
 impl ShardClient {
@@ -157,10 +163,16 @@ impl ShardClient {
     pub fn from_endpoint(node: NodeId, endpoint: Endpoint) -> ShardClient {
         ShardClient {
             node,
-            client: ShardsClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX),
+            channel: endpoint.connect_lazy(),
+            raw: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The gRPC client of the shard service over this peer's connection.
+    fn grpc(&self) -> ShardsClient<Channel> {
+        ShardsClient::new(self.channel.clone())
+            .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
     }
 
     /// The node this client calls.
@@ -188,7 +200,7 @@ impl ShardClient {
         let requests = stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|message| (message, rx))
         });
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let task = tokio::spawn(async move {
             client
                 .put_chunks(Request::new(requests))
@@ -211,7 +223,7 @@ impl ShardClient {
             shard: Some(wire::shard_ref(self.node, shard)),
             digest: digest.to_string(),
         };
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let response = within(CALL_TIMEOUT, client.commit(request)).await?;
         wire::check_version(response.into_inner().format_version)?;
         Ok(())
@@ -223,7 +235,7 @@ impl ShardClient {
             format_version: WIRE_FORMAT_VERSION,
             shard: Some(wire::shard_ref(self.node, shard)),
         };
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let response = within(CALL_TIMEOUT, client.abort(request))
             .await?
             .into_inner();
@@ -239,7 +251,7 @@ impl ShardClient {
             shard: Some(wire::shard_ref(self.node, shard)),
             digest: digest.to_string(),
         };
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let response = within(CALL_TIMEOUT, client.delete(request))
             .await?
             .into_inner();
@@ -258,7 +270,7 @@ impl ShardClient {
             shard: Some(wire::shard_ref(self.node, shard)),
             digest: digest.to_string(),
         };
-        let mut client = self.client.clone();
+        let mut client = self.grpc();
         let response = within(CALL_TIMEOUT, client.stat(request))
             .await?
             .into_inner();
@@ -304,15 +316,14 @@ impl ShardClient {
             stripe_start: stripes.start,
             stripe_end: stripes.end,
         };
-        let mut client = self.client.clone();
+        let this = self.clone();
         let shard_bytes = header.shard_bytes;
         let empty = stripes.is_empty();
         let open = async move {
             if empty {
                 return Ok::<_, ShardRpcError>(None);
             }
-            let response = within(CALL_TIMEOUT, client.get_chunks(request)).await?;
-            Ok(Some(response.into_inner()))
+            Ok(Some(this.open_chunks(request).await?))
         };
         stream::once(open)
             .map_ok(move |chunks| {
@@ -323,30 +334,75 @@ impl ShardClient {
             })
             .try_flatten()
     }
+
+    /// Opens a GetChunks call: the raw HTTP/2 body, or the gRPC method on a peer
+    /// that does not serve that.
+    async fn open_chunks(&self, request: pb::GetChunksRequest) -> Result<Incoming, ShardRpcError> {
+        if self.raw.load(Ordering::Relaxed) {
+            match raw::open(&self.channel, &request).await? {
+                raw::Opened::Records(records) => return Ok(Incoming::Raw(records)),
+                raw::Opened::Unsupported => {
+                    tracing::info!(node = %self.node, "the peer does not serve raw GetChunks; reading it through gRPC");
+                    self.raw.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut client = self.grpc();
+        let response = within(CALL_TIMEOUT, client.get_chunks(request)).await?;
+        Ok(Incoming::Grpc(response.into_inner()))
+    }
+}
+
+/// The response of a GetChunks call being read.
+enum Incoming {
+    Raw(raw::Records),
+    Grpc(Streaming<pb::GetChunksResponse>),
+}
+
+impl Incoming {
+    /// The next chunk as received, expected to be that of `stripe`.
+    async fn next(
+        &mut self,
+        stripe: u64,
+        shard_bytes: u32,
+    ) -> Result<raw::Received, ShardRpcError> {
+        let chunks = match self {
+            Incoming::Raw(records) => return records.next(stripe, shard_bytes).await,
+            Incoming::Grpc(chunks) => chunks,
+        };
+        let response = match tokio::time::timeout(CHUNK_IDLE_MAX, chunks.message()).await {
+            Err(_) => return Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
+            Ok(Err(status)) if status.code() == Code::DataLoss => {
+                return Err(ShardRpcError::Corrupt { stripe });
+            }
+            Ok(Err(status)) => return Err(status.into()),
+            Ok(Ok(None)) => return Err(ShardRpcError::Truncated { stripe }),
+            Ok(Ok(Some(response))) => response,
+        };
+        wire::check_version(response.format_version)?;
+        let chunk = response.chunk.ok_or(WireError::Missing("chunk"))?;
+        Ok(raw::Received {
+            stripe: chunk.stripe,
+            checksum: wire::parse_checksum(&chunk.checksum)?,
+            data: chunk.data,
+        })
+    }
 }
 
 /// The next verified chunk of a GetChunks stream, and the stream's state after it:
 /// `None` once the range is done or an error ended it.
 async fn next_chunk(
-    state: Option<(Streaming<pb::GetChunksResponse>, u64)>,
+    state: Option<(Incoming, u64)>,
     end: u64,
     shard_bytes: u32,
-) -> Option<(
-    Result<Bytes, ShardRpcError>,
-    Option<(Streaming<pb::GetChunksResponse>, u64)>,
-)> {
+) -> Option<(Result<Bytes, ShardRpcError>, Option<(Incoming, u64)>)> {
     let (mut chunks, stripe) = state?;
     if stripe == end {
         return None;
     }
-    let item = match tokio::time::timeout(CHUNK_IDLE_MAX, chunks.message()).await {
-        Err(_) => Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
-        Ok(Err(status)) if status.code() == Code::DataLoss => {
-            Err(ShardRpcError::Corrupt { stripe })
-        }
-        Ok(Err(status)) => Err(status.into()),
-        Ok(Ok(None)) => Err(ShardRpcError::Truncated { stripe }),
-        Ok(Ok(Some(response))) => verify(response, stripe, shard_bytes).await,
+    let item = match chunks.next(stripe, shard_bytes).await {
+        Ok(received) => verify(received, stripe, shard_bytes).await,
+        Err(e) => Err(e),
     };
     match item {
         Ok(shard) => Some((Ok(shard), Some((chunks, stripe + 1)))),
@@ -357,29 +413,30 @@ async fn next_chunk(
 /// Checks that a received chunk is the one of `stripe`, has the right length and
 /// matches its checksum. Hashing runs on the blocking pool.
 async fn verify(
-    response: pb::GetChunksResponse,
+    received: raw::Received,
     stripe: u64,
     shard_bytes: u32,
 ) -> Result<Bytes, ShardRpcError> {
-    wire::check_version(response.format_version)?;
-    let chunk = response.chunk.ok_or(WireError::Missing("chunk"))?;
-    if chunk.stripe != stripe {
+    let raw::Received {
+        stripe: found,
+        checksum,
+        data,
+    } = received;
+    if found != stripe {
         return Err(ShardRpcError::OutOfOrder {
             expected: stripe,
-            found: chunk.stripe,
+            found,
         });
     }
     // The last chunk of a blob may be short; the reader, which knows the blob size,
     // checks the exact length.
-    if chunk.data.is_empty() || chunk.data.len() > shard_bytes as usize {
+    if data.is_empty() || data.len() > shard_bytes as usize {
         return Err(ShardRpcError::ChunkLength {
             stripe,
             expected: shard_bytes,
-            found: chunk.data.len(),
+            found: data.len(),
         });
     }
-    let checksum = wire::parse_checksum(&chunk.checksum)?;
-    let data = chunk.data;
     let good = match tokio::task::spawn_blocking(move || {
         (format::chunk_checksum(stripe, &data) == checksum, data)
     })
@@ -498,15 +555,11 @@ pub(crate) fn log_cleanup_failure(node: NodeId, shard: &ShardRef, e: &ShardRpcEr
 mod tests {
     use super::*;
 
-    fn response(stripe: u64, data: &[u8]) -> pb::GetChunksResponse {
-        let data = Bytes::copy_from_slice(data);
-        pb::GetChunksResponse {
-            format_version: WIRE_FORMAT_VERSION,
-            chunk: Some(wire::chunk(
-                stripe,
-                &format::chunk_checksum(stripe, &data),
-                data,
-            )),
+    fn received(stripe: u64, data: &[u8]) -> raw::Received {
+        raw::Received {
+            stripe,
+            checksum: format::chunk_checksum(stripe, data),
+            data: Bytes::copy_from_slice(data),
         }
     }
 
@@ -514,17 +567,20 @@ mod tests {
     /// them, a chunk of the wrong stripe, or longer than the header's shards never pass.
     #[tokio::test]
     async fn chunks_are_verified_again_on_arrival() {
-        let good = response(3, &[7; 16]);
-        assert_eq!(verify(good.clone(), 3, 16).await.unwrap(), vec![7u8; 16]);
-
-        let mut altered = good.clone();
-        altered.chunk.as_mut().unwrap().data = Bytes::from(vec![8u8; 16]);
+        assert_eq!(
+            verify(received(3, &[7; 16]), 3, 16).await.unwrap(),
+            vec![7u8; 16]
+        );
+        let altered = raw::Received {
+            data: Bytes::from(vec![8u8; 16]),
+            ..received(3, &[7; 16])
+        };
         assert!(matches!(
             verify(altered, 3, 16).await,
             Err(ShardRpcError::Corrupt { stripe: 3 })
         ));
         assert!(matches!(
-            verify(good.clone(), 4, 16).await,
+            verify(received(3, &[7; 16]), 4, 16).await,
             Err(ShardRpcError::OutOfOrder {
                 expected: 4,
                 found: 3
@@ -532,18 +588,13 @@ mod tests {
         ));
         // A chunk shorter than the header's shard size may be a blob's short last
         // chunk (the reader checks the exact length); a longer one never is.
-        assert_eq!(verify(good.clone(), 3, 32).await.unwrap(), vec![7u8; 16]);
+        assert_eq!(
+            verify(received(3, &[7; 16]), 3, 32).await.unwrap(),
+            vec![7u8; 16]
+        );
         assert!(matches!(
-            verify(good.clone(), 3, 8).await,
+            verify(received(3, &[7; 16]), 3, 8).await,
             Err(ShardRpcError::ChunkLength { found: 16, .. })
-        ));
-        let future = pb::GetChunksResponse {
-            format_version: WIRE_FORMAT_VERSION + 1,
-            ..good
-        };
-        assert!(matches!(
-            verify(future, 3, 16).await,
-            Err(ShardRpcError::Malformed(WireError::Version { .. }))
         ));
     }
 }

@@ -3,7 +3,9 @@
 //! on its gRPC listener, over the same disk and format code a local write uses;
 //! [`ShardClient`] is one peer's client, used by the stripe writer and the reader when a
 //! shard's placement names another node. [`wire`] holds the protobuf conversions and
-//! [`limits`] the message sizes, queue lengths and timeouts.
+//! [`limits`] the message sizes, queue lengths and timeouts. Reads between nodes go
+//! over `raw`, GetChunks as a plain HTTP/2 body on the same connection ([`RawChunks`]
+//! is its server, mounted beside the gRPC one).
 //!
 //! Error contract: a server answers what it cannot do with a gRPC status (see the
 //! proto file); the client turns statuses and transport failures into
@@ -12,6 +14,7 @@
 
 mod client;
 pub mod limits;
+mod raw;
 mod server;
 mod wire;
 
@@ -19,6 +22,7 @@ pub use client::{PutSummary, ShardClient, ShardRef, ShardRpcError, ShardStat, Sh
 pub use wire::WireError;
 
 pub(crate) use client::log_cleanup_failure;
+pub use raw::RawChunks;
 pub use server::ShardService;
 
 /// Version of the shard service's messages written by this build. Every message

@@ -18,6 +18,7 @@ use super::limits::{
 };
 use super::pb::shards_server::{Shards, ShardsServer};
 use super::pb::{self, put_chunks_request};
+use super::raw::RawChunks;
 use super::wire::{self, WireError};
 use super::{WIRE_FORMAT_VERSION, error_chain};
 use crate::disk::{Disk, DiskFile};
@@ -28,7 +29,7 @@ use crate::store::{BlobStore, StoreInner, blocking};
 
 /// Why this node refused or failed a shard call. Sent to the caller as a gRPC status.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub(super) enum Refusal {
     #[error("the request is addressed to node {addressed}, but this is node {this}")]
     WrongNode { addressed: NodeId, this: NodeId },
     #[error("malformed request")]
@@ -110,7 +111,7 @@ impl Refusal {
     }
 
     /// The status sent to the caller; failures of this node's disks are logged here.
-    fn into_status(self, call: &'static str) -> Status {
+    pub(super) fn into_status(self, call: &'static str) -> Status {
         let code = self.code();
         let message = error_chain(&self);
         match code {
@@ -143,6 +144,12 @@ impl ShardService {
         ShardsServer::new(self)
             .max_decoding_message_size(RPC_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RPC_MESSAGE_BYTES_MAX)
+    }
+
+    /// The raw GetChunks service (`raw`) to mount beside `into_server` on the same
+    /// listener.
+    pub fn raw_chunks(&self) -> RawChunks {
+        RawChunks::new(self.clone())
     }
 
     /// The shard a request names and the disk of this node it is on.
@@ -335,10 +342,14 @@ impl ShardService {
         .await?
     }
 
-    async fn get(
+    /// Opens the committed shard file a GetChunks request names and starts reading
+    /// its chunks ahead; the receiver yields them in stripe order, and ends after the
+    /// last one or after the first error. Both transports (the gRPC method and
+    /// `raw`'s plain HTTP/2 body) serve from here.
+    pub(super) async fn get(
         &self,
         request: pb::GetChunksRequest,
-    ) -> Result<mpsc::Receiver<Result<pb::GetChunksResponse, Status>>, Refusal> {
+    ) -> Result<mpsc::Receiver<Result<ServedChunk, Status>>, Refusal> {
         wire::check_version(request.format_version)?;
         let (shard, disk) = self.addressed(request.shard)?;
         let digest = wire::parse_digest(&request.digest)?;
@@ -362,10 +373,7 @@ impl ShardService {
                 })
                 .await;
                 let item = match read {
-                    Ok(Ok(chunk)) => Ok(pb::GetChunksResponse {
-                        format_version: WIRE_FORMAT_VERSION,
-                        chunk: Some(wire::chunk(stripe, &chunk.checksum, chunk.shard)),
-                    }),
+                    Ok(Ok(chunk)) => Ok(ServedChunk { stripe, chunk }),
                     Ok(Err(source)) => {
                         Err(Refusal::Chunk { stripe, source }.into_status("GetChunks"))
                     }
@@ -391,6 +399,12 @@ async fn next_message<T>(requests: &mut Streaming<T>) -> Result<Option<T>, Refus
         Ok(Err(status)) => Err(Refusal::Broken(status)),
         Ok(Ok(message)) => Ok(message),
     }
+}
+
+/// One chunk read for a GetChunks call, as stored (the caller verifies it).
+pub(super) struct ServedChunk {
+    pub stripe: u64,
+    pub chunk: shard::Chunk,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GetChunksResponse, Status>> + Send>>;
@@ -440,7 +454,15 @@ impl Shards for ShardService {
             .await
             .map_err(|r| r.into_status("GetChunks"))?;
         let chunks = stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+            let item = rx.recv().await?.map(|served| pb::GetChunksResponse {
+                format_version: WIRE_FORMAT_VERSION,
+                chunk: Some(wire::chunk(
+                    served.stripe,
+                    &served.chunk.checksum,
+                    served.chunk.shard,
+                )),
+            });
+            Some((item, rx))
         });
         Ok(Response::new(Box::pin(chunks)))
     }

@@ -26,6 +26,10 @@ pub enum WireError {
     Header,
     #[error("a chunk checksum is {0} bytes long, not 32")]
     ChecksumLength(usize),
+    #[error("the request does not decode: {0}")]
+    Request(String),
+    #[error("a GetChunks response holds {0}")]
+    Record(&'static str),
 }
 
 pub(crate) fn check_version(found: u32) -> Result<(), WireError> {

@@ -41,8 +41,23 @@ pub(crate) struct Node {
     task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
+/// What a test node's listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mount {
+    /// The gRPC shard service and raw GetChunks, as a node of this build does.
+    Both,
+    /// Only the gRPC service, as a node of an older build does.
+    GrpcOnly,
+    /// Only raw GetChunks: a read that succeeds went over it.
+    RawOnly,
+}
+
 impl Node {
     pub(crate) async fn start(id: NodeId, disks: u32, k: u8, m: u8) -> Node {
+        Node::start_with(id, disks, k, m, Mount::Both).await
+    }
+
+    async fn start_with(id: NodeId, disks: u32, k: u8, m: u8, mount: Mount) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             profile: EcProfile::new(k, m).unwrap(),
@@ -55,7 +70,12 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             Server::builder()
-                .add_service(ShardService::new(&store).into_server())
+                .add_optional_service(
+                    (mount != Mount::RawOnly).then(|| ShardService::new(&store).into_server()),
+                )
+                .add_optional_service(
+                    (mount != Mount::GrpcOnly).then(|| ShardService::new(&store).raw_chunks()),
+                )
                 .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
                     stopped.await.ok();
                 }),
@@ -370,6 +390,78 @@ async fn a_chunk_corrupted_on_the_serving_node_is_detected_and_rebuilt() {
     assert_eq!(a_store.counters().reconstructions(), 1);
     a.stop().await;
     b.stop().await;
+}
+
+/// Chunks cross between nodes as a raw HTTP/2 body: a node serving only that path is
+/// read in full. A node of an older build, serving only the gRPC method, is read
+/// through it. Either way a chunk corrupted on the serving node is named by its
+/// stripe, a missing shard file is `NotFound` and a range past the file's end is
+/// refused with `OUT_OF_RANGE`.
+#[tokio::test]
+async fn chunks_cross_as_a_raw_body_and_an_older_peer_is_read_through_grpc() {
+    for mount in [Mount::RawOnly, Mount::GrpcOnly] {
+        let b = Node::start_with(B, 1, 1, 0, mount).await;
+        let bytes = data(21, 3 * SHARD as usize);
+        let digest = digest_of(&bytes);
+        let layout = put_at(&b.store, UploadId::new(B, 21), &[at(B, 0)], &bytes).await;
+        let client = b.client(B);
+        let shard = shard_ref(&layout, 0);
+        let got: Vec<Bytes> = client
+            .get_chunks(&shard, &digest, &one_shard_header(), 0..3)
+            .try_collect()
+            .await
+            .unwrap_or_else(|e| panic!("{mount:?}: {e}"));
+        assert!(got.concat() == bytes, "{mount:?}");
+
+        let past = client
+            .get_chunks(&shard, &digest, &one_shard_header(), 2..4)
+            .try_collect::<Vec<Bytes>>()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                past,
+                ShardRpcError::Refused {
+                    code: tonic::Code::OutOfRange,
+                    ..
+                }
+            ),
+            "{mount:?}: {past:?}"
+        );
+        let missing = ShardRef {
+            upload: UploadId::new(B, 22),
+            ..shard
+        };
+        let gone = client
+            .get_chunks(&missing, &digest, &one_shard_header(), 0..1)
+            .try_collect::<Vec<Bytes>>()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(gone, ShardRpcError::NotFound { .. }),
+            "{mount:?}: {gone:?}"
+        );
+
+        let path = b
+            .disk_root(DiskId(0))
+            .join(format::final_path(&digest, &layout.upload, 0));
+        flip_byte(
+            &path,
+            format::chunk_offset(SHARD, 1) + format::CHECKSUM_BYTES + 7,
+        );
+        let got: Vec<Result<Bytes, ShardRpcError>> = futures::StreamExt::collect(
+            client.get_chunks(&shard, &digest, &one_shard_header(), 0..3),
+        )
+        .await;
+        assert_eq!(got.len(), 2, "{mount:?}");
+        assert!(got[0].as_ref().unwrap()[..] == bytes[..SHARD as usize]);
+        assert!(
+            matches!(got[1], Err(ShardRpcError::Corrupt { stripe: 1 })),
+            "{mount:?}: {:?}",
+            got[1]
+        );
+        b.stop().await;
+    }
 }
 
 /// A 2+1 blob whose data shards are on node B and whose parity is on node A.
@@ -738,11 +830,14 @@ impl Killable {
             .enable_all()
             .build()
             .unwrap();
-        let service = ShardService::new(&store).into_server();
+        let service = ShardService::new(&store);
+        let raw = service.raw_chunks();
+        let grpc = service.into_server();
         rt.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
             Server::builder()
-                .add_service(service)
+                .add_service(grpc)
+                .add_service(raw)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await
         });
