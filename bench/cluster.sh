@@ -9,8 +9,8 @@
 #    8 x 64 MiB at c4, 200 x 1 MiB at c16. berth's blob i is pushed through node i and
 #    pulled through node i+1, so every pull reads through another node.
 # 3. Degraded reads: pushes 8 x 64 MiB once, pulls them every round through nodes 1
-#    and 2, kills node 3 (SIGKILL), waits until nodes 1 and 2 are ready (a new leader
-#    if node 3 led), pulls them every round again.
+#    and 2, kills node 3 (SIGKILL), waits until nodes 1 and 2 both name a leader other
+#    than node 3, pulls them every round again.
 # 4. Repair: starts node 4, which joins; once node 3 has been down for the grace
 #    period the repair worker rebuilds its shards onto the others. Reports the bytes
 #    rebuilt per node and MB/s, from the members' metrics, until node 3's share is
@@ -135,17 +135,24 @@ kill -KILL "$(node_pid 3)"
 killed_at=$SECONDS
 echo "killed node 3 (SIGKILL)"
 # Node 3 may have led: reads wait for a new leader, which is failover time, not read
-# speed. Measure once nodes 1 and 2 are ready again (bounded).
+# speed. Measure once nodes 1 and 2 both name a leader other than node 3 (bounded).
+# /readyz alone is not enough: it answers 200 while a node still names the dead
+# leader, until the election timeout.
+leader_of() { # the leader node $1 names, or "none"
+    curl -s -m 1 "$(node_url "$1")/api/v1/cluster/status" \
+        | sed -n 's/.*"leader":\([0-9][0-9]*\).*/\1/p' | grep . || echo none
+}
 sleep 1
 for _ in $(seq 300); do
     ready=0
     for i in 1 2; do
-        [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$(node_url "$i")/readyz")" = 200 ] && ready=$((ready + 1))
+        leader="$(leader_of "$i")"
+        [ "$leader" = 1 ] || [ "$leader" = 2 ] && ready=$((ready + 1))
     done
     [ "$ready" = 2 ] && break
     sleep 0.1
 done
-echo "nodes 1 and 2 ready $((SECONDS - killed_at)) s after the kill"
+echo "nodes 1 and 2 name leader $(leader_of 1) $((SECONDS - killed_at)) s after the kill"
 for round in $(seq "$rounds"); do
     run_bench degraded "$label" "$round" "$(node_url 1),$(node_url 2)" "" "$set_seed" \
         blobs "${degraded_set[@]}" --phase pull
