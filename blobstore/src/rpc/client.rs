@@ -98,7 +98,7 @@ pub enum ShardRpcError {
 }
 
 impl ShardRpcError {
-    fn stalled(waited: Duration) -> ShardRpcError {
+    pub(super) fn stalled(waited: Duration) -> ShardRpcError {
         ShardRpcError::Stalled {
             waited_ms: waited.as_millis() as u64,
         }
@@ -116,7 +116,7 @@ impl From<Status> for ShardRpcError {
 }
 
 /// Awaits `fut` for at most `limit`.
-async fn within<T>(
+pub(super) async fn within<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, Status>>,
 ) -> Result<T, ShardRpcError> {
@@ -372,10 +372,7 @@ impl Incoming {
         };
         let response = match tokio::time::timeout(CHUNK_IDLE_MAX, chunks.message()).await {
             Err(_) => return Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
-            Ok(Err(status)) if status.code() == Code::DataLoss => {
-                return Err(ShardRpcError::Corrupt { stripe });
-            }
-            Ok(Err(status)) => return Err(status.into()),
+            Ok(Err(status)) => return Err(ended_by(status, stripe)),
             Ok(Ok(None)) => return Err(ShardRpcError::Truncated { stripe }),
             Ok(Ok(Some(response))) => response,
         };
@@ -386,6 +383,15 @@ impl Incoming {
             checksum: wire::parse_checksum(&chunk.checksum)?,
             data: chunk.data,
         })
+    }
+}
+
+/// The error of a GetChunks stream that the peer ended with `status` before the chunk
+/// of `stripe`: `DATA_LOSS` names that stripe's chunk as corrupt.
+pub(super) fn ended_by(status: Status, stripe: u64) -> ShardRpcError {
+    match status.code() {
+        Code::DataLoss => ShardRpcError::Corrupt { stripe },
+        _ => status.into(),
     }
 }
 

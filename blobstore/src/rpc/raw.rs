@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
-use super::client::ShardRpcError;
+use super::client::{ShardRpcError, ended_by, within};
 use super::limits::{CALL_TIMEOUT, CHUNK_IDLE_MAX};
 use super::pb;
 use super::server::{Refusal, ServedChunk, ShardService};
@@ -126,21 +126,16 @@ async fn respond(service: ShardService, request: http::Request<Body>) -> http::R
             .body(Body::empty())
             .expect("a static response is valid");
     }
-    let body = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
+    let bad = |e: &dyn std::fmt::Display| Refusal::Wire(WireError::Request(e.to_string()));
+    let opened = match Limited::new(request.into_body(), REQUEST_BYTES_MAX)
         .collect()
         .await
     {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
-            let refusal = Refusal::Wire(WireError::Request(e.to_string()));
-            return records(stream::iter([error_record(
-                &refusal.into_status("GetChunks"),
-            )]));
-        }
-    };
-    let opened = match pb::GetChunksRequest::decode(body) {
-        Ok(request) => service.get(request).await,
-        Err(e) => Err(Refusal::Wire(WireError::Request(e.to_string()))),
+        Ok(body) => match pb::GetChunksRequest::decode(body.to_bytes()) {
+            Ok(request) => service.get(request).await,
+            Err(e) => Err(bad(&e)),
+        },
+        Err(e) => Err(bad(&e)),
     };
     let rx = match opened {
         Ok(rx) => rx,
@@ -193,14 +188,17 @@ pub(super) async fn open(
         .body(Body::new(Full::new(Bytes::from(request.encode_to_vec()))))
         .expect("a request of valid headers is valid");
     let mut channel = channel.clone();
-    let response = tokio::time::timeout(CALL_TIMEOUT, async move {
-        channel.ready().await?.call(call).await
+    let response = within(CALL_TIMEOUT, async move {
+        let channel = channel
+            .ready()
+            .await
+            .map_err(|e| Status::from_error(e.into()))?;
+        channel
+            .call(call)
+            .await
+            .map_err(|e| Status::from_error(e.into()))
     })
-    .await
-    .map_err(|_| ShardRpcError::Stalled {
-        waited_ms: CALL_TIMEOUT.as_millis() as u64,
-    })?
-    .map_err(|e| ShardRpcError::from(Status::from_error(Box::new(e))))?;
+    .await?;
     let raw = response.status() == http::StatusCode::OK
         && response
             .headers()
@@ -286,10 +284,7 @@ impl Records {
                     return Err(truncated);
                 }
                 let message = String::from_utf8_lossy(&self.take(len)).into_owned();
-                Err(match code {
-                    Code::DataLoss => ShardRpcError::Corrupt { stripe },
-                    _ => Status::new(code, message).into(),
-                })
+                Err(ended_by(Status::new(code, message), stripe))
             }
             _ => Err(WireError::Record("an unknown record tag").into()),
         }
@@ -299,11 +294,7 @@ impl Records {
     async fn fill(&mut self, n: usize) -> Result<bool, ShardRpcError> {
         while self.queued < n {
             let frame = match tokio::time::timeout(CHUNK_IDLE_MAX, self.body.frame()).await {
-                Err(_) => {
-                    return Err(ShardRpcError::Stalled {
-                        waited_ms: CHUNK_IDLE_MAX.as_millis() as u64,
-                    });
-                }
+                Err(_) => return Err(ShardRpcError::stalled(CHUNK_IDLE_MAX)),
                 Ok(None) => return Ok(false),
                 Ok(Some(frame)) => frame?,
             };

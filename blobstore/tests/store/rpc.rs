@@ -464,6 +464,55 @@ async fn chunks_cross_as_a_raw_body_and_an_older_peer_is_read_through_grpc() {
     }
 }
 
+/// The error record a node answers a raw GetChunks request body with: its tag, gRPC
+/// code and message.
+async fn raw_get(addr: &str, body: Vec<u8>) -> (u8, u32, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("/berth.shard.v1.RawChunks/Get")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            Bytes::from(body),
+        )))
+        .unwrap();
+    let response = channel.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let code = u32::from_le_bytes(bytes[1..5].try_into().unwrap());
+    let len = u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 9 + len, "one error record, then the body ends");
+    (
+        bytes[0],
+        code,
+        String::from_utf8_lossy(&bytes[9..]).into_owned(),
+    )
+}
+
+/// A request body a node cannot take is refused with one error record
+/// (`INVALID_ARGUMENT`) before anything is opened: bytes that are not a request, and a
+/// body far beyond any request (the node reads at most 16 KiB of it).
+#[tokio::test]
+async fn a_malformed_or_oversized_raw_request_is_refused() {
+    let b = Node::start(B, 1, 1, 0).await;
+    let invalid = tonic::Code::InvalidArgument as u32;
+    let (tag, code, message) = raw_get(&b.addr, vec![0xff; 40]).await;
+    assert_eq!((tag, code), (2, invalid), "{message}");
+    // A length-delimited unknown field of 1 MiB: protobuf would skip it, the limit
+    // refuses it.
+    let mut huge = vec![0x7a, 0x80, 0x80, 0x40];
+    huge.resize(4 + (1 << 20), 0);
+    let (tag, code, message) = raw_get(&b.addr, huge).await;
+    assert_eq!((tag, code), (2, invalid), "{message}");
+    assert!(message.contains("length limit"), "{message}");
+    b.stop().await;
+}
+
 /// A 2+1 blob whose data shards are on node B and whose parity is on node A.
 async fn parity_here_data_there(
     a: &Node,
