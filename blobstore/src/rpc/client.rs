@@ -8,8 +8,7 @@
 //! again, so corruption on the wire or in the peer's memory is caught too.
 
 use std::ops::Range;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_types::{Digest, DiskId, NodeId, UploadId};
@@ -17,12 +16,13 @@ use bytes::Bytes;
 use futures::{Stream, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
 use super::limits::{
     CALL_TIMEOUT, CHUNK_IDLE_MAX, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    PUT_CHUNKS_QUEUED_MAX, RPC_MESSAGE_BYTES_MAX,
+    PUT_CHUNKS_QUEUED_MAX, RAW_REPROBE_AFTER, RPC_MESSAGE_BYTES_MAX,
 };
 use super::pb::shards_client::ShardsClient;
 use super::pb::{self, put_chunks_request};
@@ -132,9 +132,43 @@ pub struct ShardClient {
     node: NodeId,
     /// The connection: gRPC calls (`grpc`) and raw GetChunks calls (`raw`).
     channel: Channel,
-    /// Cleared once the peer answered that it does not serve raw GetChunks: its reads
-    /// go through the gRPC method from then on.
-    raw: Arc<AtomicBool>,
+    /// Whether GetChunks goes over the raw path or the gRPC method.
+    raw: Arc<RawPath>,
+}
+
+/// Whether a peer's GetChunks calls take the raw path. A peer that answered that it
+/// does not serve it (a build without it, during a rolling upgrade) is read through
+/// the gRPC method for `RAW_REPROBE_AFTER`, then asked again, so a peer upgraded in
+/// the meantime is read raw again without this node restarting.
+#[derive(Debug, Default)]
+struct RawPath {
+    /// Until when calls go through gRPC; `None` while the peer serves the raw path.
+    grpc_until: Mutex<Option<Instant>>,
+}
+
+impl RawPath {
+    fn usable(&self, now: Instant) -> bool {
+        self.grpc_until().is_none_or(|until| now >= until)
+    }
+
+    /// The peer does not serve the raw path; true when it did (or was not asked) so
+    /// far, which is worth a log line.
+    fn unsupported(&self, now: Instant) -> bool {
+        self.lock().replace(now + RAW_REPROBE_AFTER).is_none()
+    }
+
+    /// The peer served the raw path; true when it had not before (it was upgraded).
+    fn supported(&self) -> bool {
+        self.lock().take().is_some()
+    }
+
+    fn grpc_until(&self) -> Option<Instant> {
+        *self.lock()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.grpc_until.lock().expect("raw path lock poisoned")
+    }
 }
 
 impl ShardClient {
@@ -164,7 +198,7 @@ impl ShardClient {
         ShardClient {
             node,
             channel: endpoint.connect_lazy(),
-            raw: Arc::new(AtomicBool::new(true)),
+            raw: Arc::default(),
         }
     }
 
@@ -338,12 +372,18 @@ impl ShardClient {
     /// Opens a GetChunks call: the raw HTTP/2 body, or the gRPC method on a peer
     /// that does not serve that.
     async fn open_chunks(&self, request: pb::GetChunksRequest) -> Result<Incoming, ShardRpcError> {
-        if self.raw.load(Ordering::Relaxed) {
+        if self.raw.usable(Instant::now()) {
             match raw::open(&self.channel, &request).await? {
-                raw::Opened::Records(records) => return Ok(Incoming::Raw(records)),
+                raw::Opened::Records(records) => {
+                    if self.raw.supported() {
+                        tracing::info!(node = %self.node, "the peer serves raw GetChunks now");
+                    }
+                    return Ok(Incoming::Raw(records));
+                }
                 raw::Opened::Unsupported => {
-                    tracing::info!(node = %self.node, "the peer does not serve raw GetChunks; reading it through gRPC");
-                    self.raw.store(false, Ordering::Relaxed);
+                    if self.raw.unsupported(Instant::now()) {
+                        tracing::info!(node = %self.node, "the peer does not serve raw GetChunks; reading it through gRPC");
+                    }
                 }
             }
         }
@@ -567,6 +607,32 @@ mod tests {
             checksum: format::chunk_checksum(stripe, data),
             data: Bytes::copy_from_slice(data),
         }
+    }
+
+    /// A peer without the raw path is read through gRPC for a while, then asked again;
+    /// once it serves the raw path, it is read raw until it says otherwise.
+    #[test]
+    fn a_peer_without_the_raw_path_is_asked_again_later() {
+        let path = RawPath::default();
+        let t0 = Instant::now();
+        assert!(path.usable(t0));
+        assert!(!path.supported(), "serving raw from the start is not news");
+        assert!(path.unsupported(t0), "the first refusal is logged");
+        assert!(!path.usable(t0 + RAW_REPROBE_AFTER / 2));
+        assert!(path.usable(t0 + RAW_REPROBE_AFTER));
+        let later = t0 + RAW_REPROBE_AFTER;
+        assert!(
+            !path.unsupported(later),
+            "a refusal on a re-probe is not logged again"
+        );
+        assert!(!path.usable(later + RAW_REPROBE_AFTER / 2));
+        assert!(path.usable(later + RAW_REPROBE_AFTER));
+        assert!(path.supported(), "an upgraded peer is logged once");
+        assert!(!path.supported());
+        assert!(
+            path.usable(later + RAW_REPROBE_AFTER / 2),
+            "raw again at once"
+        );
     }
 
     /// The client checks every chunk again: bytes changed after the peer verified

@@ -33,6 +33,10 @@ pub const CHUNK_IDLE_MAX: Duration = Duration::from_secs(30);
 /// stream, or the final answer of a PutChunks stream may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a peer that does not serve raw GetChunks is read through gRPC before it
+/// is asked again (it may have been upgraded).
+pub const RAW_REPROBE_AFTER: Duration = Duration::from_secs(60);
+
 /// How long dialing a peer may take before the call fails.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -18,7 +18,7 @@
 //!
 //! A peer that does not serve this path (an older build) answers with gRPC's
 //! `UNIMPLEMENTED` in an `application/grpc` response; the client then reads that
-//! peer through the gRPC method.
+//! peer through the gRPC method, and tries this path again a minute later.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
