@@ -5,14 +5,21 @@
 //! waiting for the shard service's 30 s timeout, that the threshold is paid once per
 //! read, that a read without hedging does wait, that a source whose read was
 //! abandoned mid-stream serves the right stripes when a later stripe needs it again,
-//! and that a shard with nothing to read instead is waited for, not counted.
+//! that a shard with nothing to read instead is waited for, not counted, and that a
+//! slow local disk holding the parity a node reads in place of a peer's shard is
+//! hedged the same way.
 
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_blobstore::{BlobStore, ShardClient, StoreConfig, format};
-use berth_types::{Digest, EcProfile, NodeId, StripedLayout, UploadId};
+use berth_blobstore::{
+    BlobStore, DirEntry, Disk, DiskFile, FsDisk, ShardClient, StoreConfig, format,
+};
+use berth_types::{Digest, DiskId, EcProfile, NodeId, StripedLayout, UploadId};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -356,5 +363,160 @@ async fn a_shard_without_parity_is_waited_for_and_not_counted_as_hedged() {
     let counters = c.counters();
     assert_eq!(counters.hedged_reads(), 0);
     assert_eq!(counters.reconstructions(), 0);
+    pair.stop().await;
+}
+
+/// A disk whose file reads take `delay` while `slow` is set, the way a failing drive
+/// retrying a sector does; everything else goes straight to the wrapped disk.
+#[derive(Debug)]
+struct SlowDisk {
+    inner: FsDisk,
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+}
+
+struct SlowFile {
+    inner: Box<dyn DiskFile>,
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+}
+
+impl DiskFile for SlowFile {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(self.delay);
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+impl Disk for SlowDisk {
+    fn id(&self) -> DiskId {
+        self.inner.id()
+    }
+
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        self.inner.create(path)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn DiskFile>> {
+        Ok(Box::new(SlowFile {
+            inner: self.inner.open(path)?,
+            slow: self.slow.clone(),
+            delay: self.delay,
+        }))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+
+    fn list(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        self.inner.list(path)
+    }
+
+    fn total_bytes(&self) -> io::Result<u64> {
+        self.inner.total_bytes()
+    }
+
+    fn free_bytes(&self) -> io::Result<u64> {
+        self.inner.free_bytes()
+    }
+}
+
+// Proves that a slow local parity disk is hedged like a slow peer: node A holds shard
+// 0 and the parity of a 2+1 blob, B holds shard 1. Healthy, A reads the blob from its
+// own two disks (the parity in place of B's shard, decoded by XOR) and asks B for
+// nothing. With A's parity disk taking 2 s per read, a read takes B's shard instead
+// once the parity chunk is late: far less than 2 s per stripe, hedged at most for the
+// stripes already in flight, nothing decoded and the right bytes. Once the disk is
+// well again, the next read goes back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_local_parity_disk_is_read_around() {
+    let pair = Pair::start(3, 2, 1).await;
+    let (a, b) = (&pair.a, &pair.b);
+    let (bytes, digest, layout) = blob(a, b).await;
+    let size = bytes.len() as u64;
+    let slow = Arc::new(AtomicBool::new(false));
+    let disks: Vec<Arc<dyn Disk>> = vec![
+        Arc::new(FsDisk::open(a.disk_root(DiskId(0)), DiskId(0)).unwrap()),
+        Arc::new(SlowDisk {
+            inner: FsDisk::open(a.disk_root(DiskId(1)), DiskId(1)).unwrap(),
+            slow: slow.clone(),
+            delay: Duration::from_secs(2),
+        }),
+    ];
+    // A second store of node A over A's disks, its parity disk slowed; its profile
+    // only matters to writes, the blob's layout says how to read it.
+    let cfg = StoreConfig {
+        profile: EcProfile::SINGLE,
+        shard_bytes: SHARD,
+        read_hedge: Some(HEDGE),
+    };
+    let reader = BlobStore::open(A, disks, cfg).unwrap().with_peers({
+        let b = b.client(B);
+        move |node| (node == B).then(|| b.clone())
+    });
+
+    let served_by_b = || b.store.counters().bytes_read();
+    let before = served_by_b();
+    assert!(get(&reader, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+    assert_eq!(served_by_b(), before, "a healthy read stays on A's disks");
+    assert_eq!(reader.counters().hedged_reads(), 0);
+
+    slow.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    let got = get(&reader, &layout, &digest, size, 0..size).await.unwrap();
+    let took = started.elapsed();
+    assert!(got == bytes);
+    assert!(
+        took < Duration::from_secs(3),
+        "a read around a slow parity disk took {took:?}"
+    );
+    let hedged = reader.counters().hedged_reads();
+    assert!(
+        (1..=2).contains(&hedged),
+        "the stripes in flight when the disk was found slow went around it, then no \
+         stripe asked it again: {hedged} hedged"
+    );
+    assert!(
+        served_by_b() - before >= (STRIPES as u64 - 1) * u64::from(SHARD),
+        "B served its shard for every stripe"
+    );
+    assert_eq!(reader.counters().reconstructions(), 0);
+    assert_eq!(reader.counters().checksum_failures(), 0);
+
+    slow.store(false, Ordering::Relaxed);
+    let before = served_by_b();
+    assert!(get(&reader, &layout, &digest, size, 0..size).await.unwrap() == bytes);
+    assert_eq!(served_by_b(), before, "the disk is read again once well");
     pair.stop().await;
 }
