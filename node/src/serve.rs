@@ -252,12 +252,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding gRPC {}", c.grpc_listen))?;
             let mut stop = stop_rx.clone();
-            // One HTTP/2 listener for the cluster: Raft, shards, and upload-session
-            // requests other nodes pass on to this one.
+            // One HTTP/2 listener for the cluster: Raft, shards (gRPC and raw
+            // GetChunks), and upload-session requests other nodes pass on to this one.
+            let shards = ShardService::new(&store);
             let routes = tonic::service::Routes::from(proxy::internal_router(app.clone()))
                 .add_service(raft.into_server())
-                .add_service(ShardService::new(&store).into_server())
-                .add_service(ShardService::new(&store).raw_chunks());
+                .add_service(shards.raw_chunks())
+                .add_service(shards.into_server());
             // Shard chunks are 1 MiB messages: windows that hold several let a stream
             // run without waiting for a window update per chunk.
             let mut builder = tonic::transport::Server::builder()

@@ -148,7 +148,7 @@ struct RawPath {
 
 impl RawPath {
     fn usable(&self, now: Instant) -> bool {
-        self.grpc_until().is_none_or(|until| now >= until)
+        self.lock().is_none_or(|until| now >= until)
     }
 
     /// The peer does not serve the raw path; true when it did (or was not asked) so
@@ -160,10 +160,6 @@ impl RawPath {
     /// The peer served the raw path; true when it had not before (it was upgraded).
     fn supported(&self) -> bool {
         self.lock().take().is_some()
-    }
-
-    fn grpc_until(&self) -> Option<Instant> {
-        *self.lock()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -416,14 +412,19 @@ impl Incoming {
             Ok(Ok(None)) => return Err(ShardRpcError::Truncated { stripe }),
             Ok(Ok(Some(response))) => response,
         };
-        wire::check_version(response.format_version)?;
-        let chunk = response.chunk.ok_or(WireError::Missing("chunk"))?;
-        Ok(raw::Received {
-            stripe: chunk.stripe,
-            checksum: wire::parse_checksum(&chunk.checksum)?,
-            data: chunk.data,
-        })
+        received(response)
     }
+}
+
+/// The chunk a gRPC GetChunks message carries, once its version and checksum parse.
+fn received(response: pb::GetChunksResponse) -> Result<raw::Received, ShardRpcError> {
+    wire::check_version(response.format_version)?;
+    let chunk = response.chunk.ok_or(WireError::Missing("chunk"))?;
+    Ok(raw::Received {
+        stripe: chunk.stripe,
+        checksum: wire::parse_checksum(&chunk.checksum)?,
+        data: chunk.data,
+    })
 }
 
 /// The error of a GetChunks stream that the peer ended with `status` before the chunk
@@ -601,7 +602,7 @@ pub(crate) fn log_cleanup_failure(node: NodeId, shard: &ShardRef, e: &ShardRpcEr
 mod tests {
     use super::*;
 
-    fn received(stripe: u64, data: &[u8]) -> raw::Received {
+    fn chunk(stripe: u64, data: &[u8]) -> raw::Received {
         raw::Received {
             stripe,
             checksum: format::chunk_checksum(stripe, data),
@@ -640,19 +641,19 @@ mod tests {
     #[tokio::test]
     async fn chunks_are_verified_again_on_arrival() {
         assert_eq!(
-            verify(received(3, &[7; 16]), 3, 16).await.unwrap(),
+            verify(chunk(3, &[7; 16]), 3, 16).await.unwrap(),
             vec![7u8; 16]
         );
         let altered = raw::Received {
             data: Bytes::from(vec![8u8; 16]),
-            ..received(3, &[7; 16])
+            ..chunk(3, &[7; 16])
         };
         assert!(matches!(
             verify(altered, 3, 16).await,
             Err(ShardRpcError::Corrupt { stripe: 3 })
         ));
         assert!(matches!(
-            verify(received(3, &[7; 16]), 4, 16).await,
+            verify(chunk(3, &[7; 16]), 4, 16).await,
             Err(ShardRpcError::OutOfOrder {
                 expected: 4,
                 found: 3
@@ -661,12 +662,45 @@ mod tests {
         // A chunk shorter than the header's shard size may be a blob's short last
         // chunk (the reader checks the exact length); a longer one never is.
         assert_eq!(
-            verify(received(3, &[7; 16]), 3, 32).await.unwrap(),
+            verify(chunk(3, &[7; 16]), 3, 32).await.unwrap(),
             vec![7u8; 16]
         );
         assert!(matches!(
-            verify(received(3, &[7; 16]), 3, 8).await,
+            verify(chunk(3, &[7; 16]), 3, 8).await,
             Err(ShardRpcError::ChunkLength { found: 16, .. })
+        ));
+    }
+
+    /// A gRPC GetChunks message of a newer wire format, or without a chunk, is refused
+    /// before its chunk is looked at; a current one yields its chunk as sent.
+    #[test]
+    fn grpc_chunks_of_another_wire_format_are_refused() {
+        let data = Bytes::from_static(&[7; 16]);
+        let current = pb::GetChunksResponse {
+            format_version: WIRE_FORMAT_VERSION,
+            chunk: Some(wire::chunk(
+                3,
+                &format::chunk_checksum(3, &data),
+                data.clone(),
+            )),
+        };
+        let got = received(current.clone()).unwrap();
+        assert_eq!((got.stripe, got.data), (3, data));
+        let future = pb::GetChunksResponse {
+            format_version: WIRE_FORMAT_VERSION + 1,
+            ..current
+        };
+        assert!(matches!(
+            received(future),
+            Err(ShardRpcError::Malformed(WireError::Version { .. }))
+        ));
+        let empty = pb::GetChunksResponse {
+            format_version: WIRE_FORMAT_VERSION,
+            chunk: None,
+        };
+        assert!(matches!(
+            received(empty),
+            Err(ShardRpcError::Malformed(WireError::Missing("chunk")))
         ));
     }
 }
